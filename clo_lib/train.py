@@ -1,0 +1,362 @@
+"""Training for every method of the grid: sft, sft_eng, sft_tgt (SFT rows), clo and sft_dpo's DPO stage (CLO pairs).
+
+All methods share one tokenization (clo_lib.pairs.encode_response), so the loss sees exactly the response tokens.
+Preference methods use `clo_lib.loss.clo_loss` (sft_dpo's second stage is the same loss with λ = 0). The reference
+model is the model before training: its log-probs are computed once, before the first step, and stored with the
+data, so no second copy of the model is held in memory.
+
+    python -m clo_lib.train RUN.yaml --parallel outputs/data/sw/parallel.jsonl --out outputs/my-run
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from clo_lib.config import ConfigError, RunConfig, load_config, save_config
+from clo_lib.io import atomic_write_json, read_jsonl
+from clo_lib.loss import clo_loss, sequence_logps
+from clo_lib.pairs import (
+    PREFERENCE_METHODS,
+    SFT_SIDES,
+    build_clo_pairs,
+    build_sft_rows,
+    encode_response,
+    format_prompt,
+    group_by_pair,
+)
+
+
+class BackendError(RuntimeError):
+    """The requested backend cannot run here (for example unsloth without CUDA)."""
+
+
+def resolve_backend(requested: str) -> str:
+    """`hf` or `unsloth`. auto prefers unsloth when CUDA and the package are there, and says when it falls back."""
+    import importlib.util
+
+    has_cuda = torch.cuda.is_available()
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if requested == "hf":
+        return "hf"
+    if requested == "unsloth":
+        if not has_cuda:
+            raise BackendError("model.backend = unsloth needs a CUDA GPU and none is visible; use backend: hf or auto.")
+        if not has_unsloth:
+            raise BackendError("model.backend = unsloth, but unsloth is not installed; pip install -e '.[gpu]'.")
+        return "unsloth"
+    if has_cuda and has_unsloth:
+        return "unsloth"
+    why = "no CUDA GPU" if not has_cuda else "unsloth is not installed"
+    print(f"model.backend = auto: using hf (transformers + peft), since {why}.")
+    return "hf"
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | None = None, backend: str | None = None):
+    """The model to train (or evaluate) and its tokenizer, through the backend's own loader."""
+    path = name_or_path or cfg.train.init_from or cfg.model.name_or_path
+    backend = backend or resolve_backend(cfg.model.backend)
+    dtype = _torch_dtype(cfg.model.dtype)
+    if backend == "unsloth":
+        # Unsloth patches transformers and trl on import, so it must come first; imported only on this path.
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=str(path), max_seq_length=cfg.model.max_length, dtype=dtype, load_in_4bit=False,
+            full_finetuning=cfg.train.trainable != "lora", revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.model.revision,
+                                                  trust_remote_code=cfg.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.model.revision, dtype=dtype,
+                                                     trust_remote_code=cfg.model.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # base Llama tokenizers ship without a pad token
+    return model, tokenizer
+
+
+def select_trainable(model, train_cfg) -> tuple[Any, dict[str, Any]]:
+    """Freeze all but the chosen weights: attention projections (full weights), everything, or LoRA adapters."""
+    if train_cfg.trainable == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=train_cfg.lora_r, lora_alpha=train_cfg.lora_alpha, lora_dropout=train_cfg.lora_dropout,
+            target_modules=train_cfg.lora_target_modules, task_type="CAUSAL_LM",
+        ))
+    else:
+        wanted = set(train_cfg.attention_modules)
+        matched = 0
+        for name, param in model.named_parameters():
+            module_name = name.rsplit(".", 2)[-2] if name.count(".") >= 1 else name
+            trains = train_cfg.trainable == "full" or module_name in wanted
+            param.requires_grad_(trains)
+            matched += trains
+        if matched == 0:
+            raise ConfigError(f"train.attention_modules = {sorted(wanted)} matches no weight of this model; "
+                              "expected module names such as q_proj, k_proj, v_proj, o_proj.",
+                              key="train.attention_modules")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    counts = {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total}
+    return model, counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data: tokenized items, one per source example (CLO) or per row (SFT)
+
+
+def encode_sft_rows(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[dict]:
+    chat = cfg.model.prompt_format == "chat"
+    items = []
+    for row in rows:
+        text = format_prompt(row["prompt"], tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+        items.append(encode_response(tokenizer, text, row["response"], cfg.model.max_length, chat=chat))
+    return items
+
+
+def encode_preference_groups(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[list[dict]]:
+    """One item per source example holding its rows, so a batch of items never splits a pair (batch-based loss)."""
+    chat = cfg.model.prompt_format == "chat"
+    groups = []
+    for group in group_by_pair(rows):
+        encoded = []
+        for row in group:
+            text = format_prompt(row["prompt"], tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+            chosen = encode_response(tokenizer, text, row["chosen"], cfg.model.max_length, chat=chat)
+            rejected = encode_response(tokenizer, text, row["rejected"], cfg.model.max_length, chat=chat)
+            encoded.append({"chosen": chosen, "rejected": rejected, "is_target": bool(row["is_target"])})
+        groups.append(encoded)
+    return groups
+
+
+def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences])
+
+
+def collate_sft(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    input_ids = _pad([i["input_ids"] for i in items], pad_id)
+    return {"input_ids": input_ids, "labels": _pad([i["labels"] for i in items], -100),
+            "attention_mask": _pad([[1] * len(i["input_ids"]) for i in items], 0)}
+
+
+def collate_preferences(groups: list[list[dict]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Flatten groups into rows; one forward pass covers [all chosen; all rejected] sequences."""
+    rows = [row for group in groups for row in group]
+    sequences = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    batch = collate_sft(sequences, pad_id)
+    batch["is_target"] = torch.tensor([r["is_target"] for r in rows])
+    if "ref_chosen_logps" in rows[0]:
+        batch["ref_chosen_logps"] = torch.tensor([r["ref_chosen_logps"] for r in rows], dtype=torch.float32)
+        batch["ref_rejected_logps"] = torch.tensor([r["ref_rejected_logps"] for r in rows], dtype=torch.float32)
+    return batch
+
+
+@torch.no_grad()
+def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> None:
+    """Log-probs of the frozen starting model, computed once and stored in each row (not recomputed per step)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for start in range(0, len(groups), batch_size):
+        chunk = groups[start:start + batch_size]
+        batch = collate_preferences(chunk, pad_id)
+        logits = model(input_ids=batch["input_ids"].to(device),
+                       attention_mask=batch["attention_mask"].to(device)).logits
+        logps, _ = sequence_logps(logits, batch["labels"].to(device))
+        rows = [row for group in chunk for row in group]
+        chosen, rejected = logps.float().cpu().chunk(2)
+        for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
+            row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
+    model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trainers
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class CLOTrainer(Trainer):
+        """transformers.Trainer whose loss is clo_loss over the preference rows of each batch."""
+
+        def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.clo_args = {"beta": beta, "lam": lam, "nll_on": nll_on, "directions": directions}
+            self._metric_sums: dict[str, float] = defaultdict(float)
+            self._metric_counts: dict[str, int] = defaultdict(int)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+            logps, counts = sequence_logps(logits, inputs["labels"])
+            chosen_logps, rejected_logps = logps.chunk(2)
+            chosen_counts, _ = counts.chunk(2)
+            loss, metrics = clo_loss(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
+                                     inputs["ref_rejected_logps"], chosen_counts, inputs["is_target"],
+                                     **self.clo_args)
+            for key, value in metrics.items():
+                self._metric_sums[key] += value
+                self._metric_counts[key] += 1
+            return (loss, logits) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+            # Averages of the CLO metrics since the last log line, next to the Trainer's own.
+            for key, total in self._metric_sums.items():
+                logs[key if key != "loss" else "clo_loss"] = round(total / self._metric_counts[key], 6)
+            self._metric_sums.clear()
+            self._metric_counts.clear()
+            super().log(logs, *args, **kwargs)
+
+    return CLOTrainer
+
+
+class _ListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, learning_rate: float | None = None):
+    from transformers import TrainingArguments
+
+    on_gpu = torch.cuda.is_available()
+    dtype = _torch_dtype(cfg.model.dtype)
+    extra = {}
+    if cfg.train.gradient_checkpointing:  # named only when on: transformers 5.2x renames it and warns
+        extra["gradient_checkpointing"] = True
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        learning_rate=learning_rate or cfg.train.learning_rate,
+        num_train_epochs=cfg.train.epochs,
+        lr_scheduler_type=cfg.train.lr_scheduler,
+        warmup_steps=cfg.train.warmup_ratio,  # a float below 1 is a share of all steps
+        weight_decay=cfg.train.weight_decay,
+        max_grad_norm=cfg.train.max_grad_norm,
+        optim=cfg.train.optim,
+        bf16=on_gpu and dtype == torch.bfloat16,
+        logging_steps=cfg.train.logging_steps,
+        save_steps=cfg.train.save_steps,
+        save_total_limit=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        use_cpu=not on_gpu,
+        disable_tqdm=True,
+        **extra,
+    )
+
+
+def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None):
+    """Train one stage ("sft" rows or "preference" rows) and return (model, tokenizer, summary)."""
+    if model is None:
+        model, tokenizer = load_model_and_tokenizer(cfg)
+    model, counts = select_trainable(model, cfg.train)
+    pad_id = tokenizer.pad_token_id
+    if stage == "preference":
+        groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)
+        add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2))
+        lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
+        trainer = _make_trainer_class()(
+            model=model,
+            args=training_arguments(cfg, out_dir, per_device_batch=max(1, cfg.train.batch_size // 2)),
+            train_dataset=_ListDataset(groups),
+            data_collator=lambda batch: collate_preferences(batch, pad_id),
+            beta=cfg.train.beta, lam=lam, nll_on=cfg.train.nll_on, directions=cfg.train.directions,
+        )
+    else:
+        from transformers import Trainer
+
+        sides = SFT_SIDES["sft" if cfg.train.method == "sft_dpo" else cfg.train.method]
+        items = encode_sft_rows(build_sft_rows(parallel, sides), tokenizer, cfg)
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg, out_dir, per_device_batch=cfg.train.batch_size),
+            train_dataset=_ListDataset(items),
+            data_collator=lambda batch: collate_sft(batch, pad_id),
+        )
+    checkpoints = out_dir / "checkpoints"
+    resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    summary = {"stage": stage, **counts, "train_loss": result.training_loss, "steps": result.global_step,
+               "log_history": trainer.state.log_history}
+    return trainer.model, tokenizer, summary
+
+
+def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> dict[str, Any]:
+    """Train `cfg.train.method` on `parallel` records; save weights, tokenizer, resolved config and training log."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    method = cfg.train.method
+    summaries = []
+    if method in SFT_SIDES or (method == "sft_dpo" and cfg.train.init_from is None):
+        model, tokenizer, summary = train_stage(cfg, parallel, out_dir / ("sft" if method == "sft_dpo" else ""),
+                                                "sft")
+        summaries.append(summary)
+    else:
+        model = tokenizer = None
+    if method in PREFERENCE_METHODS:
+        model, tokenizer, summary = train_stage(cfg, parallel, out_dir, "preference", model, tokenizer)
+        summaries.append(summary)
+    model_dir = out_dir / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    log = {"method": method, "stages": summaries}
+    atomic_write_json(out_dir / "train_log.json", log)
+    return log
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.train RUN.yaml [...] --parallel FILE.jsonl --out DIR`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.train", description=main.__doc__)
+    parser.add_argument("configs", nargs="+", help="YAML layers, later overriding earlier")
+    parser.add_argument("--parallel", required=True, help="parallel corpus JSONL from the translation stage")
+    parser.add_argument("--out", required=True, help="run folder to write")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(*args.configs, overrides=args.overrides)
+        if not Path(args.parallel).is_file():
+            raise ConfigError(f"--parallel {args.parallel} does not exist; expected the translation stage's JSONL.")
+        parallel = list(read_jsonl(args.parallel))
+    except (ConfigError, BackendError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    log = train_run(cfg, parallel, args.out)
+    last = log["stages"][-1]
+    print(json.dumps({"method": log["method"], "train_loss": last["train_loss"], "steps": last["steps"],
+                      "trainable_params": last["trainable_params"]}))
+    return 0 if math.isfinite(last["train_loss"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

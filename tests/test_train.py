@@ -1,0 +1,144 @@
+"""Trainers on a tiny local model: selected weights only, pairs kept in one batch, reference computed once,
+losses going down for every method, backends chosen clearly."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from clo_lib.config import load_config
+from clo_lib.loss import sequence_logps
+from clo_lib.pairs import build_clo_pairs
+from clo_lib.train import (
+    BackendError,
+    collate_preferences,
+    encode_preference_groups,
+    load_model_and_tokenizer,
+    resolve_backend,
+    select_trainable,
+    train_run,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parallel_records(n=16):
+    return [{"id": i, "lang": "sw", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
+             "prompt_tgt": f"Ni nini {i} jumlisha {i}?", "response_tgt": f"Ni {2 * i}."} for i in range(n)]
+
+
+def config(model_path, **train):
+    return load_config({"language": "sw", "model": {"name_or_path": str(model_path), "backend": "hf",
+                                                    "max_length": 64, "dtype": "float32"},
+                        "train": {"learning_rate": 3e-3, "epochs": 4, "batch_size": 8, "logging_steps": 1,
+                                  "warmup_ratio": 0.0, **train}})
+
+
+def test_attention_only_trains_only_qkvo(tiny_llama, tmp_path):
+    cfg = config(tiny_llama, method="clo", epochs=1)
+    before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    log = train_run(cfg, parallel_records(8), tmp_path / "run")
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "training changed nothing"
+    assert all(name.split(".")[-2] in {"q_proj", "k_proj", "v_proj", "o_proj"} for name in changed), changed
+    assert len(changed) == 4 * 2  # q/k/v/o in both layers
+    stage = log["stages"][0]
+    expected = sum(before[n].numel() for n in before if n.split(".")[-2] in {"q_proj", "k_proj", "v_proj", "o_proj"})
+    assert stage["trainable_params"] == expected < stage["total_params"]
+
+
+def test_full_and_lora_trainable_counts(tiny_llama):
+    for trainable, check in (("full", lambda c: c["trainable_share"] == 1.0),
+                             ("lora", lambda c: 0 < c["trainable_share"] < 0.2)):
+        cfg = config(tiny_llama, trainable=trainable, lora_r=2)
+        model, _ = load_model_and_tokenizer(cfg)
+        model, counts = select_trainable(model, cfg.train)
+        assert check(counts), (trainable, counts)
+        if trainable == "lora":
+            assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_batches_hold_both_pairs_of_each_example(tiny_llama):
+    cfg = config(tiny_llama)
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    groups = encode_preference_groups(build_clo_pairs(parallel_records(6)), tokenizer, cfg)
+    assert len(groups) == 6 and all([r["is_target"] for r in g] == [False, True] for g in groups)
+    loader = torch.utils.data.DataLoader(groups, batch_size=cfg.train.batch_size // 2, shuffle=True,
+                                         collate_fn=lambda b: collate_preferences(b, tokenizer.pad_token_id))
+    for batch in loader:
+        # Rows come in (English, target) pairs from one source example: [F, T, F, T, ...].
+        flags = batch["is_target"].tolist()
+        assert flags == [False, True] * (len(flags) // 2)
+        assert batch["input_ids"].shape[0] == 2 * len(flags)  # chosen rows, then rejected rows
+
+
+def test_reference_logps_are_the_starting_model(tiny_llama, tmp_path, monkeypatch):
+    import clo_lib.train as train_module
+
+    calls = []
+    original = train_module.add_reference_logps
+
+    def spy(model, groups, pad_id, batch_size=8):
+        calls.append(len(groups))
+        original(model, groups, pad_id, batch_size)
+        spy.groups = groups
+
+    monkeypatch.setattr(train_module, "add_reference_logps", spy)
+    cfg = config(tiny_llama, method="clo", epochs=2)
+    train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert calls == [8]  # computed once for all examples, not per step
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    batch = collate_preferences(spy.groups, pad_id=3)
+    with torch.no_grad():
+        logps, _ = sequence_logps(start(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                  batch["labels"])
+    chosen, rejected = logps.chunk(2)
+    assert torch.allclose(batch["ref_chosen_logps"], chosen, atol=1e-4)
+    assert torch.allclose(batch["ref_rejected_logps"], rejected, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["clo", "sft", "sft_eng", "sft_tgt", "sft_dpo"])
+def test_every_method_lowers_its_loss(tiny_llama, tmp_path, method):
+    log = train_run(config(tiny_llama, method=method), parallel_records(16), tmp_path / method)
+    assert len(log["stages"]) == (2 if method == "sft_dpo" else 1)
+    for stage in log["stages"]:
+        losses = [h["loss"] for h in stage["log_history"] if "loss" in h]
+        assert len(losses) >= 4
+        assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, (method, stage["stage"], losses)
+    assert (tmp_path / method / "model" / "config.json").is_file()
+    assert json.loads((tmp_path / method / "train_log.json").read_text())["method"] == method
+    assert load_config(tmp_path / method / "config.yaml").train.method == method
+
+
+def test_clo_logs_per_direction_metrics(tiny_llama, tmp_path):
+    log = train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(8), tmp_path / "run")
+    first = next(h for h in log["stages"][0]["log_history"] if "dpo" in h)
+    for key in ("nll", "dpo", "en/rewards_margin", "tgt/rewards_accuracy", "en/logps_chosen", "tgt/dpo"):
+        assert key in first
+
+
+def test_backend_choice():
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="needs a CUDA GPU"):
+            resolve_backend("unsloth")
+    assert resolve_backend("hf") == "hf"
+    assert resolve_backend("auto") in ("hf", "unsloth")
+
+
+def test_cli_refuses_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("language: sw\ntrain:\n  method: dpo\n")
+    data = tmp_path / "p.jsonl"
+    data.write_text("")
+    result = subprocess.run([sys.executable, "-m", "clo_lib.train", str(bad), "--parallel", str(data), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    expected = (f"error: {bad}: train.method = 'dpo'; "
+                "expected one of sft, sft_eng, sft_tgt, sft_dpo, clo (did you mean sft_dpo?).")
+    assert result.stderr.strip().splitlines() == [expected]
+    assert not (tmp_path / "out").exists()
