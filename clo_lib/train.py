@@ -268,7 +268,7 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, lea
         report_to="none",
         remove_unused_columns=False,
         use_cpu=not on_gpu,
-        disable_tqdm=True,
+        disable_tqdm=False,  # tqdm progress bars rather than printed dicts
         **extra,
     )
 
