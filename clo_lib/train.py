@@ -22,6 +22,7 @@ import torch
 from clo_lib.config import ConfigError, RunConfig, load_config, save_config
 from clo_lib.io import atomic_write_json, read_jsonl
 from clo_lib.loss import clo_loss, sequence_logps
+from clo_lib.memory import preflight as preflight_memory
 from clo_lib.pairs import (
     PREFERENCE_METHODS,
     SFT_SIDES,
@@ -276,6 +277,7 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, lea
 def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None):
     """Train one stage ("sft" rows or "preference" rows) and return (model, tokenizer, summary)."""
     if model is None:
+        preflight_memory(cfg)  # on a GPU: refuse a run that cannot fit before loading any weight
         model, tokenizer = load_model_and_tokenizer(cfg)
     model, counts = select_trainable(model, cfg.train)
     pad_id = tokenizer.pad_token_id

@@ -1,0 +1,166 @@
+"""Before loading a model: will this run fit on the GPU? An estimate from the model's config alone.
+
+    weights      all parameters in the load dtype (2 bytes in bf16)
+    gradients    trainable parameters in the load dtype
+    optimizer    AdamW keeps two fp32 moments per trainable parameter (8 bytes); 8-bit AdamW about 2 bytes
+    activations  per layer s·b·h·(34 + 5·a·s/h) bytes in 16-bit (Korthikanti et al. 2022), or about 2·s·b·h bytes
+                 with gradient checkpointing; a rough upper bound, since real sequences are mostly shorter than max
+
+Example: Llama-2-13B, attention-only full weights, AdamW, bf16 → 26 GB weights + 8.4 GB gradients + 33.6 GB
+optimizer states before activations: it does not fit one 80 GB GPU at the paper's batch and length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GB = 1024**3
+
+
+@dataclass
+class MemoryEstimate:
+    total_params: int
+    trainable_params: int
+    weights_gb: float
+    gradients_gb: float
+    optimizer_gb: float
+    activations_gb: float
+
+    @property
+    def total_gb(self) -> float:
+        return self.weights_gb + self.gradients_gb + self.optimizer_gb + self.activations_gb
+
+    def summary(self) -> str:
+        return (f"~{self.total_gb:.1f} GB: weights {self.weights_gb:.1f} + gradients {self.gradients_gb:.1f} + "
+                f"optimizer {self.optimizer_gb:.1f} + activations {self.activations_gb:.1f} "
+                f"({self.trainable_params / 1e9:.2f}B of {self.total_params / 1e9:.2f}B parameters train)")
+
+
+def count_params(model_config: Any) -> tuple[int, int, int]:
+    """(total, attention q/k/v/o, per-layer attention) parameters of a decoder from its transformers config."""
+    h = model_config.hidden_size
+    layers = model_config.num_hidden_layers
+    heads = model_config.num_attention_heads
+    kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+    head_dim = getattr(model_config, "head_dim", None) or h // heads
+    inter = model_config.intermediate_size
+    vocab = model_config.vocab_size
+    attention = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2  # q, o and k, v
+    mlp = 3 * h * inter  # gate, up, down
+    norms = 2 * h
+    embeddings = vocab * h * (1 if getattr(model_config, "tie_word_embeddings", False) else 2)
+    total = layers * (attention + mlp + norms) + embeddings + h
+    return total, layers * attention, attention
+
+
+def estimate_memory(model_config: Any, train_cfg: Any, max_length: int, dtype_bytes: int = 2) -> MemoryEstimate:
+    """Estimate training memory on one device for `train_cfg` (trainable, optim, batch size, checkpointing)."""
+    total, attention, _ = count_params(model_config)
+    if train_cfg.trainable == "attention":
+        trainable = attention
+    elif train_cfg.trainable == "full":
+        trainable = total
+    else:  # LoRA: r·(d_in + d_out) per adapted projection, in each layer
+        h = model_config.hidden_size
+        per_module = train_cfg.lora_r * 2 * h
+        trainable = model_config.num_hidden_layers * len(train_cfg.lora_target_modules) * per_module
+    optimizer_bytes = 2 if "8bit" in train_cfg.optim else 8
+    # Preference methods run chosen and rejected sequences in one forward: twice the rows of the batch size.
+    rows = train_cfg.batch_size * (2 if train_cfg.method in ("clo", "sft_dpo") else 1)
+    h, a, s = model_config.hidden_size, model_config.num_attention_heads, max_length
+    if train_cfg.gradient_checkpointing:
+        per_layer = 2 * s * rows * h
+    else:
+        per_layer = s * rows * h * (34 + 5 * a * s / h)
+    activations = per_layer * model_config.num_hidden_layers
+    return MemoryEstimate(
+        total_params=total,
+        trainable_params=trainable,
+        weights_gb=total * dtype_bytes / GB,
+        gradients_gb=trainable * dtype_bytes / GB,
+        optimizer_gb=trainable * optimizer_bytes / GB,
+        activations_gb=activations / GB,
+    )
+
+
+def check_fits(estimate: MemoryEstimate, available_gb: float) -> str | None:
+    """None when the estimate fits in `available_gb`; otherwise one sentence on what to change."""
+    if estimate.total_gb <= available_gb:
+        return None
+    return (f"This run needs {estimate.summary()}, more than the {available_gb:.0f} GB this GPU has; use "
+            "train.optim: adamw_8bit, train.gradient_checkpointing: true, a smaller train.batch_size, "
+            "train.trainable: lora, or several GPUs (accelerate launch --config_file params/accelerate/fsdp.yaml).")
+
+
+# The paper's base models, from their published config.json files, so estimates for the grid work offline.
+PAPER_MODEL_SHAPES = {
+    "meta-llama/Llama-2-7b-hf": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "meta-llama/Llama-2-13b-hf": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                      num_attention_heads=40, num_key_value_heads=40, vocab_size=32000),
+    "meta-llama/Meta-Llama-3-8B": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                       num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+    "mistralai/Mistral-7B-v0.1": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000),
+    "Qwen/Qwen2.5-3B": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                            num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+}
+
+
+def estimate_for_run(cfg: Any) -> MemoryEstimate:
+    """Estimate this run's training memory from the model's config alone (config.json; no weights are read)."""
+    from types import SimpleNamespace
+
+    name = cfg.train.init_from or cfg.model.name_or_path
+    if name in PAPER_MODEL_SHAPES:
+        model_config = SimpleNamespace(**PAPER_MODEL_SHAPES[name])
+    else:
+        from transformers import AutoConfig
+
+        model_config = AutoConfig.from_pretrained(name, revision=cfg.model.revision,
+                                                  trust_remote_code=cfg.model.trust_remote_code)
+    dtype_bytes = 4 if cfg.model.dtype == "float32" else 2
+    return estimate_memory(model_config, cfg.train, cfg.model.max_length, dtype_bytes)
+
+
+def preflight(cfg: Any) -> None:
+    """On a GPU, refuse a run that cannot fit before any weight is loaded; elsewhere, nothing to check."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    estimate = estimate_for_run(cfg)
+    _free, total = torch.cuda.mem_get_info()
+    print(f"Memory estimate: {estimate.summary()}; GPU has {total / GB:.0f} GB.")
+    problem = check_fits(estimate, total / GB)
+    if problem:
+        raise MemoryError(problem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.memory RUN.yaml [--gpu-gb 80]`: the estimate for a run, and whether it fits."""
+    import argparse
+    import sys
+
+    from clo_lib.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.memory", description=main.__doc__)
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory of one GPU, in GB")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(*args.configs, overrides=args.overrides)
+        estimate = estimate_for_run(cfg)
+    except (ConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(estimate.summary())
+    problem = check_fits(estimate, args.gpu_gb)
+    print(problem or f"Fits in {args.gpu_gb:.0f} GB.")
+    return 1 if problem else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
