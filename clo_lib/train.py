@@ -180,14 +180,58 @@ def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size
     for start in range(0, len(groups), batch_size):
         chunk = groups[start:start + batch_size]
         batch = collate_preferences(chunk, pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits
-        logps, _ = sequence_logps(logits, batch["labels"].to(device))
+        logps, _ = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                  batch["labels"].to(device))
         rows = [row for group in chunk for row in group]
         chosen, rejected = logps.float().cpu().chunk(2)
         for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
             row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
     model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Log-probs of response tokens, projecting only those positions through the LM head
+
+
+def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                   chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of response-token log-probs and their count; equal to `sequence_logps(model(...).logits, labels)`.
+
+    Only positions that predict a response token go through the LM head, and in chunks whose logits are
+    recomputed in the backward pass rather than kept: prompt and padding cost nothing there, and a 128k-vocabulary
+    head never holds logits for the whole batch. Models whose head does more than a linear layer (logit
+    soft-capping, scaling) take the plain path.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    config = base.config
+    special_head = getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
+    backbone = getattr(base, "model", None)
+    if special_head or backbone is None or not isinstance(head, torch.nn.Linear):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return sequence_logps(logits, labels)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[mask]
+    picked_hidden, picked_targets = hidden[:, :-1][mask], targets[mask]
+    pieces = []
+    for start in range(0, picked_targets.shape[0], chunk_tokens):
+        h, t = picked_hidden[start:start + chunk_tokens], picked_targets[start:start + chunk_tokens]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(torch.utils.checkpoint.checkpoint(_token_logps, head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_token_logps(head, h, t))
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=labels.device).index_add(0, rows, token_logps)
+    return sums, mask.sum(-1)
+
+
+def _token_logps(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,8 +251,7 @@ def _make_trainer_class():
             self._metric_counts: dict[str, int] = defaultdict(int)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            logps, counts = sequence_logps(logits, inputs["labels"])
+            logps, counts = response_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
             chosen_logps, rejected_logps = logps.chunk(2)
             chosen_counts, _ = counts.chunk(2)
             loss, metrics = clo_loss(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
@@ -217,7 +260,7 @@ def _make_trainer_class():
             for key, value in metrics.items():
                 self._metric_sums[key] += value
                 self._metric_counts[key] += 1
-            return (loss, logits) if return_outputs else loss
+            return (loss, {"logps": logps}) if return_outputs else loss
 
         def log(self, logs: dict[str, float], *args, **kwargs) -> None:
             # Averages of the CLO metrics since the last log line, next to the Trainer's own.

@@ -142,3 +142,25 @@ def test_cli_refuses_bad_config_in_one_line(tmp_path):
                 "expected one of sft, sft_eng, sft_tgt, sft_dpo, clo (did you mean sft_dpo?).")
     assert result.stderr.strip().splitlines() == [expected]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("arch,trainable", [("llama", "attention"), ("qwen2", "full"), ("mistral", "lora")])
+def test_response_only_head_equals_full_logits(tiny_model_dir, arch, trainable):
+    from clo_lib.train import response_logps
+
+    cfg = config(tiny_model_dir(arch), trainable=trainable, lora_r=2, lora_dropout=0.0)  # no dropout: same passes
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    model, _ = select_trainable(model, cfg.train)
+    groups = encode_preference_groups(build_clo_pairs(parallel_records(3)), tokenizer, cfg)
+    batch = collate_preferences(groups, tokenizer.pad_token_id)
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    fast, fast_counts = response_logps(model, *args, chunk_tokens=7)  # several chunks, one ragged
+    fast.sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    plain, plain_counts = sequence_logps(model(input_ids=args[0], attention_mask=args[1]).logits, args[2])
+    plain.sum().backward()
+    plain_grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.equal(fast_counts, plain_counts)
+    assert torch.allclose(fast, plain, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast_grads, plain_grads))
