@@ -146,6 +146,7 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _field(1.0, "Gradient clipping norm.", min=0.0, min_exclusive=True)
     gradient_checkpointing: bool = _field(False, "Trade compute for activation memory.")
+    merge_lora: bool = _field(False, "With trainable: lora, also save the base model with the adapter merged in.")
     init_from: str | None = _field(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
     logging_steps: int = _field(10, "Log every this many optimizer steps.", min=1)
     save_steps: int = _field(200, "Checkpoint every this many optimizer steps, so a killed run resumes.", min=1)

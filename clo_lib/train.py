@@ -370,9 +370,14 @@ def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> 
     if method in PREFERENCE_METHODS:
         model, tokenizer, summary = train_stage(cfg, parallel, out_dir, "preference", model, tokenizer)
         summaries.append(summary)
+    # attention/full: the whole trained model; lora: the adapter (plus, if asked, a merged copy for plain loading).
     model_dir = out_dir / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    if cfg.train.trainable == "lora" and cfg.train.merge_lora:
+        merged_dir = out_dir / "merged"
+        model.merge_and_unload().save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
     log = {"method": method, "stages": summaries}
     atomic_write_json(out_dir / "train_log.json", log)
     return log

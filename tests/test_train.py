@@ -164,3 +164,16 @@ def test_response_only_head_equals_full_logits(tiny_model_dir, arch, trainable):
     assert torch.equal(fast_counts, plain_counts)
     assert torch.allclose(fast, plain, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fast_grads, plain_grads))
+
+
+def test_lora_saves_adapter_and_optional_merged_model(tiny_llama, tmp_path):
+    from peft import AutoPeftModelForCausalLM
+
+    cfg = config(tiny_llama, method="sft", trainable="lora", lora_r=2, merge_lora=True, epochs=1)
+    train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert (tmp_path / "run" / "model" / "adapter_config.json").is_file()
+    adapted = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "run" / "model").eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged").eval()
+    ids = torch.tensor([[5, 17, 42, 7]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
