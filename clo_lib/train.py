@@ -114,10 +114,13 @@ def select_trainable(model, train_cfg) -> tuple[Any, dict[str, Any]]:
             raise ConfigError(f"train.attention_modules = {sorted(wanted)} matches no weight of this model; "
                               "expected module names such as q_proj, k_proj, v_proj, o_proj.",
                               key="train.attention_modules")
+    return model, _count_trainable(model)
+
+
+def _count_trainable(model) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    counts = {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total}
-    return model, counts
+    return {"trainable_params": trainable, "total_params": total, "trainable_share": trainable / total}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -284,7 +287,7 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, learning_rate: float | None = None):
+def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int):
     from transformers import TrainingArguments
 
     on_gpu = torch.cuda.is_available()
@@ -296,7 +299,7 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, lea
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=per_device_batch,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        learning_rate=learning_rate or cfg.train.learning_rate,
+        learning_rate=cfg.train.learning_rate,
         num_train_epochs=cfg.train.epochs,
         lr_scheduler_type=cfg.train.lr_scheduler,
         warmup_steps=cfg.train.warmup_ratio,  # a float below 1 is a share of all steps
@@ -322,7 +325,10 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
     if model is None:
         preflight_memory(cfg)  # on a GPU: refuse a run that cannot fit before loading any weight
         model, tokenizer = load_model_and_tokenizer(cfg)
-    model, counts = select_trainable(model, cfg.train)
+    if hasattr(model, "peft_config"):  # sft_dpo's second stage goes on training the SFT stage's adapter
+        counts = _count_trainable(model)
+    else:
+        model, counts = select_trainable(model, cfg.train)
     pad_id = tokenizer.pad_token_id
     if stage == "preference":
         groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)

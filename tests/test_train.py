@@ -177,3 +177,10 @@ def test_lora_saves_adapter_and_optional_merged_model(tiny_llama, tmp_path):
     ids = torch.tensor([[5, 17, 42, 7]])
     with torch.no_grad():
         assert torch.allclose(adapted(input_ids=ids).logits, merged(input_ids=ids).logits, atol=1e-5)
+
+
+def test_sft_dpo_with_lora_trains_one_adapter_through_both_stages(tiny_llama, tmp_path):
+    log = train_run(config(tiny_llama, method="sft_dpo", trainable="lora", lora_r=2, epochs=1), parallel_records(8),
+                    tmp_path / "run")
+    sft, dpo = log["stages"]
+    assert sft["trainable_params"] == dpo["trainable_params"] > 0  # not wrapped twice
