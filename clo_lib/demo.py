@@ -23,8 +23,7 @@ import torch  # noqa: E402
 
 from clo_lib.config import load_config  # noqa: E402
 from clo_lib.io import atomic_write_text  # noqa: E402
-from clo_lib.loss import sequence_logps  # noqa: E402
-from clo_lib.pairs import build_clo_pairs, encode_response, format_prompt  # noqa: E402
+from clo_lib.pairs import build_clo_pairs  # noqa: E402
 from clo_lib.tiny import DEFAULT_CORPUS, make_tiny_causal_lm  # noqa: E402
 
 OUT = Path("outputs/demo")
@@ -48,23 +47,19 @@ def demo_parallel() -> list[dict]:
     return records
 
 
-@torch.no_grad()
 def same_language_preference(model_dir: Path, cfg, rows: list[dict]) -> dict[str, float]:
     """Share of rows where the model gives the same-language (chosen) answer a higher log-prob than the other."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    from clo_lib.train import encode_preference_groups, preference_logps
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    wins = {"en": [], "tgt": []}
-    for row in rows:
-        text = format_prompt(row["prompt"], tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-        scores = []
-        for answer in (row["chosen"], row["rejected"]):
-            enc = encode_response(tokenizer, text, answer, cfg.model.max_length)
-            logits = model(input_ids=torch.tensor([enc["input_ids"]])).logits
-            scores.append(sequence_logps(logits, torch.tensor([enc["labels"]]))[0].item())
-        wins["tgt" if row["is_target"] else "en"].append(scores[0] > scores[1])
-    return {side: sum(v) / len(v) for side, v in wins.items()}
+    groups = encode_preference_groups(rows, tokenizer, cfg)
+    chosen, rejected = preference_logps(model, groups, tokenizer.pad_token_id)
+    is_target = torch.tensor([row["is_target"] for group in groups for row in group])
+    prefers_own = chosen > rejected
+    return {"en": prefers_own[~is_target].float().mean().item(), "tgt": prefers_own[is_target].float().mean().item()}
 
 
 def main() -> int:
@@ -93,7 +88,7 @@ def main() -> int:
             model_dir, loss, trainable = base, float("nan"), 0
         else:
             log = train_run(cfg, train_records, OUT / method)
-            model_dir, loss = OUT / method / "model", log["stages"][-1]["train_loss"]
+            model_dir, loss = OUT / method / "model", log["stages"][-1]["final_loss"]
             trainable = log["stages"][-1]["trainable_params"]
         pref = same_language_preference(model_dir, cfg, heldout_rows)
         table.append((method, trainable, loss, pref["en"], pref["tgt"], time.time() - t0))

@@ -28,6 +28,7 @@ from clo_lib.pairs import (
     SFT_SIDES,
     build_clo_pairs,
     build_sft_rows,
+    check_parallel,
     encode_response,
     format_prompt,
     group_by_pair,
@@ -127,28 +128,24 @@ def _count_trainable(model) -> dict[str, Any]:
 # Data: tokenized items, one per source example (CLO) or per row (SFT)
 
 
+def _encode(tokenizer, cfg: RunConfig, prompt: str, response: str) -> dict[str, list[int]]:
+    """Format `prompt` as this run's model expects, then tokenize it with `response` (labels on the response)."""
+    text = format_prompt(prompt, tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
+    return encode_response(tokenizer, text, response, cfg.model.max_length, chat=cfg.model.prompt_format == "chat")
+
+
 def encode_sft_rows(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[dict]:
-    chat = cfg.model.prompt_format == "chat"
-    items = []
-    for row in rows:
-        text = format_prompt(row["prompt"], tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-        items.append(encode_response(tokenizer, text, row["response"], cfg.model.max_length, chat=chat))
-    return items
+    return [_encode(tokenizer, cfg, row["prompt"], row["response"]) for row in rows]
 
 
 def encode_preference_groups(rows: Sequence[dict], tokenizer, cfg: RunConfig) -> list[list[dict]]:
     """One item per source example holding its rows, so a batch of items never splits a pair (batch-based loss)."""
-    chat = cfg.model.prompt_format == "chat"
-    groups = []
-    for group in group_by_pair(rows):
-        encoded = []
-        for row in group:
-            text = format_prompt(row["prompt"], tokenizer, cfg.model.prompt_format, cfg.model.prompt_template)
-            chosen = encode_response(tokenizer, text, row["chosen"], cfg.model.max_length, chat=chat)
-            rejected = encode_response(tokenizer, text, row["rejected"], cfg.model.max_length, chat=chat)
-            encoded.append({"chosen": chosen, "rejected": rejected, "is_target": bool(row["is_target"])})
-        groups.append(encoded)
-    return groups
+    return [
+        [{"chosen": _encode(tokenizer, cfg, row["prompt"], row["chosen"]),
+          "rejected": _encode(tokenizer, cfg, row["prompt"], row["rejected"]),
+          "is_target": bool(row["is_target"])} for row in group]
+        for group in group_by_pair(rows)
+    ]
 
 
 def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
@@ -175,21 +172,29 @@ def collate_preferences(groups: list[list[dict]], pad_id: int) -> dict[str, torc
 
 
 @torch.no_grad()
-def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> None:
-    """Log-probs of the frozen starting model, computed once and stored in each row (not recomputed per step)."""
+def preference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> tuple[torch.Tensor, ...]:
+    """Summed response log-probs of every row's chosen and rejected answer under `model`, in row order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    chosen, rejected = [], []
     for start in range(0, len(groups), batch_size):
-        chunk = groups[start:start + batch_size]
-        batch = collate_preferences(chunk, pad_id)
+        batch = collate_preferences(groups[start:start + batch_size], pad_id)
         logps, _ = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
                                   batch["labels"].to(device))
-        rows = [row for group in chunk for row in group]
-        chosen, rejected = logps.float().cpu().chunk(2)
-        for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
-            row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
+        c, r = logps.float().cpu().chunk(2)
+        chosen.append(c)
+        rejected.append(r)
     model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> None:
+    """Log-probs of the frozen starting model, computed once and stored in each row (not recomputed per step)."""
+    chosen, rejected = preference_logps(model, groups, pad_id, batch_size)
+    rows = [row for group in groups for row in group]
+    for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
+        row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -355,13 +360,19 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
     checkpoints = out_dir / "checkpoints"
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    summary = {"stage": stage, **counts, "train_loss": result.training_loss, "steps": result.global_step,
-               "log_history": trainer.state.log_history}
+    # From the logged step losses, which a resumed run restores from its checkpoint: the Trainer's own
+    # training_loss covers only the steps of this call (0.0 when a finished run is re-run).
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {"stage": stage, **counts, "resumed": resume,
+               "train_loss": sum(losses) / len(losses) if losses else result.training_loss,
+               "final_loss": losses[-1] if losses else result.training_loss,
+               "steps": result.global_step, "log_history": trainer.state.log_history}
     return trainer.model, tokenizer, summary
 
 
 def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> dict[str, Any]:
     """Train `cfg.train.method` on `parallel` records; save weights, tokenizer, resolved config and training log."""
+    check_parallel(parallel)  # bad records are refused before anything is written or loaded
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
@@ -404,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.parallel).is_file():
             raise ConfigError(f"--parallel {args.parallel} does not exist; expected the translation stage's JSONL.")
         parallel = list(read_jsonl(args.parallel))
+        check_parallel(parallel)
     except (ConfigError, BackendError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -184,3 +184,20 @@ def test_sft_dpo_with_lora_trains_one_adapter_through_both_stages(tiny_llama, tm
                     tmp_path / "run")
     sft, dpo = log["stages"]
     assert sft["trainable_params"] == dpo["trainable_params"] > 0  # not wrapped twice
+
+
+def test_rerunning_a_finished_run_resumes_without_training_again(tiny_llama, tmp_path):
+    cfg = config(tiny_llama, method="clo", epochs=2)
+    first = train_run(cfg, parallel_records(8), tmp_path / "run")["stages"][0]
+    again = train_run(cfg, parallel_records(8), tmp_path / "run")["stages"][0]
+    assert not first["resumed"] and again["resumed"]
+    assert again["steps"] == first["steps"]
+    assert again["train_loss"] == pytest.approx(first["train_loss"]) and again["final_loss"] == first["final_loss"]
+
+
+def test_bad_records_are_refused_before_anything_is_written(tiny_llama, tmp_path):
+    records = parallel_records(4)
+    del records[1]["response_tgt"]
+    with pytest.raises(ValueError, match="parallel record 1 .* 'response_tgt'"):
+        train_run(config(tiny_llama), records, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
