@@ -105,6 +105,16 @@ class TranslationConfig:
     device: Literal["auto", "cpu", "cuda"] = _field("auto", "Where the translator runs; auto uses CUDA if present.")
     api_base_url: str | None = _field(None, "Base URL of the OpenAI-compatible endpoint (openai backend).")
     api_key_env: str = _field("OPENAI_API_KEY", "Name of the environment variable holding the endpoint's key.")
+    cache_dir: str | None = _field(
+        None, "Folder of the translation cache; None: <output_dir>/cache/translations (shared by all runs)."
+    )
+    max_length_ratio: float = _field(
+        3.0, "Flag a translation over this many times longer or shorter than expected from its source.", min=1.0,
+        min_exclusive=True,
+    )
+    lid_min_confidence: float = _field(
+        0.5, "Language-ID confidence needed to flag a translation as being in the wrong language.", min=0.0, max=1.0
+    )
 
 
 @dataclass

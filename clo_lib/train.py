@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from clo_lib.config import ConfigError, RunConfig, load_config, save_config
+from clo_lib.data import training_records
 from clo_lib.io import atomic_write_json, read_jsonl
 from clo_lib.loss import clo_loss, sequence_logps
 from clo_lib.memory import preflight as preflight_memory
@@ -416,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--parallel {args.parallel} does not exist; expected the translation stage's JSONL.")
         parallel = list(read_jsonl(args.parallel))
         check_parallel(parallel)
+        # The corpus is in seeded-permutation order: the first data.size unflagged records are this run's subset.
+        parallel = training_records(parallel, cfg.data.size, cfg.data.keep_flagged)
     except (ConfigError, BackendError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

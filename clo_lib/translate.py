@@ -1,0 +1,606 @@
+"""Translation stage: an English SFT set to the parallel corpus CLO trains on (PAPER.md, "The data", step 2).
+
+    load English records ─► split each text into chunks the model can take ─► translate the chunks not yet cached,
+    longest first, in batches ─► join the chunks back ─► flag doubtful translations ─► parallel.jsonl + dataset
+
+Splitting keeps the layout: every line is translated on its own, leading list markers and blank lines stay as they
+are, fenced code blocks, inline code and URLs are never sent to the model, and a line longer than
+`translation.max_input_tokens` is cut at sentence ends (or, for one overlong sentence, between words). Numbers stay
+inside their sentence, where the model needs them for grammar, and are checked afterwards: a translation whose
+digits differ from the source's is flagged `numbers_changed`.
+
+Backends (`translation.backend`):
+    hf      a seq2seq model through generate(): M2M100 (the paper's facebook/m2m100_1.2B), NLLB-200, MADLAD-400,
+            Marian opus-mt (one model per pair; `{src}`/`{tgt}` in the model id are filled in)
+    openai  an OpenAI-compatible chat endpoint as an LLM translator (key from the environment variable only)
+    toy     the toy world's exact translator (clo_lib.toyworld)
+
+Every chunk's translation is cached on disk, keyed by (backend, model, source, target, text): a rerun translates
+nothing twice and a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from clo_lib.config import ConfigError, RunConfig, TranslationConfig, load_config
+from clo_lib.endpoint import EndpointError
+from clo_lib.io import atomic_write_json, atomic_write_text, write_jsonl
+from clo_lib.languages import SOURCE_LANGUAGE, get_language
+
+# ---------------------------------------------------------------------------------------------------------------
+# Language codes per model family: checked before any model is loaded
+
+
+class UnsupportedLanguageError(ValueError):
+    pass
+
+
+FAMILIES = ("m2m100", "nllb", "madlad", "marian")
+
+
+def model_family(model: str) -> str:
+    """The family of a translation model, from a local folder's config.json or else from the hub id."""
+    config_file = Path(model) / "config.json"
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+        name = model.lower()
+        if model_type == "m2m_100":
+            return "nllb" if "nllb" in name else "m2m100"
+        if model_type == "marian":
+            return "marian"
+        if model_type in ("t5", "mt5") and "madlad" in name:
+            return "madlad"
+    name = model.lower()
+    for key, family in (("nllb", "nllb"), ("m2m100", "m2m100"), ("m2m_100", "m2m100"), ("madlad", "madlad"),
+                        ("opus-mt", "marian"), ("marian", "marian")):
+        if key in name:
+            return family
+    raise ConfigError(f"translation.model = {model!r}: cannot tell its family; expected an M2M100, NLLB-200, "
+                      "MADLAD-400 or Marian opus-mt model (by name or a local folder with its config.json)",
+                      key="translation.model")
+
+
+def language_code(family: str, lang: str) -> str:
+    """How `family` names language `lang` (ISO 639-1 in the kit), or a clear UnsupportedLanguageError."""
+    row = get_language(lang)
+    code = {"m2m100": row.m2m100, "nllb": row.nllb, "madlad": row.code, "marian": row.code}[family]
+    if code is None:
+        raise UnsupportedLanguageError(f"{row.name} ({lang}) is not supported by {family} models; choose another "
+                                       "translation.model (NLLB-200 and MADLAD-400 cover the most languages)")
+    return code
+
+
+def model_for_pair(model: str, src: str, tgt: str) -> str:
+    """Marian ships one model per pair: `Helsinki-NLP/opus-mt-{src}-{tgt}` becomes opus-mt-en-sw."""
+    return model.replace("{src}", src).replace("{tgt}", tgt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splitting texts into chunks, and joining the translations back
+
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+_PROTECTED = re.compile(r"`[^`\n]+`|https?://\S+|www\.\S+")
+_LINE_PREFIX = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|#{1,6}|>)?\s*")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+
+
+def _pack(pieces: list[str], count_tokens: Callable[[str], int], max_tokens: int, glue: str) -> list[str]:
+    """Greedily join consecutive pieces while the result stays within `max_tokens`."""
+    chunks: list[str] = []
+    for piece in pieces:
+        if chunks and count_tokens(chunks[-1] + glue + piece) <= max_tokens:
+            chunks[-1] += glue + piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def _split_long(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> list[str]:
+    """Cut one line at sentence ends, then an overlong sentence between words, so each chunk fits."""
+    if count_tokens(text) <= max_tokens:
+        return [text]
+    chunks = []
+    for sentence in _pack(_SENTENCE_END.split(text), count_tokens, max_tokens, " "):
+        if count_tokens(sentence) <= max_tokens:
+            chunks.append(sentence)
+        else:
+            chunks.extend(_pack(sentence.split(" "), count_tokens, max_tokens, " "))
+    return chunks
+
+
+def segment(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> list[tuple[bool, str]]:
+    """`text` as (translate?, piece) pairs whose pieces concatenate back to `text` exactly.
+
+    Pieces marked True are the chunks for the model; False pieces (layout, code, URLs) pass through untouched.
+    """
+    pieces: list[tuple[bool, str]] = []
+
+    def add_prose(prose: str) -> None:
+        for line in prose.splitlines(keepends=True):
+            body = line.rstrip("\r\n")
+            ending = line[len(body):]
+            prefix = _LINE_PREFIX.match(body).group(0)
+            rest = body[len(prefix):]
+            trailing = rest[len(rest.rstrip()):]
+            rest = rest.rstrip()
+            if prefix:
+                pieces.append((False, prefix))
+            position = 0
+            for match in _PROTECTED.finditer(rest):
+                add_words(rest[position:match.start()])
+                pieces.append((False, match.group(0)))
+                position = match.end()
+            add_words(rest[position:])
+            if trailing + ending:
+                pieces.append((False, trailing + ending))
+
+    def add_words(words: str) -> None:
+        # Keep the spaces around a fragment outside it, so that joining restores them exactly.
+        stripped = words.strip()
+        if not stripped:
+            if words:
+                pieces.append((False, words))
+            return
+        lead = words[: len(words) - len(words.lstrip())]
+        tail = words[len(words.rstrip()):]
+        if lead:
+            pieces.append((False, lead))
+        # Pieces with no letters (numbers, punctuation, emoji) have nothing to translate.
+        if not re.search(r"[^\W\d_]", stripped):
+            pieces.append((False, stripped))
+        else:
+            for index, chunk in enumerate(_split_long(stripped, count_tokens, max_tokens)):
+                if index:
+                    pieces.append((False, " "))
+                pieces.append((True, chunk))
+        if tail:
+            pieces.append((False, tail))
+
+    position = 0
+    for match in _FENCE.finditer(text):
+        add_prose(text[position:match.start()])
+        pieces.append((False, match.group(0)))
+        position = match.end()
+    add_prose(text[position:])
+    return pieces
+
+
+def join(pieces: Sequence[tuple[bool, str]], translations: dict[str, str]) -> str:
+    """Rebuild a text: chunks replaced by their translation, everything else as it was."""
+    return "".join(translations[piece] if to_translate else piece for to_translate, piece in pieces)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backends: one interface, `count_tokens` (for splitting) and `translate_batch` (for a list of chunks)
+
+
+class Translator:
+    backend = "base"
+
+    def __init__(self, model: str):
+        self.model = model
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        raise NotImplementedError
+
+
+class ToyTranslator(Translator):
+    """The toy world's exact translator, sentence by sentence."""
+
+    backend = "toy"
+
+    def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        from clo_lib import toyworld
+
+        return [" ".join(toyworld.translate(s, src, tgt) for s in re.split(r"(?<=[.?!。？])\s*", text) if s.strip())
+                for text in texts]
+
+
+class HFTranslator(Translator):
+    """A seq2seq model from transformers, called through generate() (transformers 5 has no translation pipeline)."""
+
+    backend = "hf"
+
+    def __init__(self, model: str, src: str, tgt: str, num_beams: int = 4, max_input_tokens: int = 200,
+                 max_new_tokens: int = 256, device: str = "auto"):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        super().__init__(model)
+        self.family = model_family(model)
+        self.src_code, self.tgt_code = language_code(self.family, src), language_code(self.family, tgt)
+        path = model_for_pair(model, src, tgt) if self.family == "marian" else model
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32  # half precision on CPU is slow and, for beam search, less stable
+        self.device, self.dtype = device, dtype
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.net = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.num_beams, self.max_input_tokens, self.max_new_tokens = num_beams, max_input_tokens, max_new_tokens
+        self.generate_kwargs: dict[str, Any] = {}
+        self._language_token_ids = set(getattr(self.tokenizer, "lang_token_to_id", {}).values())
+        self._prefix = ""
+        if self.family in ("m2m100", "nllb"):
+            self.tokenizer.src_lang = self.src_code
+            token = f"__{self.tgt_code}__" if self.family == "m2m100" else self.tgt_code
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == self.tokenizer.unk_token_id:
+                raise UnsupportedLanguageError(f"{path} has no language token {token} for {tgt}")
+            self.generate_kwargs["forced_bos_token_id"] = token_id
+        elif self.family == "madlad":
+            self._prefix = f"<2{self.tgt_code}> "  # MADLAD-400 takes the target language as a source prefix
+            if f"<2{self.tgt_code}>" not in self.tokenizer.get_vocab():
+                raise UnsupportedLanguageError(f"{path} has no language token <2{self.tgt_code}> for {tgt}")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        import torch
+
+        inputs = self.tokenizer([self._prefix + t for t in texts], return_tensors="pt", padding=True,
+                                truncation=True, max_length=self.max_input_tokens + 8).to(self.device)
+        with torch.inference_mode():
+            output = self.net.generate(**inputs, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
+                                       **self.generate_kwargs)
+        # Language tokens are not always registered as special tokens (transformers 5's M2M100Tokenizer), so
+        # skip_special_tokens alone can leave "__sw__" in the text: drop them by id.
+        rows = [[i for i in row if i not in self._language_token_ids] for row in output.tolist()]
+        return [t.strip() for t in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+TRANSLATOR_SYSTEM_PROMPT = (
+    "You are a professional translator. Translate the user's text from {src} into {tgt}. Keep the meaning, tone, "
+    "formatting, numbers, names and code exactly. Reply with the translation only, no notes."
+)
+
+
+class OpenAITranslator(Translator):
+    """An LLM behind an OpenAI-compatible endpoint; requests of one batch run concurrently."""
+
+    backend = "openai"
+
+    def __init__(self, model: str, base_url: str | None, api_key_env: str, concurrency: int = 8,
+                 max_new_tokens: int = 1024):
+        from clo_lib.endpoint import ChatEndpoint
+
+        super().__init__(model)
+        self.endpoint = ChatEndpoint(base_url or "https://api.openai.com/v1", model, api_key_env)
+        self.endpoint.check()
+        self.concurrency, self.max_new_tokens = concurrency, max_new_tokens
+
+    def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
+
+        def one(text: str) -> str:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+            return self.endpoint.chat(messages, temperature=0.0, max_tokens=self.max_new_tokens).strip()
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, texts))
+
+
+def check_pair(cfg: TranslationConfig, src: str, tgt: str) -> None:
+    """Everything that can be checked about a translation setup without loading a model."""
+    if cfg.backend == "hf":
+        family = model_family(cfg.model)
+        language_code(family, src), language_code(family, tgt)
+    elif cfg.backend == "toy":
+        from clo_lib import toyworld
+
+        for lang in (src, tgt):
+            if lang not in toyworld.LANGS:
+                raise UnsupportedLanguageError(f"{get_language(lang).name} ({lang}) is not in the toy world; "
+                                               f"it has {', '.join(toyworld.LANGS)}")
+    elif cfg.backend == "openai":
+        from clo_lib.endpoint import ChatEndpoint
+
+        ChatEndpoint(cfg.api_base_url or "https://api.openai.com/v1", cfg.model, cfg.api_key_env).check()
+
+
+def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
+    check_pair(cfg, src, tgt)
+    if cfg.backend == "toy":
+        return ToyTranslator("toy")
+    if cfg.backend == "openai":
+        return OpenAITranslator(cfg.model, cfg.api_base_url, cfg.api_key_env, concurrency=cfg.batch_size,
+                                max_new_tokens=cfg.max_new_tokens)
+    return HFTranslator(cfg.model, src, tgt, cfg.num_beams, cfg.max_input_tokens, cfg.max_new_tokens, cfg.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The cache: one JSONL file per (backend, model, source, target), appended after every batch
+
+
+class TranslationCache:
+    """Chunk translations on disk, keyed by sha256 of (backend, model, src, tgt, text).
+
+    Each line carries its key and a checksum of the translation; a line that does not parse or check out (a run
+    killed mid-write) is dropped on load, the file is rewritten without it, and its chunk is translated again.
+    """
+
+    def __init__(self, directory: str | Path, backend: str, model: str, src: str, tgt: str):
+        self.identity = (backend, model, src, tgt)
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-80:]
+        self.path = Path(directory) / f"{backend}__{slug}__{src}-{tgt}.jsonl"
+        self.entries: dict[str, str] = {}
+        self.corrupt_lines = 0
+        self.hits = 0
+        self._load()
+
+    def key(self, text: str) -> str:
+        return hashlib.sha256(json.dumps([*self.identity, text], ensure_ascii=False).encode("utf-8")).hexdigest()
+
+    @staticmethod
+    def _checksum(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        good_lines = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                valid = (entry["k"] == self.key(entry["src"]) and isinstance(entry["out"], str)
+                         and entry["sum"] == self._checksum(entry["out"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                valid = False
+            if valid:
+                self.entries[entry["k"]] = entry["out"]
+                good_lines.append(line)
+            else:
+                self.corrupt_lines += 1
+        if self.corrupt_lines:
+            atomic_write_text(self.path, "".join(line + "\n" for line in good_lines))
+
+    def get(self, text: str) -> str | None:
+        found = self.entries.get(self.key(text))
+        if found is not None:
+            self.hits += 1
+        return found
+
+    def put_many(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Append one batch in a single write and fsync it, so a kill loses at most this batch."""
+        lines = []
+        for text, out in pairs:
+            key = self.key(text)
+            self.entries[key] = out
+            lines.append(json.dumps({"k": key, "src": text, "out": out, "sum": self._checksum(out)},
+                                    ensure_ascii=False) + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def translate_chunks(chunks: Sequence[str], translator: Translator, cache: TranslationCache, src: str, tgt: str,
+                     batch_size: int, progress: bool = True) -> dict[str, Any]:
+    """Translate every distinct chunk not yet in the cache, longest first, `batch_size` at a time.
+
+    Sorting by length puts similar lengths in one batch, so little compute goes to padding. Returns timing stats.
+    """
+    from tqdm.auto import tqdm
+
+    todo = sorted({c for c in chunks if cache.get(c) is None}, key=lambda c: (-translator.count_tokens(c), c))
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="chunk", desc=f"translate {src}->{tgt}", disable=not progress or not todo)
+    for begin in range(0, len(todo), batch_size):
+        batch = todo[begin: begin + batch_size]
+        cache.put_many(list(zip(batch, translator.translate_batch(batch, src, tgt))))
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"chunks": len(set(chunks)), "translated": len(todo), "cached": len(set(chunks)) - len(todo),
+            "seconds": round(seconds, 3), "chunks_per_s": round(len(todo) / seconds, 2) if todo and seconds else None}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quality flags
+
+# Rough characters-per-English-character of each script, so that a Chinese translation a third as long as its
+# English source is not called "too short". Approximate; unlisted languages count as 1.
+CHAR_RATIO = {"zh": 0.3, "ja": 0.35, "ko": 0.45}
+FLAGS = ("empty", "too_short", "too_long", "wrong_language", "ngram_loop", "numbers_changed")
+
+
+def _max_ngram_repeats(text: str, n: int = 3) -> int:
+    words = text.split()
+    if len(words) < n * 2 and len(text) > 2 * len(words) * 4:  # no spaces to speak of (Chinese, Japanese)
+        words = [ch for ch in text if not ch.isspace()]
+        n = 4
+    grams = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+    return max(grams.values(), default=0)
+
+
+def quality_flags(source: str, translation: str, tgt: str, max_length_ratio: float = 3.0,
+                  lid_min_confidence: float = 0.5, min_chars_for_ratio: int = 20) -> list[str]:
+    """Which of FLAGS apply to one translation (an empty list means it looks fine)."""
+    from clo_lib import langid
+
+    flags = []
+    if not translation.strip():
+        return ["empty"] if source.strip() else []
+    src_chars = len(re.sub(r"\s", "", source))
+    out_chars = len(re.sub(r"\s", "", translation))
+    if src_chars >= min_chars_for_ratio:
+        ratio = out_chars / (src_chars * CHAR_RATIO.get(tgt, 1.0))
+        if ratio < 1 / max_length_ratio:
+            flags.append("too_short")
+        elif ratio > max_length_ratio:
+            flags.append("too_long")
+    prose = _PROTECTED.sub(" ", _FENCE.sub(" ", translation))
+    detected, _ = langid.detect(prose, [SOURCE_LANGUAGE, tgt], lid_min_confidence)
+    if detected is not None and detected != tgt:
+        flags.append("wrong_language")
+    out_repeats = _max_ngram_repeats(translation)
+    if out_repeats >= 4 and out_repeats > 2 * max(_max_ngram_repeats(source), 1):
+        flags.append("ngram_loop")
+    if Counter(re.findall(r"\d+", source)) != Counter(re.findall(r"\d+", translation)):
+        flags.append("numbers_changed")
+    return flags
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def translate_records(records: Sequence[dict], translator: Translator, cache: TranslationCache, tgt: str,
+                      cfg: TranslationConfig, progress: bool = True) -> tuple[list[dict], dict[str, Any]]:
+    """Parallel records `{id, lang, prompt_en, response_en, prompt_tgt, response_tgt, flags}` and timing stats."""
+    src = SOURCE_LANGUAGE
+    token_counts: dict[str, int] = {}
+
+    def count(text: str) -> int:  # splitting asks for the same pieces more than once
+        if text not in token_counts:
+            token_counts[text] = translator.count_tokens(text)
+        return token_counts[text]
+
+    pieces = {}
+    for record in records:
+        for name in ("prompt_en", "response_en"):
+            pieces[record[name]] = segment(record[name], count, cfg.max_input_tokens)
+    chunks = [piece for parts in pieces.values() for to_translate, piece in parts if to_translate]
+    stats = translate_chunks(chunks, translator, cache, src, tgt, cfg.batch_size, progress)
+    done = {chunk: cache.entries[cache.key(chunk)] for chunk in set(chunks)}
+    parallel = []
+    for record in records:
+        prompt_tgt, response_tgt = join(pieces[record["prompt_en"]], done), join(pieces[record["response_en"]], done)
+        flags = [f"prompt:{f}" for f in quality_flags(record["prompt_en"], prompt_tgt, tgt, cfg.max_length_ratio,
+                                                       cfg.lid_min_confidence)]
+        flags += [f"response:{f}" for f in quality_flags(record["response_en"], response_tgt, tgt,
+                                                          cfg.max_length_ratio, cfg.lid_min_confidence)]
+        parallel.append({"id": record["id"], "lang": tgt, "prompt_en": record["prompt_en"],
+                         "response_en": record["response_en"], "prompt_tgt": prompt_tgt,
+                         "response_tgt": response_tgt, "flags": flags})
+    return parallel, stats
+
+
+def corpus_dir(cfg: RunConfig) -> Path:
+    """Where a language's parallel corpus lives: `<output_dir>/data/<lang>/`."""
+    return Path(cfg.output_dir) / "data" / cfg.language
+
+
+def cache_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.translation.cache_dir or Path(cfg.output_dir) / "cache" / "translations")
+
+
+def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Load the English set, cut the pool, translate, flag, and write parallel.jsonl, dataset/ and report.{json,md}."""
+    from clo_lib.data import load_english
+    from clo_lib.pairs import nested_subset
+
+    out_dir = Path(out_dir) if out_dir else corpus_dir(cfg)
+    tcfg, tgt = cfg.translation, cfg.language
+    check_pair(tcfg, SOURCE_LANGUAGE, tgt)  # before reading data or loading a model
+    loaded = load_english(cfg.data)
+    pool_size = cfg.data.pool_size or cfg.data.size
+    if pool_size > len(loaded.records):
+        raise ValueError(f"data.pool_size (or data.size) = {pool_size} but {loaded.summary()}; "
+                         "lower it or use a larger source")
+    # The corpus is stored in the order of one seeded permutation: training takes its first N usable records.
+    pool = nested_subset(loaded.records, pool_size, cfg.data.subset_seed)
+    cache = TranslationCache(cache_dir(cfg), tcfg.backend, tcfg.model, SOURCE_LANGUAGE, tgt)
+    corrupt = cache.corrupt_lines
+    translator = make_translator(tcfg, SOURCE_LANGUAGE, tgt)
+    parallel, stats = translate_records(pool, translator, cache, tgt, tcfg, progress)
+    flag_counts = Counter(flag for record in parallel for flag in record["flags"])
+    report = {
+        "language": tgt, "backend": tcfg.backend, "model": tcfg.model, "source": loaded.source,
+        "source_records": len(loaded.records), "skipped_source_rows": [list(s) for s in loaded.skipped],
+        "records": len(parallel), "flagged_records": sum(bool(r["flags"]) for r in parallel),
+        "flags": dict(sorted(flag_counts.items())), "cache_file": str(cache.path),
+        "cache_corrupt_lines_redone": corrupt, **stats,
+    }
+    write_parallel(out_dir, parallel, progress)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", report_markdown(report, parallel))
+    return report
+
+
+def write_parallel(out_dir: Path, parallel: list[dict], progress: bool = True) -> None:
+    """parallel.jsonl (atomic) and the same rows as a `datasets` dataset (written aside, then swapped in)."""
+    import shutil
+
+    import datasets
+
+    if not progress:
+        datasets.disable_progress_bars()
+
+    write_jsonl(out_dir / "parallel.jsonl", parallel)
+    staging = out_dir / ".dataset.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    datasets.Dataset.from_list(parallel).save_to_disk(str(staging))
+    final = out_dir / "dataset"
+    old = out_dir / ".dataset.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def report_markdown(report: dict, parallel: Sequence[dict], examples: int = 3) -> str:
+    lines = [f"# Translation into {get_language(report['language']).name} ({report['language']})", "",
+             f"- source: {report['source']} ({report['source_records']} usable English records, "
+             f"{len(report['skipped_source_rows'])} rows skipped)",
+             f"- backend: {report['backend']}, model: {report['model']}",
+             f"- records: {report['records']}, flagged: {report['flagged_records']} (dropped from training unless "
+             "data.keep_flagged)",
+             f"- chunks: {report['chunks']} distinct, {report['translated']} translated now, {report['cached']} "
+             f"from the cache, {report['seconds']} s" + (f", {report['chunks_per_s']} chunks/s"
+                                                         if report["chunks_per_s"] else ""), ""]
+    if report["flags"]:
+        lines += ["| flag | records |", "|---|---|"] + [f"| {k} | {v} |" for k, v in report["flags"].items()] + [""]
+    lines += ["## Examples", ""]
+    for record in parallel[:examples]:
+        lines += [f"**{record['id']}** {' '.join(record['flags'])}", "",
+                  f"> EN: {record['prompt_en']}", ">", f"> {report['language'].upper()}: {record['prompt_tgt']}", "",
+                  f"> EN: {record['response_en']}", ">", f"> {report['language'].upper()}: {record['response_tgt']}",
+                  ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.translate RUN.yaml [--set key=value] [--out DIR]`: write the run's parallel corpus."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.translate", description=main.__doc__)
+    parser.add_argument("configs", nargs="+", help="YAML layers, later overriding earlier")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="folder for the corpus (default: <output_dir>/data/<language>)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(*args.configs, overrides=args.overrides)
+        report = run_translation(cfg, args.out)
+    except (ConfigError, UnsupportedLanguageError, EndpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {k: report[k] for k in ("language", "records", "flagged_records", "translated", "cached", "seconds")}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Translation stage: code maps, splitting, the HF / LLM / toy backends, the cache, resume, flags, outputs."""
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from datasets import load_from_disk
+
+from clo_lib import languages, translate
+from clo_lib.config import ConfigError, load_config
+from clo_lib.io import read_jsonl
+from clo_lib.translate import (
+    TranslationCache,
+    Translator,
+    UnsupportedLanguageError,
+    language_code,
+    model_family,
+    quality_flags,
+    run_translation,
+    segment,
+    translate_records,
+)
+
+
+def words(text):
+    return len(text.split())
+
+
+# --- language codes and model families ---------------------------------------------------------------------------
+
+
+def test_language_codes_per_model_family():
+    assert [language_code("m2m100", c) for c in ("zh", "de", "ko", "id", "sw", "yo")] == [
+        "zh", "de", "ko", "id", "sw", "yo"]
+    assert [language_code("nllb", c) for c in ("en", "zh", "sw", "yo")] == ["eng_Latn", "zho_Hans", "swh_Latn",
+                                                                           "yor_Latn"]
+    assert language_code("madlad", "ko") == "ko" and language_code("marian", "de") == "de"
+    assert translate.model_for_pair("Helsinki-NLP/opus-mt-{src}-{tgt}", "en", "sw") == "Helsinki-NLP/opus-mt-en-sw"
+
+
+def test_unsupported_language_is_a_clear_error(monkeypatch):
+    row = dataclasses.replace(languages.LANGUAGES["yo"], m2m100=None)
+    monkeypatch.setitem(languages.LANGUAGES, "yo", row)
+    with pytest.raises(UnsupportedLanguageError, match=r"Yoruba \(yo\) is not supported by m2m100"):
+        language_code("m2m100", "yo")
+
+
+@pytest.mark.parametrize("name,family", [("facebook/m2m100_1.2B", "m2m100"), ("facebook/nllb-200-distilled-600M",
+                                         "nllb"), ("google/madlad400-3b-mt", "madlad"),
+                                         ("Helsinki-NLP/opus-mt-en-de", "marian")])
+def test_model_family_from_hub_ids(name, family):
+    assert model_family(name) == family
+
+
+def test_model_family_from_local_folders_and_unknown_names(tiny_model_dir):
+    assert model_family(str(tiny_model_dir("m2m100"))) == "m2m100"
+    assert model_family(str(tiny_model_dir("marian"))) == "marian"
+    with pytest.raises(ConfigError, match="translation.model = 'acme/unknown': cannot tell its family"):
+        model_family("acme/unknown")
+
+
+def test_bad_pairs_fail_before_any_data_or_model_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr("clo_lib.data.load_english", lambda cfg: pytest.fail("data was loaded"))
+    cfg = load_config({"preset": "toy", "language": "ar", "output_dir": str(tmp_path)})
+    with pytest.raises(UnsupportedLanguageError, match=r"Arabic \(ar\) is not in the toy world"):
+        run_translation(cfg)
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "translation": {"model": "acme/unknown"}})
+    with pytest.raises(ConfigError, match="cannot tell its family"):
+        run_translation(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+# --- splitting and joining ---------------------------------------------------------------------------------------
+
+TEXTS = [
+    "Plain sentence.",
+    "First sentence is here. Second one follows! A third? Yes, and it goes on for a while longer than the rest.",
+    "Steps:\n1. Open https://example.org/a?b=1 in a browser.\n2. Run `pip install clo-kit` then wait 30 seconds.\n",
+    "Code:\n```python\nfor i in range(3):\n    print(i)\n```\nDone.  \n\n- item one\n* item two\n> quoted text",
+    "   leading and trailing spaces   ",
+    "12345",
+    "",
+    "中文句子。第二句！",
+]
+
+
+@pytest.mark.parametrize("max_tokens", [2, 5, 200])
+def test_segments_join_back_exactly_and_respect_the_limit(max_tokens):
+    for text in TEXTS:
+        pieces = segment(text, words, max_tokens)
+        assert "".join(piece for _, piece in pieces) == text
+        for to_translate, piece in pieces:
+            if to_translate:
+                assert piece == piece.strip() and piece
+                assert words(piece) <= max_tokens or words(piece) == 1
+
+
+def test_code_urls_and_layout_pass_through_untouched(tmp_path):
+    class Upper(Translator):
+        backend = "upper"
+
+        def translate_batch(self, texts, src, tgt):
+            return [t.upper() for t in texts]
+
+    record = {"id": 0, "prompt_en": TEXTS[2], "response_en": TEXTS[3]}
+    cfg = load_config({"language": "sw"}).translation
+    [row], _ = translate_records([record], Upper("u"), TranslationCache(tmp_path, "upper", "u", "en", "sw"), "sw", cfg,
+                                 progress=False)
+    out = row["prompt_tgt"] + row["response_tgt"]
+    code_block = "```python\nfor i in range(3):\n    print(i)\n```"
+    for kept in ("https://example.org/a?b=1", "`pip install clo-kit`", code_block, "\n1. ", "\n2. ", "\n- ", "\n* ",
+                 "\n> ", "30"):
+        assert kept in out
+    assert "OPEN" in out and "QUOTED TEXT" in out and "DONE." in out
+
+
+def test_long_lines_are_cut_at_sentence_ends_first():
+    pieces = segment(TEXTS[1], words, 8)
+    chunks = [p for t, p in pieces if t]
+    assert chunks[:2] == ["First sentence is here. Second one follows!", "A third?"]
+    assert all(words(c) <= 8 for c in chunks)
+
+
+# --- flags -------------------------------------------------------------------------------------------------------
+
+
+def test_quality_flags_each_fire_on_their_case():
+    src = "The quick brown fox jumps over the lazy dog near the river bank."
+    good = "Mbweha mwepesi wa kahawia anaruka juu ya mbwa mvivu karibu na ukingo wa mto."
+    assert quality_flags(src, good, "sw") == []
+    assert quality_flags(src, "   ", "sw") == ["empty"]
+    assert "too_short" in quality_flags(src, "Mbweha.", "sw")
+    assert "too_long" in quality_flags(src, good * 4, "sw")
+    assert "wrong_language" in quality_flags(src, "The quick brown fox jumps over the lazy dog by the river.", "sw")
+    loop = "Mbweha anaruka juu ya mbwa " * 6
+    assert "ngram_loop" in quality_flags(src, loop, "sw")
+    assert "numbers_changed" in quality_flags("I have 3 apples and 12 pears today.", "Nina tufaha 3 na pea 13 leo.",
+                                              "sw")
+    # Chinese is about a third as long as English in characters: that is not "too short"
+    assert "too_short" not in quality_flags(src, "敏捷的棕色狐狸跳过了河岸边懒惰的狗。", "zh")
+
+
+# --- the stage end to end on tiny local models -------------------------------------------------------------------
+
+
+def english_file(tmp_path, n=6):
+    path = tmp_path / "english.jsonl"
+    rows = [{"id": i, "instruction": f"Question number {i}: how do birds fly?",
+             "output": f"Birds fly with wings. See https://birds.example/{i} for more."} for i in range(n)]
+    rows.append({"id": "bad", "instruction": "", "output": "x"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def hf_config(tmp_path, model_dir, **translation):
+    return load_config({
+        "language": "sw", "output_dir": str(tmp_path / "out"),
+        "data": {"source": "jsonl", "path": str(english_file(tmp_path)), "size": 6},
+        "translation": {"backend": "hf", "model": str(model_dir), "num_beams": 2, "max_new_tokens": 8,
+                        "batch_size": 4, **translation},
+    })
+
+
+@pytest.mark.parametrize("arch", ["m2m100", "marian"])
+def test_hf_backend_writes_the_corpus_and_a_rerun_translates_nothing(tmp_path, tiny_model_dir, arch, monkeypatch):
+    cfg = hf_config(tmp_path, tiny_model_dir(arch))
+    report = run_translation(cfg, progress=False)
+    out = tmp_path / "out" / "data" / "sw"
+    rows = list(read_jsonl(out / "parallel.jsonl"))
+    assert len(rows) == report["records"] == 6
+    assert report["skipped_source_rows"] == [[6, "instruction missing or empty"]]
+    assert set(rows[0]) == {"id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt", "flags"}
+    assert all("__sw__" not in r["response_tgt"] for r in rows)
+    # URLs never reach the model: each survives verbatim in the joined translation
+    assert all(f"https://birds.example/{r['id']}" in r["response_tgt"] for r in rows)
+    assert load_from_disk(str(out / "dataset")).to_list() == rows
+    assert report["translated"] > 0 and (out / "report.md").read_text().startswith("# Translation into Swahili")
+
+    def no_calls(self, texts, src, tgt):
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(translate.HFTranslator, "translate_batch", no_calls)
+    again = run_translation(cfg, progress=False)
+    assert again["translated"] == 0 and again["cached"] == report["chunks"]
+    assert list(read_jsonl(out / "parallel.jsonl")) == rows
+
+
+def test_m2m100_forces_the_target_language_token(tiny_model_dir):
+    translator = translate.HFTranslator(str(tiny_model_dir("m2m100")), "en", "yo", num_beams=1, max_new_tokens=4)
+    assert translator.generate_kwargs["forced_bos_token_id"] == translator.tokenizer.convert_tokens_to_ids("__yo__")
+    assert translator.tokenizer.src_lang == "en"
+    assert translator.device == "cpu" and str(translator.dtype) == "torch.float32"
+
+
+def toy_config(tmp_path, size=40, **translation):
+    return load_config({"preset": "toy", "language": "ko", "output_dir": str(tmp_path),
+                        "data": {"size": size}, "translation": {"batch_size": 4, **translation}})
+
+
+def test_toy_backend_translates_exactly(tmp_path):
+    from clo_lib import toyworld
+
+    report = run_translation(toy_config(tmp_path), progress=False)
+    rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
+    assert report["flagged_records"] == 0 and len(rows) == 40
+    for row in rows:
+        assert row["prompt_tgt"] == toyworld.translate(row["prompt_en"], "en", "ko")
+        assert row["response_tgt"] == toyworld.translate(row["response_en"], "en", "ko")
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    calls = []
+    real = translate.ToyTranslator.translate_batch
+
+    def dies_on_third_batch(self, texts, src, tgt):
+        calls.append(len(texts))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, texts, src, tgt)
+
+    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_translation(toy_config(tmp_path), progress=False)
+    assert not (tmp_path / "data" / "ko" / "parallel.jsonl").exists()
+    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", real)
+    report = run_translation(toy_config(tmp_path), progress=False)
+    assert report["cached"] == 8 and report["translated"] == report["chunks"] - 8
+
+
+def test_corrupt_cache_lines_are_detected_and_redone(tmp_path):
+    cfg = toy_config(tmp_path, size=10)
+    first = run_translation(cfg, progress=False)
+    rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
+    cache_file = tmp_path / "cache" / "translations" / "toy__toy__en-ko.jsonl"
+    lines = cache_file.read_text().splitlines()
+    tampered = json.loads(lines[0])
+    tampered["out"] = "garbage"  # checksum no longer matches
+    lines[0] = json.dumps(tampered, ensure_ascii=False)
+    cache_file.write_text("\n".join(lines) + "\n" + lines[1][: len(lines[1]) // 2])  # and a torn last write
+    second = run_translation(cfg, progress=False)
+    # the torn line's chunk is still intact on line 2, so only the tampered chunk is translated again
+    assert second["cache_corrupt_lines_redone"] == 2 and second["translated"] == 1
+    assert list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl")) == rows
+    assert first["chunks"] == second["chunks"]
+    assert TranslationCache(cache_file.parent, "toy", "toy", "en", "ko").corrupt_lines == 0
+
+
+def test_cache_keys_separate_backend_model_and_languages(tmp_path):
+    keys = {TranslationCache(tmp_path, *identity).key("Hello.") for identity in
+            [("hf", "m", "en", "sw"), ("hf", "m", "en", "yo"), ("hf", "n", "en", "sw"), ("openai", "m", "en", "sw")]}
+    assert len(keys) == 4
+
+
+def test_flagged_records_are_written_with_their_flags(tmp_path):
+    class Broken(Translator):
+        backend = "broken"
+
+        def translate_batch(self, texts, src, tgt):
+            return ["" if "1" in t else "Ndege huruka kwa mabawa yao kila siku." for t in texts]
+
+    records = [{"id": i, "prompt_en": f"Question {i}: how do birds fly?", "response_en": "Birds fly with wings."}
+               for i in range(3)]
+    cfg = load_config({"language": "sw"}).translation
+    cache = TranslationCache(tmp_path, "broken", "b", "en", "sw")
+    parallel, _ = translate_records(records, Broken("b"), cache, "sw", cfg, progress=False)
+    assert parallel[1]["flags"] == ["prompt:empty"]
+    assert "prompt:numbers_changed" in parallel[0]["flags"]  # the 0 of "Question 0" was lost
+
+
+# --- the LLM translator behind an OpenAI-compatible endpoint (a stub on loopback) ---------------------------------
+
+
+@pytest.fixture
+def stub_endpoint():
+    seen = {"requests": [], "fail_first": 1}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen["requests"].append({"auth": self.headers.get("Authorization"), "body": body})
+            if seen["fail_first"]:
+                seen["fail_first"] -= 1
+                self.send_response(503)
+                self.end_headers()
+                return
+            text = body["messages"][-1]["content"]
+            reply = {"choices": [{"message": {"role": "assistant", "content": f"[sw] {text}"}}]}
+            data = json.dumps(reply).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", seen
+    server.shutdown()
+
+
+def test_openai_backend_translates_through_the_endpoint_with_retries(tmp_path, stub_endpoint, monkeypatch):
+    url, seen = stub_endpoint
+    monkeypatch.setenv("CLO_TEST_KEY", "sk-test-secret")
+    monkeypatch.setattr("clo_lib.endpoint.ChatEndpoint.backoff_s", 0.0)
+    translator = translate.OpenAITranslator("my-llm", url, "CLO_TEST_KEY", concurrency=2)
+    assert translator.translate_batch(["Hello there.", "Good night."], "en", "sw") == ["[sw] Hello there.",
+                                                                                    "[sw] Good night."]
+    assert len(seen["requests"]) == 3  # one 503, retried
+    first = seen["requests"][-1]
+    assert first["auth"] == "Bearer sk-test-secret" and first["body"]["model"] == "my-llm"
+    assert "into Swahili" in first["body"]["messages"][0]["content"]
+
+
+def test_openai_backend_without_its_key_fails_before_any_request(tmp_path, stub_endpoint, monkeypatch):
+    url, seen = stub_endpoint
+    monkeypatch.delenv("CLO_TEST_KEY", raising=False)
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": {"source": "toy", "size": 4},
+                       "translation": {"backend": "openai", "model": "m", "api_base_url": url,
+                                       "api_key_env": "CLO_TEST_KEY"}})
+    with pytest.raises(translate.EndpointError, match="CLO_TEST_KEY is not set"):
+        run_translation(cfg, progress=False)
+    assert seen["requests"] == []
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_text("preset: toy\nlanguage: fr\n")
+    result = subprocess.run([sys.executable, "-m", "clo_lib.translate", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: French (fr) is not in the toy world; it has en, zh, de, ko, id, sw, yo"
+
+
+def test_cli_writes_the_corpus(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text(f"preset: toy\nlanguage: yo\noutput_dir: {tmp_path}\ndata:\n  size: 5\n")
+    result = subprocess.run([sys.executable, "-m", "clo_lib.translate", str(run)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["records"] == 5
+    assert random.choice(list(read_jsonl(tmp_path / "data" / "yo" / "parallel.jsonl")))["lang"] == "yo"
