@@ -28,7 +28,7 @@ DEFAULT_CORPUS = [
 ]
 
 DECODER_ARCHS = ("llama", "mistral", "qwen2")
-SEQ2SEQ_ARCHS = ("m2m100", "marian")
+SEQ2SEQ_ARCHS = ("m2m100", "marian", "nllb")
 
 # A minimal chat template, so chat-model prompt formatting can be tested on a tiny model.
 TINY_CHAT_TEMPLATE = (
@@ -126,11 +126,31 @@ def make_tiny_seq2seq(
     d_model: int = 32,
     spm_vocab_size: int = 300,
 ) -> Path:
-    """Save a tiny translation model (m2m100 or marian) with a locally trained SentencePiece tokenizer."""
+    """Save a tiny translation model (m2m100, marian or nllb) with a tokenizer trained locally.
+
+    m2m100 and marian get a SentencePiece model; nllb gets NLLB's tokenizers-based BPE with its FLORES-200 language
+    tokens (eng_Latn, swh_Latn, ...). NLLB shares M2M100's architecture; keep "nllb" in the folder name, as in the
+    hub ids, so that the translation stage can tell the two families apart.
+    """
     if arch not in SEQ2SEQ_ARCHS:
         raise ValueError(f"arch = {arch!r}; expected one of {', '.join(SEQ2SEQ_ARCHS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if arch == "nllb":
+        from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+
+        tokenizer = NllbTokenizer().train_new_from_iterator(corpus or DEFAULT_CORPUS, vocab_size=spm_vocab_size)
+        torch.manual_seed(seed)
+        config = M2M100Config(
+            vocab_size=len(tokenizer), d_model=d_model, encoder_layers=1, decoder_layers=1,
+            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=d_model * 2,
+            decoder_ffn_dim=d_model * 2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.eos_token_id,
+        )
+        M2M100ForConditionalGeneration(config).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return path
     spm_bytes = _train_sentencepiece(corpus or DEFAULT_CORPUS, spm_vocab_size)
     torch.manual_seed(seed)
     if arch == "m2m100":

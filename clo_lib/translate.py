@@ -533,25 +533,28 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         "flags": dict(sorted(flag_counts.items())), "cache_file": str(cache.path),
         "cache_corrupt_lines_redone": corrupt, **stats,
     }
-    write_parallel(out_dir, parallel, progress)
+    write_parallel(out_dir, parallel)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", report_markdown(report, parallel))
     return report
 
 
-def write_parallel(out_dir: Path, parallel: list[dict], progress: bool = True) -> None:
+def write_parallel(out_dir: Path, parallel: list[dict]) -> None:
     """parallel.jsonl (atomic) and the same rows as a `datasets` dataset (written aside, then swapped in)."""
     import shutil
 
     import datasets
 
-    if not progress:
-        datasets.disable_progress_bars()
-
     write_jsonl(out_dir / "parallel.jsonl", parallel)
     staging = out_dir / ".dataset.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    datasets.Dataset.from_list(parallel).save_to_disk(str(staging))
+    bars_were_on = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # saving a few MB needs no progress bar
+    try:
+        datasets.Dataset.from_list(parallel).save_to_disk(str(staging))
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
     final = out_dir / "dataset"
     old = out_dir / ".dataset.old"
     shutil.rmtree(old, ignore_errors=True)

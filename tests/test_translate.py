@@ -59,6 +59,7 @@ def test_model_family_from_hub_ids(name, family):
 
 def test_model_family_from_local_folders_and_unknown_names(tiny_model_dir):
     assert model_family(str(tiny_model_dir("m2m100"))) == "m2m100"
+    assert model_family(str(tiny_model_dir("nllb"))) == "nllb"
     assert model_family(str(tiny_model_dir("marian"))) == "marian"
     with pytest.raises(ConfigError, match="translation.model = 'acme/unknown': cannot tell its family"):
         model_family("acme/unknown")
@@ -188,6 +189,14 @@ def test_hf_backend_writes_the_corpus_and_a_rerun_translates_nothing(tmp_path, t
     again = run_translation(cfg, progress=False)
     assert again["translated"] == 0 and again["cached"] == report["chunks"]
     assert list(read_jsonl(out / "parallel.jsonl")) == rows
+
+
+def test_nllb_uses_flores_codes_for_source_and_target(tiny_model_dir):
+    translator = translate.HFTranslator(str(tiny_model_dir("nllb")), "en", "sw", num_beams=1, max_new_tokens=4)
+    assert translator.family == "nllb" and translator.tokenizer.src_lang == "eng_Latn"
+    assert translator.generate_kwargs["forced_bos_token_id"] == translator.tokenizer.convert_tokens_to_ids("swh_Latn")
+    assert translator.tokenizer("Hello.")["input_ids"][0] == translator.tokenizer.convert_tokens_to_ids("eng_Latn")
+    assert len(translator.translate_batch(["Hello world.", "Good night."], "en", "sw")) == 2
 
 
 def test_m2m100_forces_the_target_language_token(tiny_model_dir):

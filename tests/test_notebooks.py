@@ -1,0 +1,30 @@
+"""The numbered notebooks run top to bottom under papermill, on the toy preset, offline."""
+
+import json
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def run_notebook(name, tmp_path, **parameters):
+    output = tmp_path / name
+    pm.execute_notebook(str(NOTEBOOKS / name), str(output), parameters=parameters, cwd=str(NOTEBOOKS),
+                        kernel_name="python3", progress_bar=False)
+    return json.loads(output.read_text())
+
+
+def test_01_translate_writes_the_corpus(tmp_path):
+    run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
+                 overrides=["data.size=12"])
+    rows = (tmp_path / "outputs" / "data" / "de" / "parallel.jsonl").read_text().splitlines()
+    assert len(rows) == 12 and json.loads(rows[0])["lang"] == "de"
+
+
+def test_01_translate_stops_on_bad_parameters_before_translating(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="train.lam"):
+        run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
+                     overrides=["train.lam=3"])
+    assert not (tmp_path / "outputs").exists()
