@@ -175,6 +175,8 @@ class EvalConfig:
         0.5, "Language-ID confidence below which an answer counts as undetermined.", min=0.0, max=1.0
     )
     mc_tasks: dict[str, list[str]] = _field({}, "lm-eval task names per language code, for multiple-choice accuracy.")
+    mc_task_dir: str | None = _field(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
+    mc_limit: int | None = _field(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)
     judge_base_url: str | None = _field(None, "OpenAI-compatible endpoint of the LLM judge; None skips judging.")
     judge_model: str = _field("gpt-4o", "Judge model name.")
     judge_api_key_env: str = _field("OPENAI_API_KEY", "Name of the environment variable holding the judge's key.")

@@ -28,3 +28,14 @@ def test_01_translate_stops_on_bad_parameters_before_translating(tmp_path):
         run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
                      overrides=["train.lam=3"])
     assert not (tmp_path / "outputs").exists()
+
+
+def test_03_evaluate_writes_metrics(tmp_path, tiny_llama):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": 0, "prompt_en": "What color is the banana?", "prompt_tgt": "Ndizi ina rangi gani?"}\n')
+    run_dir = tmp_path / "run"
+    run_notebook("03_evaluate.ipynb", tmp_path, language="sw", output_dir=str(tmp_path), run_dir=str(run_dir),
+                 model_path=str(tiny_llama), method="base",
+                 overrides=[f"model.name_or_path={tiny_llama}", f"eval.prompts={prompts}", "eval.max_new_tokens=4"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["method"] == "base" and "fidelity_tgt" in metrics["metrics"]

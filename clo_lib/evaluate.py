@@ -1,0 +1,427 @@
+"""Evaluation stage: does the model answer in the right language, is it right, does it beat SFT, and is English kept?
+
+    prompts (target + English) ─► generate answers (cached) ─► language fidelity (lingua)
+                               ─► multiple-choice accuracy (lm-evaluation-harness, tasks per language in params)
+                               ─► pairwise LLM judge against the SFT run (both orders, cached) ─► metrics.json
+
+Metric names (one row each in the long-format table the analysis reads):
+    fidelity_tgt, fidelity_en        share of target / English prompts answered in that language. An answer whose
+                                     language lingua cannot determine (empty, digits only, below
+                                     eval.lid_min_confidence) counts as not in the language; `undetermined_*`
+                                     reports how many there were.
+    line_fidelity_tgt, line_fidelity_en   the same per line, over lines whose language is determined: catches
+                                     answers that switch language midway
+    mc_acc_tgt, mc_acc_en            mean lm-eval accuracy over the tasks listed for the language (plus one
+                                     mc_acc:<task> row per task)
+    winrate_vs_sft_tgt, winrate_vs_sft_en (+ _ci_low/_ci_high)   judged win rate against the SFT run, ties as half
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from clo_lib.config import ConfigError, RunConfig, load_config
+from clo_lib.endpoint import ChatEndpoint, EndpointError
+from clo_lib.io import atomic_write_json, read_jsonl
+from clo_lib.languages import SOURCE_LANGUAGE, get_language
+
+SIDES = ("tgt", "en")
+# The 805 AlpacaEval instructions (the hub repo's loading script no longer runs in datasets 4+, the JSON does).
+ALPACA_EVAL_FILE = "hf://datasets/tatsu-lab/alpaca_eval/alpaca_eval.json"
+
+
+def _hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+
+
+class JsonlCache:
+    """Rows appended one batch at a time (fsynced), read back by key; a torn or foreign line is ignored."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                    self.rows[row["key"]] = row
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+
+    def append(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        for row in rows:
+            self.rows[row["key"]] = row
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        # A torn previous line must not swallow this batch's first row: start on a fresh line.
+        needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(
+            b"\n")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (("\n" if needs_newline else "") + text).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompts
+
+
+def check_prompt_rows(rows: Sequence[dict], source: str) -> list[dict]:
+    """`{id, prompt_en, prompt_tgt}` rows, or one clear error naming the first bad row and field."""
+    checked = []
+    for index, row in enumerate(rows):
+        for name in ("prompt_en", "prompt_tgt"):
+            value = row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{source}: row {index}: field {name!r} is missing or empty; expected the prompt "
+                                 "in English (prompt_en) and in the target language (prompt_tgt)")
+        checked.append({**row, "id": str(row.get("id", index))})
+    return checked
+
+
+def load_prompts(cfg: RunConfig) -> list[dict]:
+    """The evaluation prompts: `eval.prompts` (a JSONL file), or else AlpacaEval translated by the run's translator."""
+    from clo_lib.data import read_rows
+
+    if cfg.eval.prompts:
+        rows = check_prompt_rows(read_rows(cfg.eval.prompts), cfg.eval.prompts)
+    else:
+        rows = translated_alpaca_eval(cfg)
+    return rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else rows
+
+
+def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
+    """AlpacaEval's 805 instructions and their translation (the paper used GPT-4o; here: translation.* in params).
+
+    Real code for users with network; the translations go through the translation stage's cache.
+    """
+    from datasets import load_dataset
+
+    from clo_lib.translate import TranslationCache, cache_dir, make_translator, translate_records
+
+    english = load_dataset("json", data_files=ALPACA_EVAL_FILE, split="train")
+    records = [{"id": f"alpaca_eval-{i}", "prompt_en": row["instruction"], "response_en": ""}
+               for i, row in enumerate(english)]
+    tcfg = cfg.translation
+    cache = TranslationCache(cache_dir(cfg), tcfg.backend, tcfg.model, SOURCE_LANGUAGE, cfg.language)
+    parallel, _ = translate_records(records, make_translator(tcfg, SOURCE_LANGUAGE, cfg.language), cache,
+                                    cfg.language, tcfg)
+    return [{"id": r["id"], "prompt_en": r["prompt_en"], "prompt_tgt": r["prompt_tgt"]} for r in parallel]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def load_for_eval(cfg: RunConfig, model_path: str | Path):
+    """A trained run's model (full weights, or a LoRA adapter merged into its base) or a base model, for inference."""
+    from clo_lib.train import load_model_and_tokenizer
+
+    model_path = Path(model_path)
+    if (model_path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, tokenizer = load_model_and_tokenizer(cfg, cfg.model.name_or_path, backend="hf")
+        model = PeftModel.from_pretrained(base, str(model_path)).merge_and_unload()
+    else:
+        model, tokenizer = load_model_and_tokenizer(cfg, str(model_path), backend="hf")
+    tokenizer.padding_side = "left"  # generation continues every prompt from its own last token
+    return model.eval(), tokenizer
+
+
+def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, cache_path: str | Path,
+                     progress: bool = True) -> list[dict]:
+    """One answer per prompt and side (tgt, en): `{id, side, lang, prompt, answer}`, cached in `cache_path`.
+
+    The cache key covers the prompt text and the decoding settings, so judging or scoring again reuses answers,
+    while a change of decoding settings generates anew. Batches are grouped by prompt length.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from clo_lib.pairs import format_prompt
+
+    ecfg = cfg.eval
+    settings = {"max_new_tokens": ecfg.max_new_tokens, "temperature": ecfg.temperature, "seed": cfg.seed}
+    cache = JsonlCache(cache_path)
+    items = []
+    for row in prompts:
+        for side in SIDES:
+            text = row[f"prompt_{side}"]
+            items.append({"key": _hash(text, settings), "id": row["id"], "side": side,
+                          "lang": cfg.language if side == "tgt" else SOURCE_LANGUAGE, "prompt": text})
+    todo = [item for item in items if item["key"] not in cache.rows]
+    formatted = {item["key"]: format_prompt(item["prompt"], tokenizer, cfg.model.prompt_format,
+                                            cfg.model.prompt_template) for item in todo}
+    todo.sort(key=lambda item: len(formatted[item["key"]]))
+    chat = cfg.model.prompt_format == "chat"
+    bar = tqdm(total=len(todo), unit="answer", desc="generate", disable=not progress or not todo)
+    torch.manual_seed(cfg.seed)
+    for begin in range(0, len(todo), ecfg.batch_size):
+        batch = todo[begin: begin + ecfg.batch_size]
+        inputs = tokenizer([formatted[item["key"]] for item in batch], return_tensors="pt", padding=True,
+                           add_special_tokens=not chat).to(model.device)
+        sampling = {"do_sample": True, "temperature": ecfg.temperature} if ecfg.temperature > 0 else {
+            "do_sample": False}
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=ecfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                    **sampling)
+        answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        cache.append([{**item, "answer": answer.strip()} for item, answer in zip(batch, answers)])
+        bar.update(len(batch))
+    bar.close()
+    return [cache.rows[item["key"]] for item in items]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Language fidelity
+
+
+def fidelity(generations: Sequence[dict], tgt: str, min_confidence: float = 0.5) -> dict[str, float]:
+    """fidelity_*, line_fidelity_* and undetermined_* for both sides (see the module docstring)."""
+    from clo_lib import langid
+
+    codes = [SOURCE_LANGUAGE, tgt]
+    metrics: dict[str, float] = {}
+    for side in SIDES:
+        rows = [g for g in generations if g["side"] == side]
+        if not rows:
+            continue
+        detected = langid.detect_many([g["answer"] for g in rows], codes, min_confidence)
+        for g, lang in zip(rows, detected):
+            g["detected"] = lang
+        metrics[f"fidelity_{side}"] = sum(d == g["lang"] for g, d in zip(rows, detected)) / len(rows)
+        metrics[f"undetermined_{side}"] = sum(d is None for d in detected) / len(rows)
+        lines = [(line, g["lang"]) for g in rows for line in g["answer"].splitlines() if line.strip()]
+        line_langs = langid.detect_many([line for line, _ in lines], codes, min_confidence)
+        judged = [(lang, want) for lang, (_, want) in zip(line_langs, lines) if lang is not None]
+        metrics[f"line_fidelity_{side}"] = (sum(lang == want for lang, want in judged) / len(judged)) if judged \
+            else float("nan")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multiple-choice accuracy with lm-evaluation-harness
+
+
+def mc_accuracy(model_path: str | Path, tasks_by_lang: dict[str, list[str]], tgt: str, base_model: str | None = None,
+                task_dir: str | None = None, batch_size: int = 8, limit: int | None = None,
+                device: str | None = None) -> dict[str, float]:
+    """mc_acc_tgt / mc_acc_en (mean over the language's tasks) and mc_acc:<task> for every task run."""
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError("eval.mc_tasks is set but lm-evaluation-harness is not installed; "
+                          "pip install -e '.[eval]'") from None
+    import torch
+
+    wanted = {side: tasks_by_lang.get(lang, []) for side, lang in (("tgt", tgt), ("en", SOURCE_LANGUAGE))}
+    tasks = sorted({task for names in wanted.values() for task in names})
+    if not tasks:
+        return {}
+    model_path = Path(model_path)
+    if (model_path / "adapter_config.json").is_file():
+        model_args = {"pretrained": base_model, "peft": str(model_path)}
+    else:
+        model_args = {"pretrained": str(model_path)}
+    model_args["dtype"] = "float32" if not torch.cuda.is_available() else "auto"
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=tasks, batch_size=batch_size, limit=limit,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        task_manager=TaskManager(include_path=task_dir) if task_dir else TaskManager(),
+    )["results"]
+    metrics = {}
+    for task in tasks:
+        if task not in results:
+            raise ValueError(f"eval.mc_tasks: lm-eval returned no result for task {task!r}")
+        scores = results[task]
+        metrics[f"mc_acc:{task}"] = float(scores.get("acc,none", scores.get("acc_norm,none", float("nan"))))
+    for side, names in wanted.items():
+        if names:
+            metrics[f"mc_acc_{side}"] = sum(metrics[f"mc_acc:{t}"] for t in names) / len(names)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pairwise judging against the SFT run
+
+JUDGE_PROMPT = """You are comparing two assistant responses to the same user instruction.
+
+The instruction is written in {language}. A helpful response answers in {language}; a response in another language \
+is worse than any reasonable response in {language}. Judge helpfulness, correctness and completeness; ignore length \
+for its own sake.
+
+[Instruction]
+{instruction}
+
+[Response A]
+{response_a}
+
+[Response B]
+{response_b}
+
+Which response is better? Reply with exactly one letter: A or B."""
+
+
+def _judge_once(endpoint: ChatEndpoint, language: str, instruction: str, a: str, b: str, cache: JsonlCache) -> str:
+    """'A' or 'B' (or '?' for an unusable reply), cached by (judge model, prompt, answers, order)."""
+    key = _hash(endpoint.model, JUDGE_PROMPT, language, instruction, a, b)
+    if key not in cache.rows:
+        text = JUDGE_PROMPT.format(language=language, instruction=instruction, response_a=a, response_b=b)
+        reply = endpoint.chat([{"role": "user", "content": text}], temperature=0.0, max_tokens=5).strip().upper()
+        verdict = reply[:1] if reply[:1] in ("A", "B") else "?"
+        cache.append([{"key": key, "verdict": verdict, "reply": reply[:20]}])
+    return cache.rows[key]["verdict"]
+
+
+def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: ChatEndpoint, tgt: str,
+                  cache_path: str | Path, min_confidence: float = 0.5) -> list[dict]:
+    """One score per prompt and side: 1 our answer wins, 0 it loses, 0.5 a tie or a split between the two orders.
+
+    When exactly one of the two answers is in the prompt's language, it wins without asking the judge. Otherwise
+    the judge sees both orders (ours as A, then as B), which cancels its position bias.
+    """
+    from clo_lib import langid
+
+    cache = JsonlCache(cache_path)
+    theirs = {(r["id"], r["side"]): r for r in reference}
+    scored = []
+    for row in ours:
+        other = theirs.get((row["id"], row["side"]))
+        if other is None:
+            raise ValueError(f"the SFT run has no answer for prompt {row['id']} ({row['side']}); evaluate it first")
+        want = row["lang"]
+        ours_ok = langid.detect(row["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want
+        theirs_ok = langid.detect(other["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want
+        if ours_ok != theirs_ok:
+            score, how = (1.0 if ours_ok else 0.0), "language"
+        else:
+            language = get_language(want).name
+            first = _judge_once(endpoint, language, row["prompt"], row["answer"], other["answer"], cache)
+            second = _judge_once(endpoint, language, row["prompt"], other["answer"], row["answer"], cache)
+            score = ((first == "A") + (second == "B") + 0.5 * ((first == "?") + (second == "?"))) / 2
+            how = "judge"
+        scored.append({"id": row["id"], "side": row["side"], "score": score, "how": how})
+    return scored
+
+
+def win_rate(scores: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean score with a normal-approximation 95 % interval (scores are 0, 0.5 or 1; clipped to [0, 1])."""
+    n = len(scores)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = sum(scores) / n
+    variance = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
+    half = z * math.sqrt(variance / n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics.json and the long-format table
+
+
+def run_facts(cfg: RunConfig, method: str | None = None) -> dict[str, Any]:
+    """What identifies a run in the results table."""
+    return {"model": cfg.model.name_or_path, "lang": cfg.language, "size": cfg.data.size,
+            "method": method or cfg.train.method, "seed": cfg.seed, "name": cfg.name}
+
+
+def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None) -> Path:
+    """metrics.json, written atomically and last: a run folder without it is not done."""
+    path = Path(run_dir) / "metrics.json"
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    atomic_write_json(path, {"run": facts, "metrics": clean, "details": details or {}})
+    return path
+
+
+def metrics_rows(path: str | Path) -> list[dict]:
+    """One long-format row per metric: model, lang, size, method, seed, name, metric, value."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [{**data["run"], "metric": metric, "value": value} for metric, value in data["metrics"].items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | None = None,
+                 reference_run: str | Path | None = None, method: str | None = None, progress: bool = True,
+                 log: Callable[[str], None] = print, loaded: tuple | None = None) -> dict[str, Any]:
+    """Generate, score and judge one run; write `generations.jsonl`, `judgments.jsonl` and `metrics.json`.
+
+    model_path: the trained weights (default `<run_dir>/model`), or the base model for method `base`.
+    reference_run: the SFT run folder of the same model, language and size, for the win rates.
+    loaded: (model, tokenizer) already in memory (the notebook's), so they are not loaded twice.
+    """
+    run_dir = Path(run_dir)
+    model_path = Path(model_path) if model_path else run_dir / "model"
+    ecfg = cfg.eval
+    endpoint = None
+    if ecfg.judge_base_url:
+        endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
+        endpoint.check()  # a missing key fails now, not after an hour of generation
+    prompts = load_prompts(cfg)
+    start = time.perf_counter()
+    model, tokenizer = loaded or load_for_eval(cfg, model_path)
+    generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)
+    del model
+    metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence)
+    if ecfg.mc_tasks:
+        metrics.update(mc_accuracy(model_path, ecfg.mc_tasks, cfg.language, cfg.model.name_or_path,
+                                   ecfg.mc_task_dir, ecfg.batch_size, ecfg.mc_limit))
+    details: dict[str, Any] = {"prompts": len(prompts), "generation_seconds": round(time.perf_counter() - start, 2)}
+    method = method or cfg.train.method
+    if endpoint is None:
+        log("judging skipped: eval.judge_base_url is not set, so no win rates (none are made up)")
+    elif reference_run is None or method == "sft":
+        log("judging skipped: no SFT reference run to compare with" if method != "sft" else
+            "judging skipped: this is the SFT run itself")
+    else:
+        reference = list(read_jsonl(Path(reference_run) / "generations.jsonl"))
+        scored = judge_against(generations, reference, endpoint, cfg.language, run_dir / "judgments.jsonl",
+                               ecfg.lid_min_confidence)
+        for side in SIDES:
+            mean, low, high = win_rate([s["score"] for s in scored if s["side"] == side])
+            metrics[f"winrate_vs_sft_{side}"] = mean
+            metrics[f"winrate_vs_sft_{side}_ci_low"], metrics[f"winrate_vs_sft_{side}_ci_high"] = low, high
+        details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
+    write_metrics(run_dir, run_facts(cfg, method), metrics, details)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.evaluate RUN.yaml --run DIR [--model PATH] [--reference DIR] [--method base]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.evaluate", description=main.__doc__)
+    parser.add_argument("configs", nargs="+", help="YAML layers, later overriding earlier")
+    parser.add_argument("--run", required=True, help="run folder (metrics.json is written there)")
+    parser.add_argument("--model", help="model to evaluate (default: <run>/model; a base model for --method base)")
+    parser.add_argument("--reference", help="the SFT run folder to judge against")
+    parser.add_argument("--method", help="method label for the results table (default: train.method)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(*args.configs, overrides=args.overrides)
+        metrics = evaluate_run(cfg, args.run, args.model, args.reference, args.method)
+    except (ConfigError, EndpointError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Evaluation: fidelity by hand-made answers, generation cache, lm-eval accuracy checked independently, the judge."""
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+import torch
+
+from clo_lib import evaluate, langid
+from clo_lib.config import load_config
+from clo_lib.endpoint import ChatEndpoint, EndpointError
+from clo_lib.evaluate import fidelity, judge_against, metrics_rows, win_rate
+
+
+def gen(id_, side, answer, lang=None):
+    return {"id": id_, "side": side, "lang": lang or ("sw" if side == "tgt" else "en"), "prompt": f"p{id_}",
+            "answer": answer}
+
+
+def test_fidelity_counts_answers_and_lines_in_the_right_language():
+    generations = [
+        gen(0, "tgt", "Ndizi ina rangi ya njano na ni tunda tamu sana."),
+        gen(1, "tgt", "The banana is yellow and it is a sweet fruit."),
+        gen(2, "tgt", ""),  # undetermined: counts as not in Swahili
+        gen(3, "tgt", "Ndizi ina rangi ya njano na ni tunda tamu sana.\nIt is also a very popular fruit in the world."),
+        gen(0, "en", "The banana is yellow and it is a sweet fruit."),
+        gen(1, "en", "The apple is red and it grows on a tree."),
+    ]
+    metrics = fidelity(generations, "sw")
+    assert metrics["undetermined_tgt"] == 0.25 and metrics["undetermined_en"] == 0.0
+    assert metrics["fidelity_en"] == 1.0
+    # answer 3 switches language midway: as a whole it counts if lingua calls it Swahili; its lines split 1/1
+    mixed_counts = langid.detect(generations[3]["answer"], ["en", "sw"])[0] == "sw"
+    assert metrics["fidelity_tgt"] == (1 + mixed_counts) / 4
+    assert metrics["line_fidelity_tgt"] == pytest.approx(2 / 4)  # lines: sw, en, sw, en (the empty one has none)
+    assert metrics["line_fidelity_en"] == 1.0
+
+
+def test_win_rate_and_its_interval_by_hand():
+    mean, low, high = win_rate([1, 0, 0.5, 1])
+    sd = math.sqrt(((1 - 0.625) ** 2 * 2 + 0.625 ** 2 + 0.125 ** 2) / 3)
+    assert mean == 0.625 and low == pytest.approx(0.625 - 1.96 * sd / 2)
+    assert high == pytest.approx(min(1, 0.625 + 1.96 * sd / 2))
+    assert all(math.isnan(v) for v in win_rate([]))
+
+
+# --- generation on a tiny local model ----------------------------------------------------------------------------
+
+
+def prompt_file(tmp_path, n=3):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt_en": f"What is the sum of {i} and 2?",
+                                        "prompt_tgt": f"{i} jumlisha 2 ni ngapi?"}) + "\n" for i in range(n)))
+    return path
+
+
+def eval_config(tmp_path, model_dir, **eval_section):
+    return load_config({"language": "sw", "output_dir": str(tmp_path), "model": {"name_or_path": str(model_dir),
+                        "dtype": "float32", "backend": "hf"},
+                        "eval": {"prompts": str(prompt_file(tmp_path)), "max_new_tokens": 6, "batch_size": 4,
+                                 **eval_section}})
+
+
+def test_generation_is_cached_per_prompt_and_decoding_settings(tmp_path, tiny_llama, monkeypatch):
+    cfg = eval_config(tmp_path, tiny_llama)
+    model, tokenizer = evaluate.load_for_eval(cfg, tiny_llama)
+    prompts = evaluate.load_prompts(cfg)
+    first = evaluate.generate_answers(model, tokenizer, prompts, cfg, tmp_path / "gen.jsonl", progress=False)
+    assert [(g["id"], g["side"], g["lang"]) for g in first[:2]] == [("0", "tgt", "sw"), ("0", "en", "en")]
+    # greedy answers match a plain generate() call on the same prompt
+    text = "### Instruction:\n" + prompts[1]["prompt_en"] + "\n\n### Response:\n"
+    ids = tokenizer(text, return_tensors="pt")
+    plain = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(plain[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert first[3]["answer"] == expected
+    monkeypatch.setattr(model, "generate", lambda **kw: pytest.fail("should come from the cache"))
+    assert evaluate.generate_answers(model, tokenizer, prompts, cfg, tmp_path / "gen.jsonl", progress=False) == first
+    monkeypatch.undo()
+    longer = eval_config(tmp_path, tiny_llama, max_new_tokens=7)
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(1) or real(**kw))
+    evaluate.generate_answers(model, tokenizer, prompts, longer, tmp_path / "gen.jsonl", progress=False)
+    assert calls  # new decoding settings: generated again
+
+
+def test_bad_prompt_rows_are_refused_before_any_model_loads(tmp_path, tiny_llama, monkeypatch):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt_en": "Hi", "prompt_tgt": "Habari"}\n{"prompt_en": "Bye"}\n')
+    cfg = eval_config(tmp_path, tiny_llama, prompts=str(bad))
+    monkeypatch.setattr(evaluate, "load_for_eval", lambda *a: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match="row 1: field 'prompt_tgt' is missing or empty"):
+        evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama)
+
+
+def test_evaluate_run_writes_metrics_last_and_skips_judging_without_a_judge(tmp_path, tiny_llama):
+    cfg = eval_config(tmp_path, tiny_llama)
+    messages = []
+    metrics = evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama, method="base", progress=False,
+                                    log=messages.append)
+    assert set(metrics) == {"fidelity_tgt", "fidelity_en", "undetermined_tgt", "undetermined_en",
+                            "line_fidelity_tgt", "line_fidelity_en"}
+    assert "judging skipped: eval.judge_base_url is not set" in messages[0]
+    rows = metrics_rows(tmp_path / "run" / "metrics.json")
+    assert {r["metric"] for r in rows} == set(metrics) and rows[0]["method"] == "base" and rows[0]["lang"] == "sw"
+    assert len((tmp_path / "run" / "generations.jsonl").read_text().splitlines()) == 6
+
+
+def test_a_judge_without_its_key_fails_before_generation(tmp_path, tiny_llama, monkeypatch):
+    monkeypatch.delenv("CLO_JUDGE_KEY", raising=False)
+    cfg = eval_config(tmp_path, tiny_llama, judge_base_url="http://127.0.0.1:9/v1", judge_api_key_env="CLO_JUDGE_KEY")
+    monkeypatch.setattr(evaluate, "load_for_eval", lambda *a: pytest.fail("model loaded"))
+    with pytest.raises(EndpointError, match="CLO_JUDGE_KEY is not set"):
+        evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama)
+
+
+# --- multiple-choice accuracy through lm-eval, checked against our own log-likelihood argmax --------------------
+
+QUESTIONS = [("What is the sum of 2 and 3?", ["4", "5", "6", "7"], 1),
+             ("What color is the banana?", ["red", "yellow", "green", "black"], 1),
+             ("How many legs does the spider have?", ["2", "4", "6", "8"], 3),
+             ("What kind of thing is the cow?", ["a fruit", "a drink", "an animal", "a plant"], 2),
+             ("What color is the coal?", ["white", "black", "red", "green"], 1),
+             ("What is the sum of 1 and 1?", ["2", "3", "4", "5"], 0)]
+
+
+def write_task(tmp_path):
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in QUESTIONS))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "toy_mc.yaml").write_text(f"""task: toy_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+""")
+    return tasks
+
+
+def test_lm_eval_accuracy_matches_an_independent_loglikelihood_argmax(tmp_path, tiny_llama):
+    pytest.importorskip("lm_eval")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    metrics = evaluate.mc_accuracy(tiny_llama, {"en": ["toy_mc"], "sw": ["toy_mc"]}, "sw",
+                                   task_dir=str(write_task(tmp_path)), batch_size=4)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    correct = 0
+    for question, choices, answer in QUESTIONS:
+        context = tokenizer(f"{question}\nAnswer:")["input_ids"]
+        scores = []
+        for choice in choices:
+            whole = tokenizer(f"{question}\nAnswer: {choice}")["input_ids"]
+            continuation = whole[len(context):]
+            with torch.no_grad():
+                logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+            scores.append(sum(logits[len(context) - 1 + i, t].item() for i, t in enumerate(continuation)))
+        correct += max(range(len(choices)), key=scores.__getitem__) == answer
+    assert metrics["mc_acc:toy_mc"] == pytest.approx(correct / len(QUESTIONS))
+    assert metrics["mc_acc_tgt"] == metrics["mc_acc_en"] == metrics["mc_acc:toy_mc"]
+
+
+# --- the judge, against a stub endpoint on loopback --------------------------------------------------------------
+
+
+@pytest.fixture
+def judge_stub():
+    state = {"requests": 0, "rule": "prefers_good"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"] += 1
+            text = body["messages"][0]["content"]
+            a = text.split("[Response A]\n")[1].split("\n\n[Response B]")[0]
+            if state["rule"] == "always_a":
+                verdict = "A"
+            else:
+                verdict = "A" if "good" in a else "B"
+            data = json.dumps({"choices": [{"message": {"content": verdict}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", state
+    server.shutdown()
+
+
+def test_judge_uses_both_orders_enforces_language_and_caches(tmp_path, judge_stub, monkeypatch):
+    url, state = judge_stub
+    monkeypatch.setenv("CLO_JUDGE_KEY", "k")
+    endpoint = ChatEndpoint(url, "judge", "CLO_JUDGE_KEY")
+    sw_good, sw_bad = "Jibu hili ni zuri sana na kamili kwa swali lako good.", "Jibu hili ni baya na fupi mno."
+    ours = [gen(0, "tgt", sw_good), gen(1, "tgt", sw_bad), gen(2, "tgt", "This answer is in English, sadly.")]
+    reference = [gen(0, "tgt", sw_bad), gen(1, "tgt", sw_good), gen(2, "tgt", sw_bad)]
+    scored = judge_against(ours, reference, endpoint, "sw", tmp_path / "j.jsonl")
+    assert [s["score"] for s in scored] == [1.0, 0.0, 0.0]
+    assert [s["how"] for s in scored] == ["judge", "judge", "language"]
+    assert state["requests"] == 4  # two orders for each of the two same-language pairs, none for the English one
+    state["rule"] = "always_a"  # a judge with pure position bias: both orders cancel to ties
+    assert [s["score"] for s in judge_against(ours[:1], reference[:1], endpoint, "sw", tmp_path / "j2.jsonl")] == [0.5]
+    before = state["requests"]
+    judge_against(ours, reference, endpoint, "sw", tmp_path / "j.jsonl")
+    assert state["requests"] == before  # cached
+
+
+def test_win_rates_land_in_metrics_with_the_sft_reference(tmp_path, tiny_llama, judge_stub, monkeypatch):
+    url, state = judge_stub
+    monkeypatch.setenv("CLO_JUDGE_KEY", "k")
+    cfg = eval_config(tmp_path, tiny_llama, judge_base_url=url, judge_api_key_env="CLO_JUDGE_KEY")
+    evaluate.evaluate_run(cfg, tmp_path / "sft", tiny_llama, method="sft", progress=False, log=lambda m: None)
+    metrics = evaluate.evaluate_run(cfg, tmp_path / "clo", tiny_llama, reference_run=tmp_path / "sft",
+                                    method="clo", progress=False, log=lambda m: None)
+    # the same model on both sides gives identical answers: every comparison is a tie or a split
+    for side in ("tgt", "en"):
+        assert metrics[f"winrate_vs_sft_{side}"] == 0.5
+        assert metrics[f"winrate_vs_sft_{side}_ci_low"] == metrics[f"winrate_vs_sft_{side}_ci_high"] == 0.5
+    assert json.loads((tmp_path / "clo" / "metrics.json").read_text())["run"]["method"] == "clo"
