@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -126,8 +127,26 @@ def _hub_rows(path: str, split: str) -> list[dict]:
         dataset = load_from_disk(path)
         dataset = dataset[split] if hasattr(dataset, "keys") else dataset
     else:
-        dataset = load_dataset(path, split=split)
+        with hub_errors(f"dataset {path!r}"):
+            dataset = load_dataset(path, split=split)
     return list(dataset)
+
+
+class HubUnreachableError(ConnectionError):
+    pass
+
+
+@contextmanager
+def hub_errors(what: str):
+    """Turn the many ways a hub download fails (offline, no DNS, gated, typo) into one sentence."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as err:  # datasets and huggingface_hub raise many unrelated types here
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise HubUnreachableError(f"could not load {what} from the Hugging Face hub ({first_line}); check the "
+                                  "name, your network and HF_TOKEN, or point the config at a local file") from None
 
 
 def load_english(cfg: DataConfig) -> LoadedData:

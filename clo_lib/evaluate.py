@@ -108,9 +108,11 @@ def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
     """
     from datasets import load_dataset
 
+    from clo_lib.data import hub_errors
     from clo_lib.translate import TranslationCache, cache_dir, make_translator, translate_records
 
-    english = load_dataset("json", data_files=ALPACA_EVAL_FILE, split="train")
+    with hub_errors("the AlpacaEval prompts"):
+        english = load_dataset("json", data_files=ALPACA_EVAL_FILE, split="train")
     records = [{"id": f"alpaca_eval-{i}", "prompt_en": row["instruction"], "response_en": ""}
                for i, row in enumerate(english)]
     tcfg = cfg.translation
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(*args.configs, overrides=args.overrides)
         metrics = evaluate_run(cfg, args.run, args.model, args.reference, args.method)
-    except (ConfigError, EndpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, EndpointError, ConnectionError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(metrics))

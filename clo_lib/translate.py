@@ -230,8 +230,11 @@ class HFTranslator(Translator):
         else:
             dtype = torch.float32  # half precision on CPU is slow and, for beam search, less stable
         self.device, self.dtype = device, dtype
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.net = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        from clo_lib.data import hub_errors
+
+        with hub_errors(f"translation model {path!r}"):
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.net = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.num_beams, self.max_input_tokens, self.max_new_tokens = num_beams, max_input_tokens, max_new_tokens
         self.generate_kwargs: dict[str, Any] = {}
         self._language_token_ids = set(getattr(self.tokenizer, "lang_token_to_id", {}).values())
@@ -597,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(*args.configs, overrides=args.overrides)
         report = run_translation(cfg, args.out)
-    except (ConfigError, UnsupportedLanguageError, EndpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, UnsupportedLanguageError, EndpointError, ConnectionError, FileNotFoundError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summary = {k: report[k] for k in ("language", "records", "flagged_records", "translated", "cached", "seconds")}

@@ -84,3 +84,18 @@ def test_training_records_drop_flagged_before_the_cut_and_stay_nested():
     with pytest.warns(UserWarning, match="16 usable records"):
         assert len(training_records(corpus, 18)) == 16
     assert english_from_rows([], "i", "o").records == []
+
+
+def test_hub_failures_become_one_sentence(monkeypatch):
+    import datasets
+
+    from clo_lib.data import HubUnreachableError
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Name or service not known\n  (a long traceback follows)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = load_config({"language": "sw", "data": {"source": "hf", "path": "someone/some-dataset"}})
+    with pytest.raises(HubUnreachableError, match=r"could not load dataset 'someone/some-dataset' from the Hugging "
+                                                  r"Face hub \(Name or service not known\); check the name"):
+        load_english(cfg.data)
