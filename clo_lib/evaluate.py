@@ -334,9 +334,9 @@ def win_rate(scores: Sequence[float], z: float = 1.96) -> tuple[float, float, fl
 # metrics.json and the long-format table
 
 
-def run_facts(cfg: RunConfig, method: str | None = None) -> dict[str, Any]:
-    """What identifies a run in the results table."""
-    return {"model": cfg.model.name_or_path, "lang": cfg.language, "size": cfg.data.size,
+def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None) -> dict[str, Any]:
+    """What identifies a run in the results table (the grid's short model label, else the model's id)."""
+    return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language, "size": cfg.data.size,
             "method": method or cfg.train.method, "seed": cfg.seed, "name": cfg.name}
 
 
@@ -360,7 +360,8 @@ def metrics_rows(path: str | Path) -> list[dict]:
 
 def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | None = None,
                  reference_run: str | Path | None = None, method: str | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, loaded: tuple | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] = print, loaded: tuple | None = None,
+                 model_label: str | None = None) -> dict[str, Any]:
     """Generate, score and judge one run; write `generations.jsonl`, `judgments.jsonl` and `metrics.json`.
 
     model_path: the trained weights (default `<run_dir>/model`), or the base model for method `base`.
@@ -399,7 +400,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
             metrics[f"winrate_vs_sft_{side}"] = mean
             metrics[f"winrate_vs_sft_{side}_ci_low"], metrics[f"winrate_vs_sft_{side}_ci_high"] = low, high
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
-    write_metrics(run_dir, run_facts(cfg, method), metrics, details)
+    write_metrics(run_dir, run_facts(cfg, method, model_label), metrics, details)
     return metrics
 
 

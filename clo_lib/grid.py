@@ -1,0 +1,533 @@
+"""The grid runner: expand a grid file into stages, run them with papermill in dependency order, resume, report.
+
+    python -m clo_lib.grid plan   params/grids/toy.yaml            # every stage, what it waits for, counts
+    python -m clo_lib.grid run    params/grids/toy.yaml [--only GLOB] [--executor local|slurm|submitit-local]
+    python -m clo_lib.grid status params/grids/toy.yaml            # the same table with each stage's state
+
+A grid file names config layers, models and slices (a product of languages × methods × sizes × seeds); see
+params/grids/*.yaml. It expands into stages, each one notebook (or, for `prepare`, one command):
+
+    prepare/<id>          commands that must finish first (the toy world builds its base model here)
+    translate/<lang>      01_translate, once per language, for the largest size any run of it needs
+    train/<run>           02_train; sft_dpo starts from the SFT run of the same model, language, size and seed
+    evaluate/<run>        03_evaluate; waits for the SFT run's evaluation, which it is judged against
+    evaluate/<model>-<lang>-base-s<seed>   the untrained model, as method `base`
+    analyze               04_analyze: results.csv, figures, report.md
+
+Each stage writes into `<output_dir>/<run>/` (translation into `<output_dir>/data/<lang>/`) and is done when its
+marker exists: the corpus's report.json, train_log.json, metrics.json. A run of the grid skips what is done, so after
+Ctrl-C or a kill it finishes the rest with nothing run twice (training itself resumes from its checkpoint). A failing
+stage leaves `<stage>.failed.json` with the tail of its error; stages that need it are skipped, the others go on,
+and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from clo_lib.config import ConfigError, RunConfig, load_config, read_yaml, save_config
+from clo_lib.io import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+NOTEBOOK_OF = {"translate": "01_translate.ipynb", "train": "02_train.ipynb", "evaluate": "03_evaluate.ipynb",
+               "analyze": "04_analyze.ipynb"}
+GRID_KEYS = {"name", "description", "output_dir", "layers", "overrides", "models", "slices", "base", "prepare",
+             "resources"}
+SLICE_KEYS = {"models", "languages", "methods", "sizes", "seeds", "overrides"}
+STAGE_KINDS = ("prepare", "translate", "train", "evaluate", "analyze")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be expanded; the message is one sentence naming the file and the problem."""
+
+
+@dataclass
+class Stage:
+    id: str
+    kind: str
+    workdir: Path  # where the executed notebook, the failure marker and (for runs) everything else go
+    done_file: Path
+    deps: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    command: list[str] | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # model, lang, size, method, seed: for tables
+    config: RunConfig | None = None  # the run's resolved config, saved as run.yaml before it starts
+
+    @property
+    def failed_file(self) -> Path:
+        return self.workdir / f"{self.kind}.failed.json"
+
+    def state(self) -> str:
+        if self.kind == "analyze":
+            return "done" if _analysis_current(self) else ("failed" if self.failed_file.exists() else "pending")
+        if self.done_file.exists():
+            return "done"
+        return "failed" if self.failed_file.exists() else "pending"
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    output_dir: Path
+    stages: dict[str, Stage]  # in dependency order
+    resources: dict[str, dict[str, Any]]
+
+
+def _analysis_current(stage: Stage) -> bool:
+    """The analysis is done when report.md is newer than every metrics.json of the grid."""
+    if not stage.done_file.exists():
+        return False
+    newest = max((p.stat().st_mtime for p in stage.workdir.glob("*/metrics.json")), default=0.0)
+    return stage.done_file.stat().st_mtime >= newest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Expanding a grid file
+
+
+def _as_list(value: Any, where: str, path: Path) -> list:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if isinstance(value, (str, int)):
+        return [value]
+    raise GridError(f"{path}: {where} = {value!r}; expected a list")
+
+
+def _check_keys(data: dict, allowed: set[str], where: str, path: Path) -> None:
+    for key in data:
+        if key not in allowed:
+            guess = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f" (did you mean {guess[0]}?)" if guess else ""
+            raise GridError(f"{path}: unknown key {where}{key!r}{hint}; expected one of {', '.join(sorted(allowed))}")
+
+
+def _dotted_to_nested(overrides: dict) -> dict:
+    """{"train.lam": 0.3} -> {"train": {"lam": 0.3}}; nested dicts pass through."""
+    nested: dict = {}
+    for key, value in overrides.items():
+        node = nested
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return nested
+
+
+def _layer_path(layer: str, grid_path: Path) -> str:
+    """Layers are repo-relative (params/presets/toy.yaml), grid-relative, or `preset: NAME` style names."""
+    for candidate in (Path(layer), REPO / layer, grid_path.parent / layer):
+        if candidate.is_file():
+            return str(candidate)
+    raise GridError(f"{grid_path}: layer {layer!r} does not exist; expected a YAML file such as "
+                    "params/presets/toy.yaml")
+
+
+def run_id(model: str, lang: str, method: str, size: int, seed: int) -> str:
+    return f"{model}-{lang}-{method}-n{size}-s{seed}"
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read, validate and expand a grid file; every run's config is validated here, before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise GridError(f"grid file {path} does not exist; the grids are in params/grids/")
+    try:
+        data = read_yaml(path)
+    except ConfigError as err:
+        raise GridError(str(err)) from None
+    if not isinstance(data, dict):
+        raise GridError(f"{path}: expected a mapping of grid keys (name, models, slices, ...)")
+    _check_keys(data, GRID_KEYS, "", path)
+    name = str(data.get("name") or path.stem)
+    output_dir = Path(data.get("output_dir") or f"outputs/{name}")
+    layers = [_layer_path(layer, path) for layer in _as_list(data.get("layers"), "layers", path)]
+    common = data.get("overrides") or {}
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise GridError(f"{path}: models must map a short label to its config overrides, e.g. "
+                        "{llama3-8b: {model: {name_or_path: meta-llama/Meta-Llama-3-8B}}}")
+    slices = _as_list(data.get("slices"), "slices", path)
+    if not slices:
+        raise GridError(f"{path}: slices is empty; expected at least one of languages x methods x sizes x seeds")
+    resources = data.get("resources") or {}
+    _check_keys(resources, set(STAGE_KINDS), "resources.", path)
+
+    # 1. the runs: the union of every slice's product, in a stable order
+    wanted: dict[str, dict] = {}
+    for number, piece in enumerate(slices, 1):
+        if not isinstance(piece, dict):
+            raise GridError(f"{path}: slice {number} is {piece!r}; expected a mapping")
+        _check_keys(piece, SLICE_KEYS, f"in slice {number}: ", path)
+        labels = _as_list(piece.get("models"), f"slice {number} models", path) or list(models)
+        for label in labels:
+            if label not in models:
+                raise GridError(f"{path}: slice {number} names model {label!r}; expected one of {', '.join(models)}")
+        for field_name in ("languages", "methods", "sizes"):
+            if not piece.get(field_name):
+                raise GridError(f"{path}: slice {number} has no {field_name}; expected a list")
+        for label in labels:
+            for lang in _as_list(piece["languages"], "languages", path):
+                for method in _as_list(piece["methods"], "methods", path):
+                    for size in _as_list(piece["sizes"], "sizes", path):
+                        for seed in _as_list(piece.get("seeds", [0]), "seeds", path):
+                            rid = run_id(label, lang, method, size, seed)
+                            wanted.setdefault(rid, {"model": label, "lang": lang, "method": method, "size": size,
+                                                    "seed": seed, "overrides": piece.get("overrides") or {}})
+
+    pool = {}  # the largest size each language needs: translated once, cut into nested subsets
+    for spec in wanted.values():
+        pool[spec["lang"]] = max(pool.get(spec["lang"], 0), int(spec["size"]))
+
+    def resolve(spec: dict, label_for_error: str) -> RunConfig:
+        layer = {"language": spec["lang"], "name": label_for_error, "seed": spec["seed"],
+                 "output_dir": str(output_dir),
+                 "data": {"size": max(1, int(spec["size"])), "pool_size": pool[spec["lang"]]},
+                 "train": {"method": spec.get("method_for_config", spec["method"])}}
+        try:
+            return load_config(*layers, _dotted_to_nested(common), _dotted_to_nested(models[spec["model"]] or {}),
+                               _dotted_to_nested(spec["overrides"]), layer)
+        except ConfigError as err:
+            raise GridError(f"{path}: run {label_for_error}: {err}") from None
+
+    stages: dict[str, Stage] = {}
+    prepare_ids = []
+    for number, item in enumerate(_as_list(data.get("prepare"), "prepare", path), 1):
+        if not isinstance(item, dict) or not {"id", "command", "done"} <= set(item):
+            raise GridError(f"{path}: prepare item {number} needs id, command (a list) and done (a file it makes)")
+        stage = Stage(id=f"prepare/{item['id']}", kind="prepare", workdir=output_dir / "prepare",
+                      done_file=Path(item["done"]), command=[str(c) for c in item["command"]])
+        stages[stage.id] = stage
+        prepare_ids.append(stage.id)
+
+    for lang, size in pool.items():
+        any_spec = next(s for s in wanted.values() if s["lang"] == lang)
+        cfg = resolve(any_spec, f"translate-{lang}")
+        corpus = output_dir / "data" / lang
+        stages[f"translate/{lang}"] = Stage(
+            id=f"translate/{lang}", kind="translate", workdir=corpus, done_file=corpus / "report.json",
+            deps=list(prepare_ids), config=cfg, facts={"lang": lang, "size": size},
+            parameters={"language": lang, "output_dir": str(output_dir)})
+
+    evaluate_ids = []
+    for rid, spec in wanted.items():
+        cfg = resolve(spec, rid)
+        run_dir = output_dir / rid
+        facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed")}
+        sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
+        train_deps = [f"translate/{spec['lang']}"] + prepare_ids
+        if spec["method"] == "sft_dpo" and sft in wanted and cfg.train.trainable != "lora":
+            # SFT+DPO's first stage is exactly the SFT run: start from its weights instead of training it again.
+            cfg.train.init_from = str(output_dir / sft / "model")
+            train_deps.append(f"train/{sft}")
+        params = {"language": spec["lang"], "output_dir": str(output_dir), "run_dir": str(run_dir)}
+        stages[f"train/{rid}"] = Stage(id=f"train/{rid}", kind="train", workdir=run_dir,
+                                       done_file=run_dir / "train_log.json", deps=train_deps, config=cfg,
+                                       facts=facts, parameters=dict(params))
+        eval_deps = [f"train/{rid}"]
+        eval_params = dict(params, method=spec["method"], model_label=spec["model"])
+        if spec["method"] != "sft" and sft in wanted:
+            eval_deps.append(f"evaluate/{sft}")
+            eval_params["reference_run"] = str(output_dir / sft)
+        stages[f"evaluate/{rid}"] = Stage(id=f"evaluate/{rid}", kind="evaluate", workdir=run_dir,
+                                          done_file=run_dir / "metrics.json", deps=eval_deps, config=cfg,
+                                          facts=facts, parameters=eval_params)
+        evaluate_ids.append(f"evaluate/{rid}")
+
+    if data.get("base", True):
+        for (label, lang, seed) in sorted({(s["model"], s["lang"], s["seed"]) for s in wanted.values()}):
+            rid = f"{label}-{lang}-base-s{seed}"
+            spec = {"model": label, "lang": lang, "method": "sft", "size": 1, "seed": seed, "overrides": {}}
+            cfg = resolve(spec, rid)
+            run_dir = output_dir / rid
+            sizes = sorted({s["size"] for s in wanted.values() if (s["model"], s["lang"], s["seed"]) ==
+                            (label, lang, seed)})
+            # The base model is judged against the SFT run of the smallest size, if there is one.
+            sft = run_id(label, lang, "sft", sizes[0], seed)
+            params = {"language": lang, "output_dir": str(output_dir), "run_dir": str(run_dir), "method": "base",
+                      "model_path": cfg.model.name_or_path, "model_label": label}
+            deps = list(prepare_ids)
+            if sft in wanted:
+                params["reference_run"] = str(output_dir / sft)
+                deps.append(f"evaluate/{sft}")
+            stages[f"evaluate/{rid}"] = Stage(id=f"evaluate/{rid}", kind="evaluate", workdir=run_dir,
+                                              done_file=run_dir / "metrics.json", deps=deps, config=cfg,
+                                              facts={"model": label, "lang": lang, "method": "base", "size": 0,
+                                                     "seed": seed}, parameters=params)
+            evaluate_ids.append(f"evaluate/{rid}")
+
+    stages["analyze"] = Stage(id="analyze", kind="analyze", workdir=output_dir, done_file=output_dir / "report.md",
+                              deps=evaluate_ids, parameters={"grid_dir": str(output_dir), "grid_name": name})
+    return Grid(name=name, path=path, output_dir=output_dir, stages=_in_dependency_order(stages), resources=resources)
+
+
+def _in_dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:
+    ordered: dict[str, Stage] = {}
+
+    def visit(stage_id: str, trail: tuple) -> None:
+        if stage_id in ordered:
+            return
+        if stage_id in trail:
+            raise GridError(f"stages depend on each other in a cycle: {' -> '.join(trail + (stage_id,))}")
+        for dep in stages[stage_id].deps:
+            visit(dep, trail + (stage_id,))
+        ordered[stage_id] = stages[stage_id]
+
+    for stage_id in stages:
+        visit(stage_id, ())
+    return ordered
+
+
+def select(grid: Grid, only: list[str] | None) -> list[Stage]:
+    """Stages whose id matches any glob in `only` (a bare word matches inside the id), plus what they wait for.
+
+    The analysis is left out of a slice unless asked for, as it would wait on every run.
+    """
+    if not only:
+        return list(grid.stages.values())
+    patterns = [p if any(ch in p for ch in "*?[") else f"*{p}*" for p in only]
+    chosen: set[str] = set()
+
+    def take(stage_id: str) -> None:
+        if stage_id not in chosen:
+            chosen.add(stage_id)
+            for dep in grid.stages[stage_id].deps:
+                take(dep)
+
+    for stage_id in grid.stages:
+        if any(fnmatch.fnmatchcase(stage_id, p) for p in patterns) and (stage_id != "analyze" or "analyze" in only):
+            take(stage_id)
+    if not chosen:
+        raise GridError(f"--only {' '.join(only)} matches no stage; `python -m clo_lib.grid plan GRID` lists them")
+    return [stage for stage_id, stage in grid.stages.items() if stage_id in chosen]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plan and status tables
+
+
+def table(stages: list[Stage], with_state: bool) -> str:
+    lines = []
+    header = f"{'stage':52s} {'model':14s} {'lang':4s} {'size':>5s} {'method':8s} waits for"
+    lines.append(("state    " if with_state else "") + header)
+    for stage in stages:
+        f = stage.facts
+        waits = ", ".join(stage.deps) if len(stage.deps) <= 3 else f"{len(stage.deps)} stages"
+        row = (f"{stage.id:52s} {str(f.get('model', '')):14s} {str(f.get('lang', '')):4s} "
+               f"{str(f.get('size', '')):>5s} {str(f.get('method', '')):8s} {waits}")
+        lines.append((f"{stage.state():8s} " if with_state else "") + row)
+    counts = {kind: sum(s.kind == kind for s in stages) for kind in STAGE_KINDS}
+    lines.append("stages: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + f" ({len(stages)} in all)")
+    if with_state:
+        states = [s.state() for s in stages]
+        lines.append(f"done {states.count('done')}, failed {states.count('failed')}, "
+                     f"left {states.count('pending')}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running stages
+
+
+def _error_tail(err: BaseException, limit: int = 3000) -> str:
+    text = f"{type(err).__name__}: {err}"
+    return text[-limit:]
+
+
+def execute_stage(stage: Stage) -> None:
+    """Run one stage in a fresh process or kernel; raise on failure. Used by every executor."""
+    stage.workdir.mkdir(parents=True, exist_ok=True)
+    if stage.kind == "prepare":
+        result = subprocess.run(stage.command, cwd=REPO, capture_output=True, text=True)
+        (stage.workdir / f"{stage.id.split('/')[-1]}.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"command {' '.join(stage.command)} exited {result.returncode}: "
+                               f"{(result.stdout + result.stderr)[-2000:]}")
+        return
+    import papermill as pm
+
+    parameters = dict(stage.parameters)
+    if stage.config is not None:
+        config_file = stage.workdir / ("translate.yaml" if stage.kind == "translate" else "run.yaml")
+        save_config(stage.config, config_file)
+        parameters["config_files"] = [str(config_file.resolve())]
+    # Paths handed to notebooks are absolute: the kernel starts in notebooks/.
+    for key in ("output_dir", "run_dir", "reference_run", "grid_dir"):
+        if parameters.get(key):
+            parameters[key] = str(Path(parameters[key]).resolve())
+    if parameters.get("model_path") and Path(parameters["model_path"]).exists():
+        parameters["model_path"] = str(Path(parameters["model_path"]).resolve())
+    notebook = NOTEBOOK_OF[stage.kind]
+    pm.execute_notebook(str(NOTEBOOKS / notebook), str(stage.workdir / notebook), parameters=parameters,
+                        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False)
+
+
+def _run_and_record(stage: Stage) -> tuple[str, float]:
+    """("done" | "failed", seconds); a failure leaves its marker with the error's tail."""
+    start = time.perf_counter()
+    stage.failed_file.unlink(missing_ok=True)
+    try:
+        execute_stage(stage)
+    except Exception as err:  # any error of a stage is that stage's failure, not the grid's
+        atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err),
+                                              "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+        return "failed", time.perf_counter() - start
+    return "done", time.perf_counter() - start
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """One line per stage: counts, elapsed time, and time left estimated from the stages of each kind so far."""
+
+    def __init__(self, stages: list[Stage], log: Callable[[str], None]):
+        self.left = {s.id: s.kind for s in stages}
+        self.done = self.failed = self.blocked = 0
+        self.durations: dict[str, list[float]] = {}
+        self.start = time.perf_counter()
+        self.log = log
+
+    def finished(self, stage: Stage, outcome: str, seconds: float | None = None) -> None:
+        self.left.pop(stage.id, None)
+        if outcome == "done":
+            self.done += 1
+        elif outcome == "failed":
+            self.failed += 1
+        else:
+            self.blocked += 1
+        if seconds is not None and outcome == "done":
+            self.durations.setdefault(stage.kind, []).append(seconds)
+        everything = [d for ds in self.durations.values() for d in ds]
+        fallback = sum(everything) / len(everything) if everything else 0.0
+        eta = sum((sum(self.durations[k]) / len(self.durations[k])) if self.durations.get(k) else fallback
+                  for k in self.left.values())
+        took = f" in {_clock(seconds)}" if seconds is not None else ""
+        self.log(f"[done {self.done} · failed {self.failed} · skipped {self.blocked} · left {len(self.left)}] "
+                 f"{stage.id}: {outcome}{took} · elapsed {_clock(time.perf_counter() - self.start)}"
+                 + (f" · ~{_clock(eta)} left" if self.left and everything else ""))
+
+
+def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
+             log: Callable[[str], None] = print) -> int:
+    """Run every selected stage not yet done, in dependency order. Exit code 0 when all are done."""
+    stages = select(grid, only)
+    selected = {s.id for s in stages}
+    todo = [s for s in stages if s.state() != "done"]
+    log(f"grid {grid.name}: {len(stages)} stages, {len(stages) - len(todo)} already done, {len(todo)} to run "
+        f"({executor}); outputs in {grid.output_dir}")
+    progress = Progress(todo, log)
+    outcome: dict[str, str] = {s.id: "done" for s in stages if s.id not in {t.id for t in todo}}
+
+    def blocked_by(stage: Stage) -> str | None:
+        if stage.kind == "analyze":  # it reports on whatever finished, failures included
+            return None
+        for dep in stage.deps:
+            if dep in selected and outcome.get(dep) != "done":
+                return dep
+        return None
+
+    if executor == "local":
+        for stage in todo:
+            if (dep := blocked_by(stage)) is not None:
+                outcome[stage.id] = "skipped"
+                progress.finished(stage, f"skipped (needs {dep})")
+                continue
+            state, seconds = _run_and_record(stage)
+            outcome[stage.id] = state
+            progress.finished(stage, state, seconds)
+    else:
+        _run_with_submitit(grid, todo, outcome, blocked_by, progress, executor)
+    failed = [s for s in todo if outcome.get(s.id) != "done"]
+    for stage in failed:
+        if stage.failed_file.exists():
+            error = json.loads(stage.failed_file.read_text())["error"].strip().splitlines()
+            log(f"FAILED {stage.id}: {error[-1] if error else ''} (details: {stage.failed_file})")
+    return 1 if failed else 0
+
+
+def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by, progress: Progress,
+                       executor: str) -> None:
+    """Submit stages as jobs, one wave of ready stages at a time, each wave waiting for the one before.
+
+    Waves keep the dependency order without scheduler-specific dependency flags, so the same code runs on SLURM
+    and on submitit's local executor (which the tests use). Per-kind resources come from the grid's `resources`.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise GridError("--executor slurm needs submitit: pip install -e '.[slurm]'") from None
+    folder = grid.output_dir / "slurm" / "%j"
+    cluster = "local" if executor == "submitit-local" else "slurm"
+    pending = list(todo)
+    while pending:
+        pending_ids = {p.id for p in pending}
+        ready = [s for s in pending if not any(d in pending_ids for d in s.deps)]
+        pending = [s for s in pending if s not in ready]
+        jobs = []
+        for stage in ready:
+            if (dep := blocked_by(stage)) is not None:
+                outcome[stage.id] = "skipped"
+                progress.finished(stage, f"skipped (needs {dep})")
+                continue
+            job_executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+            resources = dict(grid.resources.get(stage.kind, {}))
+            job_executor.update_parameters(name=f"clo-{stage.id.replace('/', '-')}", **resources)
+            jobs.append((stage, job_executor.submit(_run_and_record, stage)))
+        for stage, job in jobs:
+            try:
+                state, seconds = job.result()
+            except Exception as err:  # the job itself died (node failure, timeout)
+                atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err)})
+                state, seconds = "failed", None
+            outcome[stage.id] = state
+            progress.finished(stage, state, seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.grid", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("plan", "run", "status"))
+    parser.add_argument("grid", help="grid file, e.g. params/grids/toy.yaml")
+    parser.add_argument("--only", nargs="+", metavar="GLOB", help="stages to select (plus what they wait for)")
+    parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        stages = select(grid, args.only)
+        if args.command == "plan":
+            print(table(stages, with_state=False))
+            return 0
+        if args.command == "status":
+            print(table(stages, with_state=True))
+            return 0
+        return run_grid(grid, args.only, args.executor)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished stages are kept; run the same command again to finish the grid",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

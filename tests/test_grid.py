@@ -1,0 +1,134 @@
+"""The grid runner: plans, a two-run slice end to end through papermill, resume, isolated failures, bad files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clo_lib import grid as gridlib
+from clo_lib.grid import GridError, load_grid, run_grid, select
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_grid(tmp_path, model_dir, **extra):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt_en": f"What is the sum of {i} and 1?",
+                                           "prompt_tgt": f"{i} jumlisha 1 ni ngapi?"}) + "\n" for i in range(2)))
+    data = {
+        "name": "mini", "output_dir": str(tmp_path / "out"), "layers": ["params/presets/toy.yaml"],
+        "overrides": {"model.name_or_path": str(model_dir), "train.epochs": 1, "train.batch_size": 4,
+                      "eval.prompts": str(prompts), "eval.max_new_tokens": 4},
+        "models": {"tiny": {}},
+        "slices": [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [4]}],
+        "base": False,
+        **extra,
+    }
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_counts_for_the_shipped_grids():
+    paper = load_grid(REPO / "params/grids/paper.yaml")
+    kinds = [s.kind for s in paper.stages.values()]
+    # 5 models x 6 languages x 5 methods at 6,400, plus the Llama-2-7B sweep: 3 languages x 2 methods x 5 more sizes
+    assert kinds.count("train") == 150 + 30
+    assert kinds.count("evaluate") == 180 + 30  # every run, plus each base model per language
+    assert kinds.count("translate") == 6 and kinds.count("analyze") == 1
+    assert paper.stages["translate/sw"].config.data.pool_size == 6400
+    sft_dpo = paper.stages["train/llama3-8b-sw-sft_dpo-n6400-s0"]
+    assert "train/llama3-8b-sw-sft-n6400-s0" in sft_dpo.deps
+    assert sft_dpo.config.train.init_from.endswith("llama3-8b-sw-sft-n6400-s0/model")
+    clo_eval = paper.stages["evaluate/llama2-7b-ko-clo-n200-s0"]
+    assert clo_eval.parameters["reference_run"].endswith("llama2-7b-ko-sft-n200-s0")
+    for name in ("toy", "colab"):
+        assert load_grid(REPO / f"params/grids/{name}.yaml").stages["analyze"]
+
+
+def test_only_selects_a_slice_with_what_it_waits_for(tmp_path, tiny_llama):
+    grid = load_grid(write_grid(tmp_path, tiny_llama))
+    ids = [s.id for s in select(grid, ["evaluate/*clo*"])]
+    assert ids == ["translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "train/tiny-sw-clo-n4-s0",
+                   "evaluate/tiny-sw-clo-n4-s0"]
+    with pytest.raises(GridError, match="matches no stage"):
+        select(grid, ["nothing-like-this"])
+
+
+def test_a_two_run_slice_runs_end_to_end_then_resumes_with_nothing_twice(tmp_path, tiny_llama, monkeypatch):
+    grid = load_grid(write_grid(tmp_path, tiny_llama))
+    messages = []
+    assert run_grid(grid, log=messages.append) == 0
+    out = tmp_path / "out"
+    for run in ("tiny-sw-sft-n4-s0", "tiny-sw-clo-n4-s0"):
+        assert (out / run / "metrics.json").is_file() and (out / run / "03_evaluate.ipynb").is_file()
+    results = (out / "results.csv").read_text()
+    assert "tiny,sw,4,clo,0" in results and (out / "report.md").read_text().startswith("# Results: mini")
+    assert any("left 0" in m for m in messages)
+    # a second run finds everything done and runs nothing
+    monkeypatch.setattr(gridlib, "execute_stage", lambda stage: pytest.fail(f"{stage.id} ran twice"))
+    again = []
+    assert run_grid(load_grid(write_grid(tmp_path, tiny_llama)), log=again.append) == 0
+    assert "0 to run" in again[0]
+
+
+def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, monkeypatch):
+    grid = load_grid(write_grid(tmp_path, tiny_llama))
+    real = gridlib.execute_stage
+
+    def killed_at_clo_training(stage):
+        if stage.id == "train/tiny-sw-clo-n4-s0":
+            raise KeyboardInterrupt
+        real(stage)
+
+    monkeypatch.setattr(gridlib, "execute_stage", killed_at_clo_training)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(grid, log=lambda m: None)
+    done = {s.id for s in grid.stages.values() if s.state() == "done"}
+    assert done == {"translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0"}
+
+    ran = []
+
+    def fails_on_clo_training(stage):
+        ran.append(stage.id)
+        if stage.id == "train/tiny-sw-clo-n4-s0":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        real(stage)
+
+    monkeypatch.setattr(gridlib, "execute_stage", fails_on_clo_training)
+    messages = []
+    assert run_grid(load_grid(write_grid(tmp_path, tiny_llama)), log=messages.append) == 1
+    assert ran == ["train/tiny-sw-clo-n4-s0", "analyze"]  # nothing done before ran again; the analysis still runs
+    failed = json.loads((tmp_path / "out" / "tiny-sw-clo-n4-s0" / "train.failed.json").read_text())
+    assert "CUDA out of memory (simulated)" in failed["error"]
+    assert any("evaluate/tiny-sw-clo-n4-s0: skipped (needs train/tiny-sw-clo-n4-s0)" in m for m in messages)
+    assert "Failed stages" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_submitit_local_executor_runs_the_same_stages(tmp_path, tiny_llama):
+    pytest.importorskip("submitit")
+    grid = load_grid(write_grid(tmp_path, tiny_llama, slices=[{"languages": ["sw"], "methods": ["sft"],
+                                                               "sizes": [4]}]))
+    assert run_grid(grid, executor="submitit-local", log=lambda m: None) == 0
+    assert (tmp_path / "out" / "tiny-sw-sft-n4-s0" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "modles": ["x"]}]},
+     "unknown key in slice 1: 'modles' (did you mean models?)"),
+    ({"slices": [{"languages": ["sw"], "methods": ["magic"], "sizes": [4]}]}, "train.method = 'magic'"),
+    ({"slices": [{"languages": ["xx"], "methods": ["clo"], "sizes": [4]}]}, "language = 'xx'"),
+    ({"models": {}}, "models must map a short label"),
+    ({"layers": ["params/presets/nope.yaml"]}, "layer 'params/presets/nope.yaml' does not exist"),
+    ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "models": ["gpt"]}]},
+     "slice 1 names model 'gpt'"),
+])
+def test_bad_grid_files_are_refused_in_one_sentence(tmp_path, tiny_llama, change, message):
+    path = write_grid(tmp_path, tiny_llama, **change)
+    result = subprocess.run([sys.executable, "-m", "clo_lib.grid", "plan", str(path)], capture_output=True,
+                            text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
