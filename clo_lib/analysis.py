@@ -158,14 +158,60 @@ def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([header, rule, *body])
 
 
+def _mean(frame: pd.DataFrame, metric: str, **where: Any) -> float:
+    rows = frame[frame["metric"] == metric]
+    for key, value in where.items():
+        rows = rows[rows[key] == value]
+    return float(rows["value"].mean()) if not rows.empty else float("nan")
+
+
+def findings(frame: pd.DataFrame) -> list[str]:
+    """Plain sentences on what the grid measured: the base model's bias, then CLO and SFT+DPO against SFT per cell.
+
+    Written from the numbers, whichever way they go; seeds are averaged.
+    """
+    from clo_lib.languages import get_language
+
+    lines = []
+    for (model, lang) in sorted(set(zip(frame["model"], frame["lang"]))):
+        name = get_language(lang).name
+        fid_tgt = _mean(frame, "fidelity_tgt", model=model, lang=lang, method="base")
+        fid_en = _mean(frame, "fidelity_en", model=model, lang=lang, method="base")
+        if not pd.isna(fid_tgt):
+            lines.append(f"- Base model {model}, {name}: answers {fid_tgt:.0%} of {name} prompts in {name} and "
+                         f"{fid_en:.0%} of English prompts in English.")
+    for method, label in (("clo", "CLO"), ("sft_dpo", "SFT+DPO")):
+        cells = frame[(frame["method"] == method) & (frame["metric"] == "winrate_vs_sft_tgt")]
+        if cells.empty:
+            continue
+        by_cell = cells.groupby(["model", "lang", "size"])["value"].mean()
+        wins, ties = int((by_cell > 0.5).sum()), int((by_cell == 0.5).sum())
+        english = frame[(frame["method"] == method) & (frame["metric"] == "winrate_vs_sft_en")]
+        by_cell_en = english.groupby(["model", "lang", "size"])["value"].mean()
+        lines.append(f"- {label} against SFT on target-language prompts: better in {wins}, equal in {ties}, worse in "
+                     f"{len(by_cell) - wins - ties} of {len(by_cell)} cells (mean win rate {by_cell.mean():.2f}); "
+                     f"on English prompts: mean win rate {by_cell_en.mean():.2f} (0.5 = as good as SFT).")
+        for (model, lang, size), value in by_cell.items():
+            where = {"model": model, "lang": lang, "size": size}
+            parts = [f"win rate {value:.2f} (target) / {by_cell_en.get((model, lang, size), float('nan')):.2f} "
+                     "(English)"]
+            for metric in ("accuracy_tgt", "fidelity_tgt", "accuracy_en", "mc_acc_tgt", "mc_acc_en"):
+                ours, sft = _mean(frame, metric, method=method, **where), _mean(frame, metric, method="sft", **where)
+                if not pd.isna(ours) and not pd.isna(sft):
+                    parts.append(f"{metric} {ours:.2f} vs SFT {sft:.2f}")
+            lines.append(f"  - {model}, {lang}, {size} examples: " + "; ".join(parts))
+    return lines
+
+
 def _with_spread(table: pd.DataFrame) -> pd.DataFrame:
     """The summary with each metric as one "mean ± sd" cell (just the mean for a single seed)."""
     if table.empty:
         return table
     shown = table[["model", "lang", "size", "method", "seeds"]].copy()
-    for metric in [c for c in table.columns if f"{c}_sd" in table.columns]:
+    for metric in [m for m in HEADLINE if m in table.columns]:
+        spread = table[f"{metric}_sd"] if f"{metric}_sd" in table.columns else [float("nan")] * len(table)
         shown[metric] = [("–" if pd.isna(m) else f"{m:.3f}" if pd.isna(sd) else f"{m:.3f} ± {sd:.3f}")
-                         for m, sd in zip(table[metric], table[f"{metric}_sd"])]
+                         for m, sd in zip(table[metric], spread)]
     return shown
 
 
@@ -197,7 +243,10 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
              f"{frame['lang'].nunique()} language(s) and {frame['model'].nunique()} model(s); "
              f"the long table is `results.csv`.", ""]
     if notes:
-        lines += [notes, ""]
+        lines += ["## About this grid", "", notes.strip(), ""]
+    found = findings(frame)
+    if found:
+        lines += ["## What it measured", ""] + found + [""]
     lines += ["## Summary (mean ± standard deviation over seeds)", "", _markdown_table(_with_spread(table)), ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]

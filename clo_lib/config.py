@@ -165,7 +165,8 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     prompts: str | None = _field(
-        None, "Prompt file (JSONL with prompt_en and prompt_tgt); None: translated AlpacaEval."
+        None, "Prompt file (JSONL with prompt_en and prompt_tgt, optionally answer_en and answer_tgt); {lang} is "
+        "replaced by the language code. None: translated AlpacaEval."
     )
     num_prompts: int | None = _field(None, "Evaluate on the first N prompts only; None: all.", min=1)
     max_new_tokens: int = _field(512, "Longest generated answer in tokens.", min=1)
@@ -177,6 +178,10 @@ class EvalConfig:
     mc_tasks: dict[str, list[str]] = _field({}, "lm-eval task names per language code, for multiple-choice accuracy.")
     mc_task_dir: str | None = _field(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
     mc_limit: int | None = _field(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)
+    judge: Literal["auto", "llm", "reference", "none"] = _field(
+        "auto", "Who compares answers with the SFT run's: an LLM (llm), the prompt file's reference answers "
+        "(reference: right answer first, then right language), or nobody; auto: llm when judge_base_url is set."
+    )
     judge_base_url: str | None = _field(None, "OpenAI-compatible endpoint of the LLM judge; None skips judging.")
     judge_model: str = _field("gpt-4o", "Judge model name.")
     judge_api_key_env: str = _field("OPENAI_API_KEY", "Name of the environment variable holding the judge's key.")
@@ -438,6 +443,8 @@ def _check_consistency(config: RunConfig, origin: dict) -> None:
     for lang in config.eval.mc_tasks:
         if lang not in LANGUAGES:
             raise _fail(origin, f"eval.mc_tasks.{lang}", config.eval.mc_tasks[lang], "a known language code as key")
+    if config.eval.judge == "llm" and not config.eval.judge_base_url:
+        raise _fail(origin, "eval.judge_base_url", None, "the judge's endpoint URL when eval.judge is llm")
     if "{prompt}" not in config.model.prompt_template:
         raise _fail(origin, "model.prompt_template", config.model.prompt_template, "a template with a {prompt} slot")
     train = config.train

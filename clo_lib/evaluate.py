@@ -11,9 +11,14 @@ Metric names (one row each in the long-format table the analysis reads):
                                      reports how many there were.
     line_fidelity_tgt, line_fidelity_en   the same per line, over lines whose language is determined: catches
                                      answers that switch language midway
+    accuracy_tgt, accuracy_en        with reference answers in the prompt file (answer_en, answer_tgt): share of
+                                     answers whose first line is one of them, in either language (right answer,
+                                     whatever its language; fidelity says which language)
     mc_acc_tgt, mc_acc_en            mean lm-eval accuracy over the tasks listed for the language (plus one
                                      mc_acc:<task> row per task)
-    winrate_vs_sft_tgt, winrate_vs_sft_en (+ _ci_low/_ci_high)   judged win rate against the SFT run, ties as half
+    winrate_vs_sft_tgt, winrate_vs_sft_en (+ _ci_low/_ci_high)   judged win rate against the SFT run, ties as half;
+                                     the judge is an LLM (eval.judge: llm) or the reference answers (reference:
+                                     right answer first, then right language; deterministic, used by the toy world)
 """
 
 from __future__ import annotations
@@ -95,7 +100,8 @@ def load_prompts(cfg: RunConfig) -> list[dict]:
     from clo_lib.data import read_rows
 
     if cfg.eval.prompts:
-        rows = check_prompt_rows(read_rows(cfg.eval.prompts), cfg.eval.prompts)
+        path = cfg.eval.prompts.replace("{lang}", cfg.language)
+        rows = check_prompt_rows(read_rows(path), path)
     else:
         rows = translated_alpaca_eval(cfg)
     return rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else rows
@@ -211,6 +217,60 @@ def fidelity(generations: Sequence[dict], tgt: str, min_confidence: float = 0.5)
         metrics[f"line_fidelity_{side}"] = (sum(lang == want for lang, want in judged) / len(judged)) if judged \
             else float("nan")
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference answers: accuracy, and the deterministic judge
+
+
+def _normalize(text: str) -> str:
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return " ".join(first_line.split()).casefold()
+
+
+def is_correct(answer: str, prompt_row: dict) -> bool:
+    """The answer's first line equals a reference answer, in English or in the target language."""
+    references = {_normalize(prompt_row[k]) for k in ("answer_en", "answer_tgt") if prompt_row.get(k)}
+    return _normalize(answer) in references
+
+
+def accuracy(generations: Sequence[dict], prompts: Sequence[dict]) -> dict[str, float]:
+    """accuracy_tgt / accuracy_en when the prompt rows carry reference answers; nothing otherwise."""
+    by_id = {row["id"]: row for row in prompts}
+    if not all(row.get("answer_en") and row.get("answer_tgt") for row in prompts):
+        return {}
+    metrics = {}
+    for side in SIDES:
+        rows = [g for g in generations if g["side"] == side]
+        if rows:
+            metrics[f"accuracy_{side}"] = sum(is_correct(g["answer"], by_id[g["id"]]) for g in rows) / len(rows)
+    return metrics
+
+
+def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Sequence[dict], tgt: str,
+                    min_confidence: float = 0.5) -> list[dict]:
+    """Deterministic pairwise judge: the right answer wins; between two equally right ones, the right language wins.
+
+    Scores as judge_against: 1 ours better, 0 worse, 0.5 equal.
+    """
+    from clo_lib import langid
+
+    by_id = {row["id"]: row for row in prompts}
+    theirs = {(r["id"], r["side"]): r for r in reference}
+    scored = []
+    for row in ours:
+        other = theirs.get((row["id"], row["side"]))
+        if other is None:
+            raise ValueError(f"the SFT run has no answer for prompt {row['id']} ({row['side']}); evaluate it first")
+
+        def merit(answer: str) -> tuple[bool, bool]:
+            in_language = langid.detect(answer, [SOURCE_LANGUAGE, tgt], min_confidence)[0] == row["lang"]
+            return is_correct(answer, by_id[row["id"]]), in_language
+
+        mine, its = merit(row["answer"]), merit(other["answer"])
+        scored.append({"id": row["id"], "side": row["side"], "how": "reference",
+                       "score": 1.0 if mine > its else 0.0 if mine < its else 0.5})
+    return scored
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,8 +396,10 @@ def win_rate(scores: Sequence[float], z: float = 1.96) -> tuple[float, float, fl
 
 def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None) -> dict[str, Any]:
     """What identifies a run in the results table (the grid's short model label, else the model's id)."""
-    return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language, "size": cfg.data.size,
-            "method": method or cfg.train.method, "seed": cfg.seed, "name": cfg.name}
+    method = method or cfg.train.method
+    return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language,
+            "size": 0 if method == "base" else cfg.data.size,  # the untrained model saw no training examples
+            "method": method, "seed": cfg.seed, "name": cfg.name}
 
 
 def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None) -> Path:
@@ -371,8 +433,9 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     run_dir = Path(run_dir)
     model_path = Path(model_path) if model_path else run_dir / "model"
     ecfg = cfg.eval
+    judge = ecfg.judge if ecfg.judge != "auto" else ("llm" if ecfg.judge_base_url else "none")
     endpoint = None
-    if ecfg.judge_base_url:
+    if judge == "llm":
         endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
         endpoint.check()  # a missing key fails now, not after an hour of generation
     prompts = load_prompts(cfg)
@@ -381,20 +444,25 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)
     del model
     metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence)
+    metrics.update(accuracy(generations, prompts))
     if ecfg.mc_tasks:
         metrics.update(mc_accuracy(model_path, ecfg.mc_tasks, cfg.language, cfg.model.name_or_path,
                                    ecfg.mc_task_dir, ecfg.batch_size, ecfg.mc_limit))
     details: dict[str, Any] = {"prompts": len(prompts), "generation_seconds": round(time.perf_counter() - start, 2)}
     method = method or cfg.train.method
-    if endpoint is None:
-        log("judging skipped: eval.judge_base_url is not set, so no win rates (none are made up)")
+    if judge == "none":
+        log("judging skipped: no judge configured (eval.judge_base_url, or eval.judge: reference with reference "
+            "answers), so no win rates; none are made up")
     elif reference_run is None or method == "sft":
         log("judging skipped: no SFT reference run to compare with" if method != "sft" else
             "judging skipped: this is the SFT run itself")
     else:
         reference = list(read_jsonl(Path(reference_run) / "generations.jsonl"))
-        scored = judge_against(generations, reference, endpoint, cfg.language, run_dir / "judgments.jsonl",
-                               ecfg.lid_min_confidence)
+        if judge == "reference":
+            scored = reference_judge(generations, reference, prompts, cfg.language, ecfg.lid_min_confidence)
+        else:
+            scored = judge_against(generations, reference, endpoint, cfg.language, run_dir / "judgments.jsonl",
+                                   ecfg.lid_min_confidence)
         for side in SIDES:
             mean, low, high = win_rate([s["score"] for s in scored if s["side"] == side])
             metrics[f"winrate_vs_sft_{side}"] = mean

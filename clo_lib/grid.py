@@ -271,7 +271,8 @@ def load_grid(path: str | Path) -> Grid:
             evaluate_ids.append(f"evaluate/{rid}")
 
     stages["analyze"] = Stage(id="analyze", kind="analyze", workdir=output_dir, done_file=output_dir / "report.md",
-                              deps=evaluate_ids, parameters={"grid_dir": str(output_dir), "grid_name": name})
+                              deps=evaluate_ids, parameters={"grid_dir": str(output_dir), "grid_name": name,
+                                                             "notes": str(data.get("description") or "")})
     return Grid(name=name, path=path, output_dir=output_dir, stages=_in_dependency_order(stages), resources=resources)
 
 
@@ -352,7 +353,9 @@ def execute_stage(stage: Stage) -> None:
     """Run one stage in a fresh process or kernel; raise on failure. Used by every executor."""
     stage.workdir.mkdir(parents=True, exist_ok=True)
     if stage.kind == "prepare":
-        result = subprocess.run(stage.command, cwd=REPO, capture_output=True, text=True)
+        # "python" means this interpreter (the kit's venv), not whatever python is first on PATH.
+        command = [sys.executable if c in ("python", "python3") and i == 0 else c for i, c in enumerate(stage.command)]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         (stage.workdir / f"{stage.id.split('/')[-1]}.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise RuntimeError(f"command {' '.join(stage.command)} exited {result.returncode}: "

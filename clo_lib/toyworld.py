@@ -24,6 +24,7 @@ import random
 import re
 import string
 from functools import lru_cache
+from pathlib import Path
 
 LANGS = ("en", "zh", "de", "ko", "id", "sw", "yo")
 
@@ -75,7 +76,7 @@ KIND_OF = {"banana": "fruit", "apple": "fruit", "lemon": "fruit", "tomato": "fru
            "chicken": "animal", "spider": "animal", "ant": "animal", "snake": "animal", "fish": "animal",
            "car": "vehicle", "bicycle": "vehicle"}
 LEGS_OF = {"crow": 2, "frog": 4, "cow": 4, "chicken": 2, "spider": 8, "ant": 6, "snake": 0, "fish": 0}
-MAX_ADDEND = 20
+MAX_ADDEND = 12  # 169 sums: arithmetic stays a part of the world, not most of it
 
 # Templates: (question, answer) per language. {t} is a thing, {T} the same capitalised at a sentence start,
 # {c} a colour, {k} a kind, {n}, {a}, {b}, {s} digits.
@@ -161,17 +162,38 @@ def all_items() -> list[tuple[str, dict]]:
     return items
 
 
-def generate_english(n: int | None = None, seed: int = 0) -> list[dict]:
-    """English SFT records `{id, prompt_en, response_en, kind}` over the world, in a seeded order.
+HELDOUT_SHARE = 0.2  # of each kind of question: never in SFT data, asked at evaluation
+WORLD_SEED = 0  # the split into SFT pool and held-out questions is part of the world, not of a run
 
-    With n=None the whole world (every item once); otherwise the first n of the seeded order.
+
+def split_items(seed: int = WORLD_SEED) -> tuple[list[int], list[int]]:
+    """(SFT-pool indices, held-out indices) into all_items(): a fixed share of every kind is held out."""
+    by_kind: dict[str, list[int]] = {}
+    for index, (kind, _) in enumerate(all_items()):
+        by_kind.setdefault(kind, []).append(index)
+    pool, heldout = [], []
+    rng = random.Random(seed)
+    for indices in by_kind.values():
+        indices = indices[:]
+        rng.shuffle(indices)
+        cut = max(1, round(HELDOUT_SHARE * len(indices)))
+        heldout += sorted(indices[:cut])
+        pool += sorted(indices[cut:])
+    return sorted(pool), sorted(heldout)
+
+
+def generate_english(n: int | None = None, seed: int = 0) -> list[dict]:
+    """English SFT records `{id, prompt_en, response_en, kind}` from the SFT pool, in a seeded order.
+
+    With n=None every pool item once; otherwise the first n of the seeded order. Held-out questions never appear.
     """
     items = all_items()
-    order = list(range(len(items)))
+    order, _ = split_items()
+    order = order[:]
     random.Random(seed).shuffle(order)
     if n is not None:
-        if not 1 <= n <= len(items):
-            raise ValueError(f"n = {n}; expected 1 to {len(items)} (the toy world's size)")
+        if not 1 <= n <= len(order):
+            raise ValueError(f"n = {n}; expected 1 to {len(order)} (the toy world's SFT pool)")
         order = order[:n]
     records = []
     for index in order:
@@ -179,6 +201,19 @@ def generate_english(n: int | None = None, seed: int = 0) -> list[dict]:
         prompt, response = render(kind, slots, "en")
         records.append({"id": f"toy-{index:04d}", "prompt_en": prompt, "response_en": response, "kind": kind})
     return records
+
+
+def heldout_prompts(lang: str) -> list[dict]:
+    """Evaluation rows for held-out questions: `{id, kind, prompt_en, prompt_tgt, answer_en, answer_tgt}`."""
+    _check_lang(lang)
+    items = all_items()
+    rows = []
+    for index in split_items()[1]:
+        kind, slots = items[index]
+        (q_en, a_en), (q_tgt, a_tgt) = render(kind, slots, "en"), render(kind, slots, lang)
+        rows.append({"id": f"toy-{index:04d}", "kind": kind, "prompt_en": q_en, "prompt_tgt": q_tgt,
+                     "answer_en": a_en, "answer_tgt": a_tgt})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,3 +266,132 @@ def translate(text: str, src: str, tgt: str) -> str:
     kind, part, slots = parse(text, src)
     # A question carries only its own slots (no answer), so fill just the matching template.
     return _fill(TEMPLATES[kind][tgt][part], slots, tgt)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The English-centric base model: pretrained on CPU in minutes, cached under outputs/
+
+TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"  # the kit's default model.prompt_template
+TARGETS = tuple(lang for lang in LANGS if lang != "en")
+ENGLISH_REPEATS = 3  # each English question-answer pair is seen this often per pretraining epoch
+PLAIN_SHARE = 0.5  # share of SFT-pool items whose target-language sentences appear as plain text
+
+
+def pretraining_corpus(seed: int = 0) -> list[str]:
+    """Documents of the base model's pretraining, like an English-centric LLM's.
+
+    - English instruction-style text: every question of the world in the instruction template with its answer, the
+      held-out ones included. All knowledge is taught here, in English only.
+    - Plain target-language text: the question and answer sentences of half the SFT-pool items, per language, as
+      running text without the template. The model learns the languages' words, never to answer in them, and sees
+      no held-out fact in a target language.
+    """
+    rng = random.Random(seed)
+    documents = []
+    for kind, slots in all_items():
+        question, answer = render(kind, slots, "en")
+        documents += [TEMPLATE.replace("{prompt}", question) + answer] * ENGLISH_REPEATS
+    pool, _ = split_items()
+    items = all_items()
+    for lang in TARGETS:
+        for index in rng.sample(pool, round(PLAIN_SHARE * len(pool))):
+            documents.append(" ".join(render(*items[index], lang)))
+    rng.shuffle(documents)
+    return documents
+
+
+def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hidden_size: int = 128,
+                        num_layers: int = 4, batch_size: int = 32, learning_rate: float = 3e-3,
+                        log=print) -> dict:
+    """Train the toy base model from scratch on `pretraining_corpus(seed)`; save it to `out_dir`. Deterministic."""
+    import math
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clo_lib.tiny import make_tiny_causal_lm
+
+    out_dir = Path(out_dir)
+    documents = pretraining_corpus(seed)
+    every_sentence = [text for item in all_items() for lang in LANGS for text in render(*item, lang)]
+    make_tiny_causal_lm(out_dir, "llama", corpus=every_sentence + [TEMPLATE], seed=seed, hidden_size=hidden_size,
+                        num_layers=num_layers, vocab_size=1024)
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
+    encoded = [tokenizer(doc)["input_ids"] + [tokenizer.eos_token_id] for doc in documents]
+    steps = epochs * math.ceil(len(encoded) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.train()
+    start, losses = time.perf_counter(), []
+    for epoch in range(epochs):
+        order = torch.randperm(len(encoded), generator=generator).tolist()
+        for begin in range(0, len(order), batch_size):
+            batch = [encoded[i] for i in order[begin: begin + batch_size]]
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+            labels = torch.full((len(batch), width), -100)
+            for row, seq in enumerate(batch):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                labels[row, : len(seq)] = torch.tensor(seq)
+            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        if (epoch + 1) % 10 == 0 or epoch == epochs - 1:
+            log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
+                f"({time.perf_counter() - start:.0f} s)")
+    model.save_pretrained(out_dir)
+    return {"documents": len(documents), "steps": steps, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
+            "seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
+    """The toy world on disk: base_model/, eval_<lang>.jsonl (held-out questions) and world.json. Cached per seed."""
+    import json
+
+    from clo_lib.io import atomic_write_json, write_jsonl
+
+    out = Path(out)
+    summary_file = out / "world.json"
+    if summary_file.is_file() and (out / "base_model" / "config.json").is_file():
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if summary.get("seed") == seed and summary.get("epochs") == epochs:
+            log(f"toy world already built in {out} (seed {seed}); delete it to rebuild")
+            return summary
+    for lang in TARGETS:
+        write_jsonl(out / f"eval_{lang}.jsonl", heldout_prompts(lang))
+    pool, heldout = split_items()
+    stats = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log)
+    summary = {"seed": seed, "epochs": epochs, "sft_pool": len(pool), "heldout": len(heldout),
+               "languages": list(LANGS), "pretraining": stats}
+    atomic_write_json(summary_file, summary)  # written last: its presence means the world is complete
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.toyworld build --out outputs/toy/world [--seed 0]`: build (or reuse) the toy world."""
+    import argparse
+    import json
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.toyworld", description=main.__doc__)
+    parser.add_argument("command", choices=["build"])
+    parser.add_argument("--out", default="outputs/toy/world")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=30)
+    args = parser.parse_args(argv)
+    print(json.dumps(build(args.out, args.seed, args.epochs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -38,3 +38,13 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_model_dir):
     return tiny_model_dir("llama")
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """The toy world with a briefly pretrained base model (8 epochs, about 15 s): enough to show its bias."""
+    from clo_lib import toyworld
+
+    out = tmp_path_factory.mktemp("world")
+    toyworld.build(out, seed=0, epochs=8, log=lambda m: None)
+    return out

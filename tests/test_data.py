@@ -70,10 +70,12 @@ def test_unreadable_files_give_one_clear_error(tmp_path):
         read_rows(bad)
 
 
-def test_toy_source_is_the_whole_toy_world():
+def test_toy_source_is_the_toy_worlds_sft_pool():
+    from clo_lib import toyworld
+
     cfg = load_config({"language": "sw", "data": {"source": "toy"}})
     records = load_english(cfg.data).records
-    assert len(records) > 400 and set(records[0]) == {"id", "prompt_en", "response_en"}
+    assert len(records) == len(toyworld.split_items()[0]) and set(records[0]) == {"id", "prompt_en", "response_en"}
 
 
 def test_training_records_drop_flagged_before_the_cut_and_stay_nested():

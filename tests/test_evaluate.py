@@ -102,7 +102,7 @@ def test_evaluate_run_writes_metrics_last_and_skips_judging_without_a_judge(tmp_
                                     log=messages.append)
     assert set(metrics) == {"fidelity_tgt", "fidelity_en", "undetermined_tgt", "undetermined_en",
                             "line_fidelity_tgt", "line_fidelity_en"}
-    assert "judging skipped: eval.judge_base_url is not set" in messages[0]
+    assert "judging skipped: no judge configured" in messages[0]
     rows = metrics_rows(tmp_path / "run" / "metrics.json")
     assert {r["metric"] for r in rows} == set(metrics) and rows[0]["method"] == "base" and rows[0]["lang"] == "sw"
     assert len((tmp_path / "run" / "generations.jsonl").read_text().splitlines()) == 6
@@ -232,3 +232,24 @@ def test_win_rates_land_in_metrics_with_the_sft_reference(tmp_path, tiny_llama, 
         assert metrics[f"winrate_vs_sft_{side}"] == 0.5
         assert metrics[f"winrate_vs_sft_{side}_ci_low"] == metrics[f"winrate_vs_sft_{side}_ci_high"] == 0.5
     assert json.loads((tmp_path / "clo" / "metrics.json").read_text())["run"]["method"] == "clo"
+
+
+def test_reference_answers_give_accuracy_and_a_deterministic_judge():
+    prompts = [{"id": "0", "prompt_en": "q", "prompt_tgt": "q", "answer_en": "The apple is red.",
+                "answer_tgt": "Tufaha ina rangi ya nyekundu."}]
+    right_sw, right_en = "Tufaha ina rangi ya nyekundu.", "The apple is red."
+    wrong_sw = "Tufaha ina rangi ya kijani."
+    ours = [gen("0", "tgt", right_en), gen("0", "en", "The apple is red.\nAnd more.")]
+    assert evaluate.accuracy(ours, prompts) == {"accuracy_tgt": 1.0, "accuracy_en": 1.0}  # right, either language
+    assert evaluate.accuracy([gen("0", "tgt", wrong_sw)], prompts)["accuracy_tgt"] == 0.0
+    score = lambda mine, theirs: evaluate.reference_judge([gen("0", "tgt", mine)], [gen("0", "tgt", theirs)],  # noqa
+                                                          prompts, "sw")[0]["score"]
+    assert score(right_en, wrong_sw) == 1.0  # the right answer first, even in the wrong language
+    assert score(right_sw, right_en) == 1.0  # then the right language
+    assert score(wrong_sw, right_en) == 0.0 and score(right_sw, right_sw) == 0.5
+
+
+def test_prompt_file_names_can_hold_the_language(tmp_path, tiny_llama):
+    (tmp_path / "eval_sw.jsonl").write_text('{"prompt_en": "Hi", "prompt_tgt": "Habari"}\n')
+    cfg = eval_config(tmp_path, tiny_llama, prompts=str(tmp_path / "eval_{lang}.jsonl"))
+    assert evaluate.load_prompts(cfg)[0]["prompt_tgt"] == "Habari"

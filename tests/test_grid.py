@@ -132,3 +132,24 @@ def test_bad_grid_files_are_refused_in_one_sentence(tmp_path, tiny_llama, change
                             text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_toy_world_slice_runs_end_to_end_with_base_and_findings(tmp_path, small_world):
+    """The toy grid's code path: toy translation, training, held-out evaluation, reference judge, analysis."""
+    data = {"name": "toy-slice", "output_dir": str(tmp_path / "out"), "layers": ["params/presets/toy.yaml"],
+            "description": "A two-method slice of the toy world.",
+            "overrides": {"model.name_or_path": str(small_world / "base_model"),
+                          "eval.prompts": str(small_world / "eval_{lang}.jsonl"), "train.epochs": 1},
+            "models": {"toy": {}},
+            "slices": [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [16]}]}
+    path = tmp_path / "toy-slice.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert run_grid(load_grid(path), log=lambda m: None) == 0
+    results = (tmp_path / "out" / "results.csv").read_text()
+    for row in ("toy,sw,0,base,0", "toy,sw,16,sft,0", "toy,sw,16,clo,0"):
+        assert row in results
+    for metric in ("accuracy_tgt", "accuracy_en", "fidelity_tgt", "fidelity_en", "winrate_vs_sft_tgt"):
+        assert f",{metric}," in results
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "A two-method slice of the toy world." in report and "- Base model toy, Swahili: answers" in report
+    assert "CLO against SFT on target-language prompts" in report

@@ -3,6 +3,7 @@
 import itertools
 
 import pytest
+import torch
 
 from clo_lib import langid, toyworld
 
@@ -46,3 +47,55 @@ def test_language_id_tells_each_toy_language_from_english(lang):
     assert detected.count(lang) / len(answers) >= 0.9, (lang, list(zip(answers, detected))[:5])
     english = [toyworld.render(kind, slots, "en")[1] for kind, slots in toyworld.all_items()[::7]]
     assert langid.detect_many(english, ["en", lang]).count(lang) <= len(english) * 0.1
+
+
+# --- the held-out split and the English-centric base model -------------------------------------------------------
+
+
+def test_heldout_questions_never_reach_sft_data():
+    pool, heldout = toyworld.split_items()
+    assert not set(pool) & set(heldout) and len(pool) + len(heldout) == len(toyworld.all_items())
+    sft_prompts = {r["prompt_en"] for r in toyworld.generate_english()}
+    assert not sft_prompts & {r["prompt_en"] for r in toyworld.heldout_prompts("sw")}
+    kinds = {toyworld.all_items()[i][0] for i in heldout}
+    assert kinds == set(toyworld.TEMPLATES)  # every kind of question is asked at evaluation
+
+
+def test_pretraining_teaches_knowledge_in_english_only():
+    corpus = toyworld.pretraining_corpus()
+    heldout_answers = {lang: {r["answer_tgt"] for r in toyworld.heldout_prompts(lang)} for lang in toyworld.TARGETS}
+    for document in corpus:
+        for lang, answers in heldout_answers.items():
+            assert not any(answer in document for answer in answers), (lang, document)
+    english = sum(doc.startswith("### Instruction:") for doc in corpus)
+    assert english / len(corpus) > 0.5  # mostly English, like the LLMs the paper starts from
+
+
+def test_pretraining_is_deterministic_per_seed(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    for name in ("a", "b"):
+        toyworld.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None)
+    first, second = (AutoModelForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_base_model_answers_target_language_questions_in_english(small_world):
+    """The English bias is measured on a short pretraining run, not assumed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(small_world / "base_model")
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(small_world / "base_model").eval()
+    rows = toyworld.heldout_prompts("sw")
+    answers = {}
+    for side in ("en", "tgt"):
+        batch = tokenizer([toyworld.TEMPLATE.replace("{prompt}", r[f"prompt_{side}"]) for r in rows],
+                          return_tensors="pt", padding=True)
+        out = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        answers[side] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    to_swahili = langid.detect_many(answers["tgt"], ["en", "sw"])
+    to_english = langid.detect_many(answers["en"], ["en", "sw"])
+    assert to_swahili.count("en") / len(rows) >= 0.6, list(zip(to_swahili, answers["tgt"]))[:5]
+    assert to_english.count("en") / len(rows) >= 0.9
+    assert (small_world / "eval_sw.jsonl").is_file() and (small_world / "world.json").is_file()
