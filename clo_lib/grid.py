@@ -26,9 +26,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -375,8 +377,25 @@ def execute_stage(stage: Stage) -> None:
     if parameters.get("model_path") and Path(parameters["model_path"]).exists():
         parameters["model_path"] = str(Path(parameters["model_path"]).resolve())
     notebook = NOTEBOOK_OF[stage.kind]
-    pm.execute_notebook(str(NOTEBOOKS / notebook), str(stage.workdir / notebook), parameters=parameters,
-                        cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False)
+    # The kernel process writes its own warnings to our stderr; keep them in the stage's folder instead.
+    with _stderr_to(stage.workdir / f"{stage.kind}.kernel.log"):
+        pm.execute_notebook(str(NOTEBOOKS / notebook), str(stage.workdir / notebook), parameters=parameters,
+                            cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False, log_output=False)
+
+
+@contextmanager
+def _stderr_to(path: Path):
+    """Point file descriptor 2 (inherited by child processes such as kernels) at `path` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _run_and_record(stage: Stage) -> tuple[str, float]:
