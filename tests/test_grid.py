@@ -54,6 +54,8 @@ def test_only_selects_a_slice_with_what_it_waits_for(tmp_path, tiny_llama):
     ids = [s.id for s in select(grid, ["evaluate/*clo*"])]
     assert ids == ["translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "train/tiny-sw-clo-n4-s0",
                    "evaluate/tiny-sw-clo-n4-s0"]
+    assert [s.id for s in select(grid, ["evaluate/*-sft-*", "analyze"])] == [
+        "translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "analyze"]
     with pytest.raises(GridError, match="matches no stage"):
         select(grid, ["nothing-like-this"])
 
