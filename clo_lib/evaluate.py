@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from clo_lib.config import ConfigError, RunConfig, load_config
 from clo_lib.endpoint import ChatEndpoint, EndpointError
-from clo_lib.io import atomic_write_json, read_jsonl
+from clo_lib.io import append_jsonl, atomic_write_json, read_jsonl
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 
 SIDES = ("tgt", "en")
@@ -61,21 +60,9 @@ class JsonlCache:
                     continue
 
     def append(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
         for row in rows:
             self.rows[row["key"]] = row
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        # A torn previous line must not swallow this batch's first row: start on a fresh line.
-        needs_newline = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(
-            b"\n")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (("\n" if needs_newline else "") + text).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_jsonl(self.path, rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,6 +234,16 @@ def accuracy(generations: Sequence[dict], prompts: Sequence[dict]) -> dict[str, 
     return metrics
 
 
+def _paired(ours: Sequence[dict], reference: Sequence[dict]):
+    """(our answer, the SFT run's answer) for every prompt and side; a missing SFT answer is a clear error."""
+    theirs = {(r["id"], r["side"]): r for r in reference}
+    for row in ours:
+        other = theirs.get((row["id"], row["side"]))
+        if other is None:
+            raise ValueError(f"the SFT run has no answer for prompt {row['id']} ({row['side']}); evaluate it first")
+        yield row, other
+
+
 def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Sequence[dict], tgt: str,
                     min_confidence: float = 0.5) -> list[dict]:
     """Deterministic pairwise judge: the right answer wins; between two equally right ones, the right language wins.
@@ -256,12 +253,8 @@ def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Se
     from clo_lib import langid
 
     by_id = {row["id"]: row for row in prompts}
-    theirs = {(r["id"], r["side"]): r for r in reference}
     scored = []
-    for row in ours:
-        other = theirs.get((row["id"], row["side"]))
-        if other is None:
-            raise ValueError(f"the SFT run has no answer for prompt {row['id']} ({row['side']}); evaluate it first")
+    for row, other in _paired(ours, reference):
 
         def merit(answer: str) -> tuple[bool, bool]:
             in_language = langid.detect(answer, [SOURCE_LANGUAGE, tgt], min_confidence)[0] == row["lang"]
@@ -358,12 +351,8 @@ def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: Cha
     from clo_lib import langid
 
     cache = JsonlCache(cache_path)
-    theirs = {(r["id"], r["side"]): r for r in reference}
     scored = []
-    for row in ours:
-        other = theirs.get((row["id"], row["side"]))
-        if other is None:
-            raise ValueError(f"the SFT run has no answer for prompt {row['id']} ({row['side']}); evaluate it first")
+    for row, other in _paired(ours, reference):
         want = row["lang"]
         ours_ok = langid.detect(row["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want
         theirs_ok = langid.detect(other["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want

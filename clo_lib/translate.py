@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -34,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from clo_lib.config import ConfigError, RunConfig, TranslationConfig, load_config
 from clo_lib.endpoint import EndpointError
-from clo_lib.io import atomic_write_json, atomic_write_text, write_jsonl
+from clo_lib.io import append_jsonl, atomic_write_json, atomic_write_text, write_jsonl
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -382,20 +381,13 @@ class TranslationCache:
         return found
 
     def put_many(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Append one batch in a single write and fsync it, so a kill loses at most this batch."""
-        lines = []
+        """Append one batch in a single fsynced write, so a kill loses at most this batch."""
+        rows = []
         for text, out in pairs:
             key = self.key(text)
             self.entries[key] = out
-            lines.append(json.dumps({"k": key, "src": text, "out": out, "sum": self._checksum(out)},
-                                    ensure_ascii=False) + "\n")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, "".join(lines).encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            rows.append({"k": key, "src": text, "out": out, "sum": self._checksum(out)})
+        append_jsonl(self.path, rows)
 
 
 def translate_chunks(chunks: Sequence[str], translator: Translator, cache: TranslationCache, src: str, tgt: str,

@@ -101,3 +101,15 @@ def test_hub_failures_become_one_sentence(monkeypatch):
     with pytest.raises(HubUnreachableError, match=r"could not load dataset 'someone/some-dataset' from the Hugging "
                                                   r"Face hub \(Name or service not known\); check the name"):
         load_english(cfg.data)
+
+
+def test_appending_after_a_torn_line_keeps_the_new_rows(tmp_path):
+    from clo_lib.evaluate import JsonlCache
+    from clo_lib.io import append_jsonl
+
+    path = tmp_path / "cache.jsonl"
+    append_jsonl(path, [{"key": "a", "v": 1}])
+    with open(path, "a") as handle:
+        handle.write('{"key": "b", "v"')  # a kill in the middle of a write
+    JsonlCache(path).append([{"key": "c", "v": 3}])
+    assert {k: r["v"] for k, r in JsonlCache(path).rows.items()} == {"a": 1, "c": 3}
