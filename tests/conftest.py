@@ -48,3 +48,48 @@ def small_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     toyworld.build(out, seed=0, epochs=8, log=lambda m: None)
     return out
+
+
+@pytest.fixture
+def chat_stub():
+    """Start an OpenAI-compatible chat endpoint on loopback: chat_stub(answer) -> (base_url, requests).
+
+    `answer(body)` returns the assistant's text, or an int HTTP status to fail with. Every request's body and
+    Authorization header are recorded in `requests`.
+    """
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    servers = []
+
+    def start(answer):
+        requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append({"auth": self.headers.get("Authorization"), "body": body})
+                reply = answer(body)
+                if isinstance(reply, int):
+                    self.send_response(reply)
+                    self.end_headers()
+                    return
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        server = HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/v1", requests
+
+    yield start
+    for server in servers:
+        server.shutdown()

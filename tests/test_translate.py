@@ -5,8 +5,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from datasets import load_from_disk
@@ -285,35 +283,11 @@ def test_flagged_records_are_written_with_their_flags(tmp_path):
 
 
 @pytest.fixture
-def stub_endpoint():
-    seen = {"requests": [], "fail_first": 1}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen["requests"].append({"auth": self.headers.get("Authorization"), "body": body})
-            if seen["fail_first"]:
-                seen["fail_first"] -= 1
-                self.send_response(503)
-                self.end_headers()
-                return
-            text = body["messages"][-1]["content"]
-            reply = {"choices": [{"message": {"role": "assistant", "content": f"[sw] {text}"}}]}
-            data = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1", seen
-    server.shutdown()
+def stub_endpoint(chat_stub):
+    """Answers "[sw] <text>", after failing the very first request with a 503 (to exercise the retry)."""
+    failures = [503]
+    url, requests = chat_stub(lambda body: failures.pop() if failures else f"[sw] {body['messages'][-1]['content']}")
+    yield url, {"requests": requests}
 
 
 def test_openai_backend_translates_through_the_endpoint_with_retries(tmp_path, stub_endpoint, monkeypatch):
