@@ -222,23 +222,36 @@ def load_config(*sources: str | Path | dict, overrides: list[str] | None = None)
     return config
 
 
+def nest_dotted(mapping: dict[str, Any]) -> dict[str, Any]:
+    """{"train.lam": 0.3, "model": {"dtype": "float32"}} -> {"train": {"lam": 0.3}, "model": {"dtype": "float32"}}.
+
+    The form notebook parameters and grid files use for overrides; the result is a layer for load_config.
+    """
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        node = out
+        *parents, leaf = str(key).strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["train.lam=0.3", "language=sw"] -> {"train": {"lam": 0.3}, "language": "sw"} (values parsed as YAML)."""
-    out: dict[str, Any] = {}
+    pairs: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"Override {item!r} is not of the form key=value (for example train.lam=0.3).")
         try:
-            value = yaml.safe_load(raw)
+            pairs[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
-            value = raw
-        node = out
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+            pairs[key.strip()] = raw
+    return nest_dotted(pairs)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -412,12 +412,13 @@ def metrics_rows(path: str | Path) -> list[dict]:
 def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | None = None,
                  reference_run: str | Path | None = None, method: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print, loaded: tuple | None = None,
-                 model_label: str | None = None) -> dict[str, Any]:
+                 model_label: str | None = None, prompts: list[dict] | None = None) -> dict[str, Any]:
     """Generate, score and judge one run; write `generations.jsonl`, `judgments.jsonl` and `metrics.json`.
 
     model_path: the trained weights (default `<run_dir>/model`), or the base model for method `base`.
     reference_run: the SFT run folder of the same model, language and size, for the win rates.
-    loaded: (model, tokenizer) already in memory (the notebook's), so they are not loaded twice.
+    loaded, prompts: the model and tokenizer, and the prompts, already in memory (the notebook's), so they are not
+    loaded twice.
     """
     run_dir = Path(run_dir)
     model_path = Path(model_path) if model_path else run_dir / "model"
@@ -427,7 +428,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     if judge == "llm":
         endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
         endpoint.check()  # a missing key fails now, not after an hour of generation
-    prompts = load_prompts(cfg)
+    prompts = prompts if prompts is not None else load_prompts(cfg)
     start = time.perf_counter()
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
     generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from clo_lib.config import ConfigError, RunConfig, load_config, read_yaml, save_config
+from clo_lib.config import ConfigError, RunConfig, load_config, nest_dotted, read_yaml, save_config
 from clo_lib.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,21 +115,6 @@ def _check_keys(data: dict, allowed: set[str], where: str, path: Path) -> None:
             raise GridError(f"{path}: unknown key {where}{key!r}{hint}; expected one of {', '.join(sorted(allowed))}")
 
 
-def _dotted_to_nested(overrides: dict) -> dict:
-    """{"train.lam": 0.3} -> {"train": {"lam": 0.3}}; nested dicts pass through."""
-    nested: dict = {}
-    for key, value in overrides.items():
-        node = nested
-        parts = str(key).split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-            node[parts[-1]].update(value)
-        else:
-            node[parts[-1]] = value
-    return nested
-
-
 def _layer_path(layer: str, grid_path: Path) -> str:
     """Layers are repo-relative (params/presets/toy.yaml), grid-relative, or `preset: NAME` style names."""
     for candidate in (Path(layer), REPO / layer, grid_path.parent / layer):
@@ -201,8 +186,8 @@ def load_grid(path: str | Path) -> Grid:
                  "data": {"size": max(1, int(spec["size"])), "pool_size": pool[spec["lang"]]},
                  "train": {"method": spec.get("method_for_config", spec["method"])}}
         try:
-            return load_config(*layers, _dotted_to_nested(common), _dotted_to_nested(models[spec["model"]] or {}),
-                               _dotted_to_nested(spec["overrides"]), layer)
+            return load_config(*layers, nest_dotted(common), nest_dotted(models[spec["model"]] or {}),
+                               nest_dotted(spec["overrides"]), layer)
         except ConfigError as err:
             raise GridError(f"{path}: run {label_for_error}: {err}") from None
 

@@ -501,15 +501,19 @@ def cache_dir(cfg: RunConfig) -> Path:
     return Path(cfg.translation.cache_dir or Path(cfg.output_dir) / "cache" / "translations")
 
 
-def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Load the English set, cut the pool, translate, flag, and write parallel.jsonl, dataset/ and report.{json,md}."""
+def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
+                    english: Any = None) -> dict[str, Any]:
+    """Load the English set, cut the pool, translate, flag, and write parallel.jsonl, dataset/ and report.{json,md}.
+
+    english: the `LoadedData` already read by the caller (the notebook shows it first), so it is not read twice.
+    """
     from clo_lib.data import load_english
     from clo_lib.pairs import nested_subset
 
     out_dir = Path(out_dir) if out_dir else corpus_dir(cfg)
     tcfg, tgt = cfg.translation, cfg.language
     check_pair(tcfg, SOURCE_LANGUAGE, tgt)  # before reading data or loading a model
-    loaded = load_english(cfg.data)
+    loaded = english if english is not None else load_english(cfg.data)
     pool_size = cfg.data.pool_size or cfg.data.size
     if pool_size > len(loaded.records):
         raise ValueError(f"data.pool_size (or data.size) = {pool_size} but {loaded.summary()}; "
