@@ -1,9 +1,11 @@
 """Speed and peak memory of CLO training against doing it with TRL alone, same model, data and batch, one run.
 
-    python bench/train_step.py [--steps 24] [--hidden 256] [--layers 4]
+    python bench/train_step.py [--steps 48] [--hidden 256] [--layers 4]
 
 Variants (each in its own process, so peak memory is its own):
-  clo_kit      clo_lib.train: clo_loss, reference log-probs computed once before training, no reference copy
+  clo_kit      clo_lib.train: clo_loss, reference log-probs computed once before training, no reference copy,
+               each batch run as up to train.length_buckets (default 4) forward passes of similar-length sequences
+  clo_kit_1pass  the same with length_buckets 1: one padded pass per batch, as TRL does
   trl_default  trl.DPOTrainer as a user would first write it: loss_type [sigmoid, sft] with weights [0.5, 0.5]
                (TRL's closest built-in to CLO: its sft term is NLL on every chosen answer, English included),
                default reference handling (a frozen copy of the model, run every step)
@@ -29,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-VARIANTS = ("clo_kit", "trl_default", "trl_best")
+VARIANTS = ("clo_kit", "clo_kit_1pass", "trl_default", "trl_best")
 WORDS_EN = "the a model answer question language river city water light small large red blue green".split()
 WORDS_SW = "mto mji maji mwanga ndogo kubwa nyekundu bluu kijani jibu swali lugha".split()
 
@@ -52,7 +54,7 @@ def parallel_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def _config(model_dir: str, steps: int, records: int):
+def _config(model_dir: str, steps: int, records: int, buckets: int | None = None):
     from clo_lib.config import load_config
 
     rows_per_step = 8
@@ -60,7 +62,8 @@ def _config(model_dir: str, steps: int, records: int):
     return load_config({"language": "sw", "model": {"name_or_path": model_dir, "backend": "hf", "max_length": 256},
                         "train": {"method": "clo", "trainable": "attention", "batch_size": rows_per_step,
                                   "epochs": epochs, "learning_rate": 1e-4, "logging_steps": 1000,
-                                  "save_steps": 100000, "warmup_ratio": 0.0}})
+                                  "save_steps": 100000, "warmup_ratio": 0.0,
+                                  **({"length_buckets": buckets} if buckets else {})}})
 
 
 def _peak_memory_mb() -> float:
@@ -87,14 +90,18 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
 
     torch.manual_seed(0)
     records = parallel_records(n_records)
-    cfg = _config(model_dir, steps, n_records)
+    cfg = _config(model_dir, steps, n_records, buckets=1 if variant == "clo_kit_1pass" else None)
     tokens_per_epoch = _token_count(records, model_dir, cfg)
     with tempfile.TemporaryDirectory() as out:
-        if variant == "clo_kit":
-            from clo_lib.train import train_stage
+        if variant.startswith("clo_kit"):
+            from transformers import Trainer  # noqa: F401  imported before the clock, as trl is for the others
 
+            from clo_lib.train import load_model_and_tokenizer, train_stage
+
+            # Loaded before the clock starts, as the TRL variants' model is: the time is the training call alone.
+            model, tokenizer = load_model_and_tokenizer(cfg)
             start = time.perf_counter()
-            _, _, summary = train_stage(cfg, records, Path(out), "preference")
+            _, _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer)
             elapsed = time.perf_counter() - start
             done_steps = summary["steps"]
         else:
@@ -132,7 +139,7 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -164,12 +171,12 @@ def main() -> int:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"CLO training step, tiny Llama (hidden {args.hidden}, {args.layers} layers), {args.steps} steps of "
           f"8 preference rows, attention-only, on {device}")
-    print(f"{'variant':12s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
+    print(f"{'variant':14s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
     for r in results.values():
-        print(f"{r['variant']:12s} {r['steps']:5d} {r['seconds']:8.2f} {r['tokens_per_second']:9.0f} "
+        print(f"{r['variant']:14s} {r['steps']:5d} {r['seconds']:8.2f} {r['tokens_per_second']:9.0f} "
               f"{r['peak_memory_mb']:8.0f}")
     ours = results["clo_kit"]
-    for peer in ("trl_default", "trl_best"):
+    for peer in ("clo_kit_1pass", "trl_default", "trl_best"):
         other = results[peer]
         print(f"clo_kit vs {peer}: {ours['tokens_per_second'] / other['tokens_per_second']:.2f}x tokens/s, "
               f"{ours['peak_memory_mb'] / other['peak_memory_mb']:.2f}x peak memory")

@@ -156,6 +156,10 @@ class TrainConfig:
     weight_decay: float = _field(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _field(1.0, "Gradient clipping norm.", min=0.0, min_exclusive=True)
     gradient_checkpointing: bool = _field(False, "Trade compute for activation memory.")
+    length_buckets: int = _field(
+        4, "Forward passes a preference batch is split into by sequence length, so short answers are not padded to "
+        "the longest (speed only: the loss is the same; 1 = one padded pass, as TRL does).", min=1, max=64,
+    )
     merge_lora: bool = _field(False, "With trainable: lora, also save the base model with the adapter merged in.")
     init_from: str | None = _field(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
     logging_steps: int = _field(10, "Log every this many optimizer steps.", min=1)

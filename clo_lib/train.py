@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +21,7 @@ import torch
 from clo_lib.config import ConfigError, RunConfig, load_config, save_config
 from clo_lib.data import training_records
 from clo_lib.io import atomic_write_json, read_jsonl
-from clo_lib.loss import clo_loss, sequence_logps
+from clo_lib.loss import clo_loss_tensors, sequence_logps
 from clo_lib.memory import preflight as preflight_memory
 from clo_lib.pairs import (
     PREFERENCE_METHODS,
@@ -173,7 +172,8 @@ def collate_preferences(groups: list[list[dict]], pad_id: int) -> dict[str, torc
 
 
 @torch.no_grad()
-def preference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> tuple[torch.Tensor, ...]:
+def preference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8,
+                     buckets: int = 1) -> tuple[torch.Tensor, ...]:
     """Summed response log-probs of every row's chosen and rejected answer under `model`, in row order."""
     was_training = model.training
     model.eval()
@@ -181,8 +181,8 @@ def preference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: i
     chosen, rejected = [], []
     for start in range(0, len(groups), batch_size):
         batch = collate_preferences(groups[start:start + batch_size], pad_id)
-        logps, _ = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                                  batch["labels"].to(device))
+        logps, _ = bucketed_response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                           batch["labels"].to(device), buckets)
         c, r = logps.float().cpu().chunk(2)
         chosen.append(c)
         rejected.append(r)
@@ -190,26 +190,84 @@ def preference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: i
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8) -> None:
+def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size: int = 8, buckets: int = 1) -> None:
     """Log-probs of the frozen starting model, computed once and stored in each row (not recomputed per step)."""
-    chosen, rejected = preference_logps(model, groups, pad_id, batch_size)
+    chosen, rejected = preference_logps(model, groups, pad_id, batch_size, buckets)
     rows = [row for group in groups for row in group]
     for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
         row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Log-probs of response tokens, projecting only those positions through the LM head
+# Log-probs of response tokens: only response positions go through the LM head, and sequences of similar length
+# go through the model together
+
+
+def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
+    """Indices of `lengths` split into at most `max_buckets` groups that minimize the padded token count.
+
+    Sorting by length and cutting the sorted list where padding costs most is optimal for this cost (each group
+    pays count × its longest length), so a small dynamic programme over the cut points finds the best cuts.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_lengths = [lengths[i] for i in order]
+    n, k = len(order), max(1, min(max_buckets, len(order)))
+    # best[b][j]: least padded tokens covering the j shortest sequences with b groups; cut[b][j]: where the last begins
+    best = [[math.inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for b in range(1, k + 1):
+        for j in range(1, n + 1):
+            for i in range(b - 1, j):
+                cost = best[b - 1][i] + (j - i) * sorted_lengths[j - 1]
+                if cost < best[b][j]:
+                    best[b][j], cut[b][j] = cost, i
+    groups_used = min(range(1, k + 1), key=lambda b: (best[b][n], b))  # fewest groups among the cheapest
+    groups, end = [], n
+    for b in range(groups_used, 0, -1):
+        start = cut[b][end]
+        groups.append(order[start:end])
+        end = start
+    return groups[::-1]
+
+
+def bucketed_response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                            buckets: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """`response_logps` over a right-padded batch, run as up to `buckets` forward passes of similar-length rows.
+
+    The result is the same per row (a causal model never looks at the padding after a row), but short answers no
+    longer pay for the longest one: with answers of mixed lengths, padding can be a third of a batch's tokens.
+    """
+    lengths = attention_mask.sum(-1).tolist()
+    groups = length_buckets(lengths, buckets)
+    pieces = []
+    for group in groups:
+        index = torch.tensor(group, device=input_ids.device)
+        width = max(lengths[i] for i in group)
+        pieces.append(response_logps(model, input_ids[index, :width], attention_mask[index, :width],
+                                     labels[index, :width]))
+    if len(pieces) == 1:
+        logps, counts = pieces[0]
+    else:
+        logps, counts = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+    restore = torch.argsort(torch.tensor([i for group in groups for i in group], device=logps.device))
+    return logps[restore], counts[restore]
+
+
+# The LM head's logits are kept for the backward pass up to this size; beyond it they are computed in chunks and
+# recomputed in the backward pass (a 128k vocabulary makes 0.5 MB of float32 logits per token).
+LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
 def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                   chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row sum of response-token log-probs and their count; equal to `sequence_logps(model(...).logits, labels)`.
 
-    Only positions that predict a response token go through the LM head, and in chunks whose logits are
-    recomputed in the backward pass rather than kept: prompt and padding cost nothing there, and a 128k-vocabulary
-    head never holds logits for the whole batch. Models whose head does more than a linear layer (logit
-    soft-capping, scaling) take the plain path.
+    Only positions that predict a response token go through the LM head: prompt and padding cost nothing there.
+    When their logits would pass LOGITS_BUDGET_BYTES (or `chunk_tokens` is given), they go through in chunks whose
+    logits are recomputed in the backward pass rather than kept, so a 128k-vocabulary head never holds logits for
+    the whole batch. Models whose head does more than a linear layer (logit soft-capping, scaling) take the plain
+    path.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings()
@@ -224,14 +282,19 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     mask = targets != -100
     rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(targets)[mask]
     picked_hidden, picked_targets = hidden[:, :-1][mask], targets[mask]
-    pieces = []
-    for start in range(0, picked_targets.shape[0], chunk_tokens):
-        h, t = picked_hidden[start:start + chunk_tokens], picked_targets[start:start + chunk_tokens]
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(torch.utils.checkpoint.checkpoint(_token_logps, head, h, t, use_reentrant=False))
-        else:
-            pieces.append(_token_logps(head, h, t))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    step = chunk_tokens or max(1, LOGITS_BUDGET_BYTES // (4 * head.out_features))
+    n_tokens = picked_targets.shape[0]
+    if n_tokens == 0 or (chunk_tokens is None and n_tokens <= step):
+        token_logps = _token_logps(head, picked_hidden, picked_targets)  # small enough: keep the logits
+    else:
+        pieces = []
+        for start in range(0, n_tokens, step):
+            h, t = picked_hidden[start:start + step], picked_targets[start:start + step]
+            if torch.is_grad_enabled() and h.requires_grad:
+                pieces.append(torch.utils.checkpoint.checkpoint(_token_logps, head, h, t, use_reentrant=False))
+            else:
+                pieces.append(_token_logps(head, h, t))
+        token_logps = torch.cat(pieces)
     sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=labels.device).index_add(0, rows, token_logps)
     return sums, mask.sum(-1)
 
@@ -253,30 +316,46 @@ def _make_trainer_class():
     class CLOTrainer(Trainer):
         """transformers.Trainer whose loss is clo_loss over the preference rows of each batch."""
 
-        def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, **kwargs):
+        def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, length_buckets: int = 1,
+                     **kwargs):
             super().__init__(*args, **kwargs)
             self.clo_args = {"beta": beta, "lam": lam, "nll_on": nll_on, "directions": directions}
-            self._metric_sums: dict[str, float] = defaultdict(float)
-            self._metric_counts: dict[str, int] = defaultdict(int)
+            self.length_buckets = length_buckets
+            # Running sums of the CLO metrics since the last log line, kept on the device and read only when logging.
+            self._metric_sums: dict[str, torch.Tensor] = {}
+            self._metric_weights: dict[str, torch.Tensor] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logps, counts = response_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"])
+            logps, counts = bucketed_response_logps(model, inputs["input_ids"], inputs["attention_mask"],
+                                                    inputs["labels"], self.length_buckets)
             chosen_logps, rejected_logps = logps.chunk(2)
             chosen_counts, _ = counts.chunk(2)
-            loss, metrics = clo_loss(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
-                                     inputs["ref_rejected_logps"], chosen_counts, inputs["is_target"],
-                                     **self.clo_args)
-            for key, value in metrics.items():
-                self._metric_sums[key] += value
-                self._metric_counts[key] += 1
+            loss, metrics = clo_loss_tensors(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
+                                             inputs["ref_rejected_logps"], chosen_counts, inputs["is_target"],
+                                             **self.clo_args)
+            if model.training:
+                self._add_metrics(metrics)
             return (loss, {"logps": logps}) if return_outputs else loss
 
+        def _add_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+            # Whole-batch metrics average over steps; per-direction ones over that direction's rows.
+            weights = {"en": metrics.pop("en/rows"), "tgt": metrics.pop("tgt/rows")}
+            for key, value in metrics.items():
+                weight = weights[key.split("/")[0]] if "/" in key else torch.ones_like(value)
+                self._metric_sums[key] = self._metric_sums.get(key, 0) + value * weight
+                self._metric_weights[key] = self._metric_weights.get(key, 0) + weight
+
         def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-            # Averages of the CLO metrics since the last log line, next to the Trainer's own.
-            for key, total in self._metric_sums.items():
-                logs[key if key != "loss" else "clo_loss"] = round(total / self._metric_counts[key], 6)
+            # Averages of the CLO metrics since the last log line, next to the Trainer's own: one device read.
+            if self._metric_sums:
+                keys = list(self._metric_sums)
+                sums = torch.stack([self._metric_sums[k] for k in keys]).tolist()
+                weights = torch.stack([self._metric_weights[k] for k in keys]).tolist()
+                for key, total, weight in zip(keys, sums, weights):
+                    if weight > 0:  # a direction with no rows since the last log line has nothing to report
+                        logs[key if key != "loss" else "clo_loss"] = round(total / weight, 6)
             self._metric_sums.clear()
-            self._metric_counts.clear()
+            self._metric_weights.clear()
             super().log(logs, *args, **kwargs)
 
     return CLOTrainer
@@ -338,7 +417,8 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
     pad_id = tokenizer.pad_token_id
     if stage == "preference":
         groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)
-        add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2))
+        add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2),
+                            buckets=cfg.train.length_buckets)
         lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
         trainer = _make_trainer_class()(
             model=model,
@@ -346,6 +426,7 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
             train_dataset=_ListDataset(groups),
             data_collator=lambda batch: collate_preferences(batch, pad_id),
             beta=cfg.train.beta, lam=lam, nll_on=cfg.train.nll_on, directions=cfg.train.directions,
+            length_buckets=cfg.train.length_buckets,
         )
     else:
         from transformers import Trainer

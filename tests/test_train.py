@@ -15,8 +15,10 @@ from clo_lib.loss import sequence_logps
 from clo_lib.pairs import build_clo_pairs
 from clo_lib.train import (
     BackendError,
+    bucketed_response_logps,
     collate_preferences,
     encode_preference_groups,
+    length_buckets,
     load_model_and_tokenizer,
     resolve_backend,
     select_trainable,
@@ -83,9 +85,9 @@ def test_reference_logps_are_the_starting_model(tiny_llama, tmp_path, monkeypatc
     calls = []
     original = train_module.add_reference_logps
 
-    def spy(model, groups, pad_id, batch_size=8):
+    def spy(model, groups, pad_id, **kwargs):
         calls.append(len(groups))
-        original(model, groups, pad_id, batch_size)
+        original(model, groups, pad_id, **kwargs)
         spy.groups = groups
 
     monkeypatch.setattr(train_module, "add_reference_logps", spy)
@@ -201,3 +203,56 @@ def test_bad_records_are_refused_before_anything_is_written(tiny_llama, tmp_path
     with pytest.raises(ValueError, match="parallel record 1 .* 'response_tgt'"):
         train_run(config(tiny_llama), records, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def _all_partitions(items):
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for partition in _all_partitions(rest):
+        yield [[first], *partition]
+        for i in range(len(partition)):
+            yield [*partition[:i], [first, *partition[i]], *partition[i + 1:]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_buckets_are_the_cheapest_split(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(3, 40) for _ in range(rng.randint(1, 7))]
+    for k in (1, 2, 3):
+        groups = length_buckets(lengths, k)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))  # every row exactly once
+        assert 1 <= len(groups) <= k and all(groups)
+        padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        # Against every way of splitting the rows into at most k groups, not only sorted cuts.
+        brute = min(sum(len(g) * max(lengths[i] for i in g) for g in part)
+                    for part in _all_partitions(list(range(len(lengths)))) if len(part) <= k)
+        assert padded == brute
+    assert length_buckets([5, 5, 5], 3) == [[0, 1, 2]]  # no split that saves nothing
+
+
+@pytest.mark.parametrize("buckets", [1, 3, 16])
+def test_bucketed_logps_equal_one_padded_pass(tiny_llama, buckets):
+    cfg = config(tiny_llama)
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    model, _ = select_trainable(model, cfg.train)
+    records = [{"id": i, "lang": "sw", "prompt_en": f"Question {i}?", "response_en": "yes " * (1 + 3 * i),
+                "prompt_tgt": f"Swali {i}?", "response_tgt": "ndiyo " * (2 + i)} for i in range(4)]
+    batch = collate_preferences(encode_preference_groups(build_clo_pairs(records), tokenizer, cfg),
+                                tokenizer.pad_token_id)
+    lengths = batch["attention_mask"].sum(-1)
+    assert lengths.min() < lengths.max() / 2  # mixed lengths, so buckets really differ from one padded pass
+    args = (batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ours, ours_counts = bucketed_response_logps(model, *args, buckets=buckets)
+    ours.sum().backward()
+    ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    plain, plain_counts = sequence_logps(model(input_ids=args[0], attention_mask=args[1]).logits, args[2])
+    plain.sum().backward()
+    assert torch.equal(ours_counts, plain_counts)
+    assert torch.allclose(ours, plain, atol=1e-4)
+    assert all(torch.allclose(a, p.grad, atol=1e-4) for a, p in
+               zip(ours_grads, [p for p in model.parameters() if p.requires_grad]))
