@@ -2,6 +2,7 @@
 losses going down for every method, backends chosen clearly."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,13 @@ def test_clo_logs_per_direction_metrics(tiny_llama, tmp_path):
     first = next(h for h in log["stages"][0]["log_history"] if "dpo" in h)
     for key in ("nll", "dpo", "en/rewards_margin", "tgt/rewards_accuracy", "en/logps_chosen", "tgt/dpo"):
         assert key in first
+    # The first step's metrics come from the starting model, which is the reference: every reward is 0, so the
+    # DPO loss is log 2 in both directions and no row is counted as won.
+    for key in ("dpo", "en/dpo", "tgt/dpo"):
+        assert first[key] == pytest.approx(math.log(2), abs=1e-5)
+    for key in ("en/rewards_margin", "tgt/rewards_chosen", "en/rewards_accuracy", "tgt/rewards_accuracy"):
+        assert first[key] == pytest.approx(0.0, abs=1e-5)
+    assert first["clo_loss"] == pytest.approx(0.5 * first["nll"] + 0.5 * math.log(2), abs=1e-5)
 
 
 def test_backend_choice():
