@@ -6,13 +6,15 @@ Variants (each in its own process, so peak memory is its own):
   clo_kit      clo_lib.train: clo_loss, reference log-probs computed once before training, no reference copy,
                each batch run as up to train.length_buckets (default 4) forward passes of similar-length sequences
   clo_kit_1pass  the same with length_buckets 1: one padded pass per batch, as TRL does
+  clo_kit_unsloth  clo_kit with model.backend unsloth (only with a CUDA GPU and `pip install -e .[gpu]`)
   trl_default  trl.DPOTrainer as a user would first write it: loss_type [sigmoid, sft] with weights [0.5, 0.5]
                (TRL's closest built-in to CLO: its sft term is NLL on every chosen answer, English included),
                default reference handling (a frozen copy of the model, run every step)
   trl_best     the same with precompute_ref_log_probs=True (reference log-probs computed once, before training)
 All train the same weights (attention q/k/v/o, the paper's default), 8 preference rows per step, on CPU or the
-first GPU. Time is the whole trainer.train() call, reference pass included; tokens are the non-pad tokens of the
-chosen and rejected sequences processed. Peak memory is the process's max RSS on CPU, max allocated on GPU.
+first GPU, in the same weights dtype. Time runs from the loaded model to the end of training: tokenization, the
+reference pass and every step; tokens are the non-pad tokens of the chosen and rejected sequences processed. Peak
+memory is the process's max RSS on CPU, max allocated on GPU.
 """
 
 from __future__ import annotations
@@ -85,7 +87,22 @@ def _token_count(records, model_dir, cfg) -> int:
     return sum(len(r["chosen"]["input_ids"]) + len(r["rejected"]["input_ids"]) for g in groups for r in g)
 
 
+def unsloth_unusable() -> str | None:
+    """Why the unsloth variant cannot run here, or None when it can."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    if importlib.util.find_spec("unsloth") is None:
+        return "unsloth is not installed (pip install -e '.[gpu]')"
+    return None
+
+
 def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
+    if variant == "clo_kit_unsloth":
+        import unsloth  # noqa: F401  first: it patches transformers and trl as they are imported
     import torch
 
     torch.manual_seed(0)
@@ -99,9 +116,10 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
             from clo_lib.train import load_model_and_tokenizer, train_stage
 
             # Loaded before the clock starts, as the TRL variants' model is: the time is the training call alone.
-            model, tokenizer = load_model_and_tokenizer(cfg)
+            backend = "unsloth" if variant == "clo_kit_unsloth" else "hf"
+            model, tokenizer = load_model_and_tokenizer(cfg, backend=backend)
             start = time.perf_counter()
-            _, _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer)
+            _, _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer, backend=backend)
             elapsed = time.perf_counter() - start
             done_steps = summary["steps"]
         else:
@@ -112,16 +130,18 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
             from clo_lib.pairs import build_clo_pairs, format_prompt
             from clo_lib.train import select_trainable
 
+            on_gpu = torch.cuda.is_available()
+            bf16 = on_gpu and torch.cuda.is_bf16_supported()
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            model = AutoModelForCausalLM.from_pretrained(model_dir)
+            # The same weights dtype as the kit picks (model.dtype auto: bf16 on a GPU that has it, else fp32).
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
             model, _ = select_trainable(model, cfg.train)
             rows = [{"prompt": format_prompt(r["prompt"], tokenizer), "chosen": r["chosen"], "rejected": r["rejected"]}
                     for r in build_clo_pairs(records)]
-            on_gpu = torch.cuda.is_available()
             args = DPOConfig(
                 output_dir=out, per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-4,
                 beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[0.5, 0.5], max_length=256,
-                precompute_ref_log_probs=(variant == "trl_best"), bf16=on_gpu and torch.cuda.is_bf16_supported(),
+                precompute_ref_log_probs=(variant == "trl_best"), bf16=bf16,
                 gradient_checkpointing=False, report_to="none", use_cpu=not on_gpu, save_strategy="no",
                 logging_steps=1000, disable_tqdm=True, lr_scheduler_type="linear", warmup_steps=0,
             )
@@ -143,7 +163,7 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=VARIANTS + ("clo_kit_unsloth",), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -158,7 +178,8 @@ def main() -> int:
         model_dir = make_tiny_causal_lm(Path(tmp) / "model", "llama", corpus=corpus, hidden_size=args.hidden,
                                         num_layers=args.layers, vocab_size=2000)
         results = {}
-        for variant in VARIANTS:
+        no_unsloth = unsloth_unusable()
+        for variant in VARIANTS + (() if no_unsloth else ("clo_kit_unsloth",)):
             cmd = [sys.executable, __file__, "--worker", variant, "--model", str(model_dir), "--steps",
                    str(args.steps), "--records", str(args.records)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -180,6 +201,13 @@ def main() -> int:
         other = results[peer]
         print(f"clo_kit vs {peer}: {ours['tokens_per_second'] / other['tokens_per_second']:.2f}x tokens/s, "
               f"{ours['peak_memory_mb'] / other['peak_memory_mb']:.2f}x peak memory")
+    if no_unsloth:
+        print(f"unsloth vs hf: not measured ({no_unsloth})")
+    else:
+        fast = results["clo_kit_unsloth"]
+        print(f"unsloth vs hf (clo_kit_unsloth vs clo_kit): "
+              f"{fast['tokens_per_second'] / ours['tokens_per_second']:.2f}x tokens/s, "
+              f"{fast['peak_memory_mb'] / ours['peak_memory_mb']:.2f}x peak memory")
     return 0
 
 

@@ -94,9 +94,18 @@ def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | None = None, ba
     return model, tokenizer
 
 
-def select_trainable(model, train_cfg) -> tuple[Any, dict[str, Any]]:
+def select_trainable(model, train_cfg, backend: str = "hf") -> tuple[Any, dict[str, Any]]:
     """Freeze all but the chosen weights: attention projections (full weights), everything, or LoRA adapters."""
-    if train_cfg.trainable == "lora":
+    if train_cfg.trainable == "lora" and backend == "unsloth":
+        # Unsloth's own LoRA wrapper: its fused LoRA kernels only apply to adapters it adds itself.
+        from unsloth import FastLanguageModel
+
+        model = FastLanguageModel.get_peft_model(
+            model, r=train_cfg.lora_r, lora_alpha=train_cfg.lora_alpha, lora_dropout=train_cfg.lora_dropout,
+            target_modules=train_cfg.lora_target_modules, bias="none",
+            use_gradient_checkpointing="unsloth" if train_cfg.gradient_checkpointing else False,
+        )
+    elif train_cfg.trainable == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(
@@ -405,15 +414,20 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int):
     )
 
 
-def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None):
-    """Train one stage ("sft" rows or "preference" rows) and return (model, tokenizer, summary)."""
+def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None,
+                backend: str | None = None):
+    """Train one stage ("sft" rows or "preference" rows) and return (model, tokenizer, summary).
+
+    Without `model`, loads it through `cfg.model.backend`; with one, `backend` says which loader made it.
+    """
     if model is None:
         preflight_memory(cfg)  # on a GPU: refuse a run that cannot fit before loading any weight
-        model, tokenizer = load_model_and_tokenizer(cfg)
+        backend = resolve_backend(cfg.model.backend)
+        model, tokenizer = load_model_and_tokenizer(cfg, backend=backend)
     if hasattr(model, "peft_config"):  # sft_dpo's second stage goes on training the SFT stage's adapter
         counts = _count_trainable(model)
     else:
-        model, counts = select_trainable(model, cfg.train)
+        model, counts = select_trainable(model, cfg.train, backend or "hf")
     pad_id = tokenizer.pad_token_id
     if stage == "preference":
         groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)

@@ -264,3 +264,44 @@ def test_bucketed_logps_equal_one_padded_pass(tiny_llama, buckets):
     assert torch.allclose(ours, plain, atol=1e-4)
     assert all(torch.allclose(a, p.grad, atol=1e-4) for a, p in
                zip(ours_grads, [p for p in model.parameters() if p.requires_grad]))
+
+
+def test_unsloth_path_calls_fastlanguagemodel_as_documented(tiny_llama, monkeypatch):
+    """Wiring only (no GPU here): the unsloth backend loads through FastLanguageModel.from_pretrained and adds LoRA
+    through FastLanguageModel.get_peft_model, with the run's settings. A stand-in module records the calls."""
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    calls = {}
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(model_name, **kwargs):
+            calls["from_pretrained"] = {"model_name": model_name, **kwargs}
+            return AutoModelForCausalLM.from_pretrained(model_name), AutoTokenizer.from_pretrained(model_name)
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls["get_peft_model"] = kwargs
+            lora = {k: kwargs[k] for k in ("r", "lora_alpha", "lora_dropout", "target_modules", "bias")}
+            return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    cfg = config(tiny_llama, trainable="lora", lora_r=4, lora_alpha=8)
+    model, tokenizer = load_model_and_tokenizer(cfg, backend="unsloth")
+    assert calls["from_pretrained"]["model_name"] == str(tiny_llama)
+    assert calls["from_pretrained"]["max_seq_length"] == 64 and calls["from_pretrained"]["full_finetuning"] is False
+    assert calls["from_pretrained"]["load_in_4bit"] is False
+    model, counts = select_trainable(model, cfg.train, backend="unsloth")
+    assert calls["get_peft_model"]["r"] == 4 and calls["get_peft_model"]["lora_alpha"] == 8
+    assert sorted(calls["get_peft_model"]["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert calls["get_peft_model"]["use_gradient_checkpointing"] is False
+    assert 0 < counts["trainable_share"] < 0.2
+    # attention-only full weights ask Unsloth for full fine-tuning, then freeze all but q/k/v/o as on hf
+    calls.clear()
+    model, _ = load_model_and_tokenizer(config(tiny_llama), backend="unsloth")
+    assert calls["from_pretrained"]["full_finetuning"] is True
+    _, counts = select_trainable(model, config(tiny_llama).train, backend="unsloth")
+    assert "get_peft_model" not in calls and 0 < counts["trainable_share"] < 1

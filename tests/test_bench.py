@@ -1,0 +1,28 @@
+"""The benchmark scripts run end to end at a tiny size and print their ratios (no timing is asserted)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(script, *args):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_train_step_bench_prints_its_ratios():
+    out = _run("train_step.py", "--steps", "2", "--records", "8", "--hidden", "32", "--layers", "1")
+    for peer in ("clo_kit_1pass", "trl_default", "trl_best"):
+        assert re.search(rf"clo_kit vs {peer}: \d+\.\d\dx tokens/s, \d+\.\d\dx peak memory", out), out
+    assert re.search(r"unsloth vs hf: (not measured \(.+\)|\d+\.\d\dx tokens/s)", out), out
+
+
+def test_translate_bench_prints_its_ratios():
+    out = _run("translate.py", "--texts", "8", "--batch", "4", "--d-model", "32", "--new-tokens", "4")
+    assert re.search(r"length_grouped vs one_at_a_time: \d+\.\d\dx chunks/s", out), out
+    assert re.search(r"warm-cache rerun [\d.]+ s: [\d.]+x faster", out), out
