@@ -102,6 +102,7 @@ def unsloth_unusable() -> str | None:
 
 def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
     if variant == "clo_kit_unsloth":
+        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # as clo_lib.train does before its import
         import unsloth  # noqa: F401  first: it patches transformers and trl as they are imported
     import torch
 

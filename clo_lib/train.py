@@ -75,6 +75,11 @@ def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | None = None, ba
     dtype = _torch_dtype(cfg.model.dtype)
     if backend == "unsloth":
         # Unsloth patches transformers and trl on import, so it must come first; imported only on this path.
+        # Models without a plain linear head (Gemma's soft-capping) take response_logps' logits path, and Unsloth
+        # returns logits only when asked to.
+        import os
+
+        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
         from unsloth import FastLanguageModel
 
         model, tokenizer = FastLanguageModel.from_pretrained(
