@@ -120,7 +120,7 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
             backend = "unsloth" if variant == "clo_kit_unsloth" else "hf"
             model, tokenizer = load_model_and_tokenizer(cfg, backend=backend)
             start = time.perf_counter()
-            _, _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer, backend=backend)
+            _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer, backend=backend)
             elapsed = time.perf_counter() - start
             done_steps = summary["steps"]
         else:

@@ -10,6 +10,7 @@ data, so no second copy of the model is held in memory.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -268,6 +269,29 @@ def bucketed_response_logps(model, input_ids: torch.Tensor, attention_mask: torc
     return logps[restore], counts[restore]
 
 
+def enable_response_logps(model) -> None:
+    """Let `model(input_ids=, attention_mask=, clo_response_labels=labels, clo_length_buckets=k)` return
+    `bucketed_response_logps(...)`; any other call is the model's own forward.
+
+    The trainer calls the model this way rather than reaching into it, so the wrappers that distributed training
+    puts around the model (DistributedDataParallel, FSDP, DeepSpeed) see one ordinary forward per step: they sync
+    gradients and gather sharded weights around it.
+    """
+    if getattr(model, "clo_response_logps_enabled", False):
+        return
+    own_forward = model.forward
+
+    @functools.wraps(own_forward)
+    def forward(*args, clo_response_labels=None, clo_length_buckets=1, **kwargs):
+        if clo_response_labels is None:
+            return own_forward(*args, **kwargs)
+        return bucketed_response_logps(model, kwargs["input_ids"], kwargs["attention_mask"], clo_response_labels,
+                                       clo_length_buckets)
+
+    model.forward = forward
+    model.clo_response_logps_enabled = True
+
+
 # The LM head's logits are kept for the backward pass up to this size; beyond it they are computed in chunks and
 # recomputed in the backward pass (a 128k vocabulary makes 0.5 MB of float32 logits per token).
 LOGITS_BUDGET_BYTES = 256 * 2**20
@@ -333,6 +357,9 @@ def _make_trainer_class():
         def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, length_buckets: int = 1,
                      **kwargs):
             super().__init__(*args, **kwargs)
+            # clo_loss is a mean over the batch's rows, not a sum to be divided by the Trainer's token count: let the
+            # Trainer average it over gradient-accumulation steps (it skips that for models taking loss kwargs).
+            self.model_accepts_loss_kwargs = False
             self.clo_args = {"beta": beta, "lam": lam, "nll_on": nll_on, "directions": directions}
             self.length_buckets = length_buckets
             # Running sums of the CLO metrics since the last log line, kept on the device and read only when logging.
@@ -340,8 +367,8 @@ def _make_trainer_class():
             self._metric_weights: dict[str, torch.Tensor] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logps, counts = bucketed_response_logps(model, inputs["input_ids"], inputs["attention_mask"],
-                                                    inputs["labels"], self.length_buckets)
+            logps, counts = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                  clo_response_labels=inputs["labels"], clo_length_buckets=self.length_buckets)
             chosen_logps, rejected_logps = logps.chunk(2)
             chosen_counts, _ = counts.chunk(2)
             loss, metrics = clo_loss_tensors(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
@@ -419,9 +446,9 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int):
     )
 
 
-def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None,
-                backend: str | None = None):
-    """Train one stage ("sft" rows or "preference" rows) and return (model, tokenizer, summary).
+def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None,
+                  backend: str | None = None):
+    """The Trainer for one stage ("sft" rows or "preference" rows), ready to train, and its trainable counts.
 
     Without `model`, loads it through `cfg.model.backend`; with one, `backend` says which loader made it.
     """
@@ -436,6 +463,8 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
     pad_id = tokenizer.pad_token_id
     if stage == "preference":
         groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)
+        _to_training_device(model)  # the reference pass runs before the Trainer would move the model
+        enable_response_logps(model)
         add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2),
                             buckets=cfg.train.length_buckets)
         lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
@@ -444,6 +473,7 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
             args=training_arguments(cfg, out_dir, per_device_batch=max(1, cfg.train.batch_size // 2)),
             train_dataset=_ListDataset(groups),
             data_collator=lambda batch: collate_preferences(batch, pad_id),
+            processing_class=tokenizer,
             beta=cfg.train.beta, lam=lam, nll_on=cfg.train.nll_on, directions=cfg.train.directions,
             length_buckets=cfg.train.length_buckets,
         )
@@ -457,7 +487,18 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
             args=training_arguments(cfg, out_dir, per_device_batch=cfg.train.batch_size),
             train_dataset=_ListDataset(items),
             data_collator=lambda batch: collate_sft(batch, pad_id),
+            processing_class=tokenizer,
         )
+    return trainer, counts
+
+
+def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: str, model=None, tokenizer=None,
+                backend: str | None = None):
+    """Train one stage (see `build_trainer`) and return (trainer, summary); a stage with checkpoints resumes.
+
+    The trained model is `trainer.model` and its tokenizer `trainer.processing_class`.
+    """
+    trainer, counts = build_trainer(cfg, parallel, out_dir, stage, model, tokenizer, backend)
     checkpoints = out_dir / "checkpoints"
     resume = checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -468,36 +509,51 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
                "train_loss": sum(losses) / len(losses) if losses else result.training_loss,
                "final_loss": losses[-1] if losses else result.training_loss,
                "steps": result.global_step, "log_history": trainer.state.log_history}
-    return trainer.model, tokenizer, summary
+    return trainer, summary
+
+
+def _to_training_device(model) -> None:
+    """Move a model loaded on the CPU to this process's accelerator (cuda:<local rank>, or stay on the CPU)."""
+    from accelerate import PartialState
+
+    device = PartialState().device
+    if getattr(model, "hf_device_map", None) is None and next(model.parameters()).device != device:
+        model.to(device)
 
 
 def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> dict[str, Any]:
-    """Train `cfg.train.method` on `parallel` records; save weights, tokenizer, resolved config and training log."""
+    """Train `cfg.train.method` on `parallel` records; save weights, tokenizer, resolved config and training log.
+
+    Under `accelerate launch` every process trains and only the main one writes; the Trainer gathers sharded
+    (FSDP, DeepSpeed) weights for saving.
+    """
+    from accelerate import PartialState
+
     check_parallel(parallel)  # bad records are refused before anything is written or loaded
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    main_process = PartialState().is_main_process
+    if main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
     method = cfg.train.method
     summaries = []
+    trainer = None
     if method in SFT_SIDES or (method == "sft_dpo" and cfg.train.init_from is None):
-        model, tokenizer, summary = train_stage(cfg, parallel, out_dir / ("sft" if method == "sft_dpo" else ""),
-                                                "sft")
+        trainer, summary = train_stage(cfg, parallel, out_dir / ("sft" if method == "sft_dpo" else ""), "sft")
         summaries.append(summary)
-    else:
-        model = tokenizer = None
     if method in PREFERENCE_METHODS:
-        model, tokenizer, summary = train_stage(cfg, parallel, out_dir, "preference", model, tokenizer)
+        before = (trainer.model, trainer.processing_class) if trainer else (None, None)
+        trainer, summary = train_stage(cfg, parallel, out_dir, "preference", *before)
         summaries.append(summary)
     # attention/full: the whole trained model; lora: the adapter (plus, if asked, a merged copy for plain loading).
-    model_dir = out_dir / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    if cfg.train.trainable == "lora" and cfg.train.merge_lora:
+    trainer.save_model(str(out_dir / "model"))  # the tokenizer too; main process only, shards gathered
+    if main_process and cfg.train.trainable == "lora" and cfg.train.merge_lora:
         merged_dir = out_dir / "merged"
-        model.merge_and_unload().save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+        trainer.model.merge_and_unload().save_pretrained(merged_dir)
+        trainer.processing_class.save_pretrained(merged_dir)
     log = {"method": method, "stages": summaries}
-    atomic_write_json(out_dir / "train_log.json", log)
+    if main_process:
+        atomic_write_json(out_dir / "train_log.json", log)
     return log
 
 

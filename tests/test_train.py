@@ -305,3 +305,61 @@ def test_unsloth_path_calls_fastlanguagemodel_as_documented(tiny_llama, monkeypa
     assert calls["from_pretrained"]["full_finetuning"] is True
     _, counts = select_trainable(model, config(tiny_llama).train, backend="unsloth")
     assert "get_peft_model" not in calls and 0 < counts["trainable_share"] < 1
+
+
+def test_gradient_accumulation_averages_the_clo_loss(tiny_llama, tmp_path):
+    """With grad_accum 2, one micro-batch's step returns and back-propagates clo_loss / 2, computed independently
+    here from a plain forward (full logits) and clo_loss on the same rows."""
+    from clo_lib.loss import clo_loss
+    from clo_lib.train import build_trainer
+
+    cfg = config(tiny_llama, method="clo", grad_accum=2, trainable="attention")
+    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", "preference")
+    assert trainer.args.gradient_accumulation_steps == 2
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model
+    model.zero_grad()
+    trainer.current_gradient_accumulation_steps = 2  # set by the training loop for each optimizer step
+    step_loss = trainer.training_step(model, dict(batch), num_items_in_batch=torch.tensor(999))
+    step_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    model.zero_grad()
+    logps, counts = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                   batch["labels"])
+    (chosen, rejected), (chosen_counts, _) = logps.chunk(2), counts.chunk(2)
+    expected, _ = clo_loss(chosen, rejected, batch["ref_chosen_logps"], batch["ref_rejected_logps"], chosen_counts,
+                           batch["is_target"])
+    (expected / 2).backward()
+    assert step_loss.item() == pytest.approx(expected.item() / 2, abs=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in
+               zip(step_grads, [p for p in model.parameters() if p.requires_grad]))
+
+
+@pytest.mark.parametrize("method", ["clo", "sft"])
+def test_two_processes_under_torchrun(tiny_llama, tmp_path, method):
+    """2 CPU processes under torchrun (DDP over gloo; `accelerate launch` starts multi-GPU, FSDP and DeepSpeed runs
+    through the same launcher): each process takes its share of every step (DDP's gradient reducer errors on a
+    later step if a forward bypassed it), and the main process writes the run."""
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({
+        "language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf", "max_length": 64,
+                                    "dtype": "float32"},
+        "train": {"method": method, "batch_size": 4, "epochs": 1, "learning_rate": 3e-3, "logging_steps": 1,
+                  "warmup_ratio": 0.0}}))
+    data = tmp_path / "parallel.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in parallel_records(16)))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "clo_lib.train", str(run), "--parallel", str(data), "--out", str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads((out / "train_log.json").read_text())
+    rows_per_step = 4 * 2  # per process, times 2 processes
+    examples = 16 * 2  # clo: 2 preference rows per record; sft: an English and a target row per record
+    assert log["stages"][-1]["steps"] == examples // rows_per_step
+    before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
