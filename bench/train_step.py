@@ -1,8 +1,9 @@
-"""Speed and peak memory of CLO training against doing it with TRL alone, same model, data and batch, one run.
+"""Speed and peak memory of the kit's training against doing it with TRL alone, same model, data and batch, one run.
 
-    python bench/train_step.py [--steps 48] [--hidden 256] [--layers 4]
+    python bench/train_step.py [--steps 48] [--hidden 256] [--layers 4]          # CLO (preference rows)
+    python bench/train_step.py --sft [--steps 48] [--hidden 256] [--layers 4]    # SFT (the baselines' rows)
 
-Variants (each in its own process, so peak memory is its own):
+CLO variants (each in its own process, so peak memory is its own):
   clo_kit      clo_lib.train: clo_loss, reference log-probs computed once before training, no reference copy,
                each batch run as up to train.length_buckets (default 4) forward passes of similar-length sequences
   clo_kit_1pass  the same with length_buckets 1: one padded pass per batch, as TRL does
@@ -11,10 +12,15 @@ Variants (each in its own process, so peak memory is its own):
                (TRL's closest built-in to CLO: its sft term is NLL on every chosen answer, English included),
                default reference handling (a frozen copy of the model, run every step)
   trl_best     the same with precompute_ref_log_probs=True (reference log-probs computed once, before training)
-All train the same weights (attention q/k/v/o, the paper's default), 8 preference rows per step, on CPU or the
-first GPU, in the same weights dtype. Time runs from the loaded model to the end of training: tokenization, the
-reference pass and every step; tokens are the non-pad tokens of the chosen and rejected sequences processed. Peak
-memory is the process's max RSS on CPU, max allocated on GPU.
+SFT variants (--sft):
+  sft_kit      clo_lib.train's SFT stage: response positions only through the LM head, length buckets
+  sft_kit_1pass  the same with length_buckets 1
+  trl_sft      trl.SFTTrainer on prompt/completion rows (loss on the completion only, TRL's defaults). Packing is
+               left off: without flash attention it lets packed examples attend to each other.
+All train the same weights (attention q/k/v/o, the paper's default), 8 rows per step, on CPU or the first GPU, in
+the same weights dtype. Time runs from the loaded model to the end of training: tokenization, the reference pass
+and every step; tokens are the non-pad tokens of the sequences processed. Peak memory is the process's max RSS on
+CPU, max allocated on GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 VARIANTS = ("clo_kit", "clo_kit_1pass", "trl_default", "trl_best")
+SFT_VARIANTS = ("sft_kit", "sft_kit_1pass", "trl_sft")
+ROWS_PER_STEP = 8
 WORDS_EN = "the a model answer question language river city water light small large red blue green".split()
 WORDS_SW = "mto mji maji mwanga ndogo kubwa nyekundu bluu kijani jibu swali lugha".split()
 
@@ -56,13 +64,12 @@ def parallel_records(n: int, seed: int = 0) -> list[dict]:
     return records
 
 
-def _config(model_dir: str, steps: int, records: int, buckets: int | None = None):
+def _config(model_dir: str, steps: int, records: int, method: str = "clo", buckets: int | None = None):
     from clo_lib.config import load_config
 
-    rows_per_step = 8
-    epochs = steps * rows_per_step / (2 * records)
+    epochs = steps * ROWS_PER_STEP / (2 * records)  # both methods have two rows per record
     return load_config({"language": "sw", "model": {"name_or_path": model_dir, "backend": "hf", "max_length": 256},
-                        "train": {"method": "clo", "trainable": "attention", "batch_size": rows_per_step,
+                        "train": {"method": method, "trainable": "attention", "batch_size": ROWS_PER_STEP,
                                   "epochs": epochs, "learning_rate": 1e-4, "logging_steps": 1000,
                                   "save_steps": 100000, "warmup_ratio": 0.0,
                                   **({"length_buckets": buckets} if buckets else {})}})
@@ -77,14 +84,41 @@ def _peak_memory_mb() -> float:
 
 
 def _token_count(records, model_dir, cfg) -> int:
+    """Non-pad tokens in one epoch of the variant's rows (the same rows for the kit and TRL)."""
     from transformers import AutoTokenizer
 
-    from clo_lib.pairs import build_clo_pairs
-    from clo_lib.train import encode_preference_groups
+    from clo_lib.pairs import SFT_SIDES, build_clo_pairs, build_sft_rows
+    from clo_lib.train import encode_preference_groups, encode_sft_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if cfg.train.method == "sft":
+        return sum(len(i["input_ids"]) for i in encode_sft_rows(build_sft_rows(records, SFT_SIDES["sft"]),
+                                                                 tokenizer, cfg))
     groups = encode_preference_groups(build_clo_pairs(records), tokenizer, cfg)
     return sum(len(r["chosen"]["input_ids"]) + len(r["rejected"]["input_ids"]) for g in groups for r in g)
+
+
+def _trl_model(model_dir, cfg):
+    """The model and tokenizer as a TRL user loads them, in the dtype the kit picks (bf16 on a GPU that has it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clo_lib.train import select_trainable
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model, _ = select_trainable(model, cfg.train)
+    return model, tokenizer, bf16
+
+
+def _trl_common(out: str, steps: int, bf16: bool) -> dict:
+    import torch
+
+    return dict(output_dir=out, per_device_train_batch_size=ROWS_PER_STEP, max_steps=steps, learning_rate=1e-4,
+                max_length=256, bf16=bf16, gradient_checkpointing=False, report_to="none",
+                use_cpu=not torch.cuda.is_available(), save_strategy="no", logging_steps=1000, disable_tqdm=True,
+                lr_scheduler_type="linear", warmup_steps=0)
 
 
 def unsloth_unusable() -> str | None:
@@ -108,10 +142,12 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
 
     torch.manual_seed(0)
     records = parallel_records(n_records)
-    cfg = _config(model_dir, steps, n_records, buckets=1 if variant == "clo_kit_1pass" else None)
+    sft = variant in SFT_VARIANTS
+    cfg = _config(model_dir, steps, n_records, method="sft" if sft else "clo",
+                  buckets=1 if variant.endswith("_1pass") else None)
     tokens_per_epoch = _token_count(records, model_dir, cfg)
     with tempfile.TemporaryDirectory() as out:
-        if variant.startswith("clo_kit"):
+        if variant.startswith(("clo_kit", "sft_kit")):
             from transformers import Trainer  # noqa: F401  imported before the clock, as trl is for the others
 
             from clo_lib.train import load_model_and_tokenizer, train_stage
@@ -120,51 +156,49 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
             backend = "unsloth" if variant == "clo_kit_unsloth" else "hf"
             model, tokenizer = load_model_and_tokenizer(cfg, backend=backend)
             start = time.perf_counter()
-            _, summary = train_stage(cfg, records, Path(out), "preference", model, tokenizer, backend=backend)
+            _, summary = train_stage(cfg, records, Path(out), "sft" if sft else "preference", model, tokenizer,
+                                     backend=backend)
             elapsed = time.perf_counter() - start
             done_steps = summary["steps"]
         else:
             from datasets import Dataset
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-            from trl import DPOConfig, DPOTrainer
 
-            from clo_lib.pairs import build_clo_pairs, format_prompt
-            from clo_lib.train import select_trainable
+            from clo_lib.pairs import SFT_SIDES, build_clo_pairs, build_sft_rows, format_prompt
 
-            on_gpu = torch.cuda.is_available()
-            bf16 = on_gpu and torch.cuda.is_bf16_supported()
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
-            # The same weights dtype as the kit picks (model.dtype auto: bf16 on a GPU that has it, else fp32).
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
-            model, _ = select_trainable(model, cfg.train)
-            rows = [{"prompt": format_prompt(r["prompt"], tokenizer), "chosen": r["chosen"], "rejected": r["rejected"]}
-                    for r in build_clo_pairs(records)]
-            args = DPOConfig(
-                output_dir=out, per_device_train_batch_size=8, max_steps=steps, learning_rate=1e-4,
-                beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[0.5, 0.5], max_length=256,
-                precompute_ref_log_probs=(variant == "trl_best"), bf16=bf16,
-                gradient_checkpointing=False, report_to="none", use_cpu=not on_gpu, save_strategy="no",
-                logging_steps=1000, disable_tqdm=True, lr_scheduler_type="linear", warmup_steps=0,
-            )
+            model, tokenizer, bf16 = _trl_model(model_dir, cfg)
+            if sft:
+                from trl import SFTConfig, SFTTrainer
+
+                rows = [{"prompt": format_prompt(r["prompt"], tokenizer), "completion": r["response"]}
+                        for r in build_sft_rows(records, SFT_SIDES["sft"])]
+                trainer_class, args = SFTTrainer, SFTConfig(**_trl_common(out, steps, bf16))
+            else:
+                from trl import DPOConfig, DPOTrainer
+
+                rows = [{"prompt": format_prompt(r["prompt"], tokenizer), "chosen": r["chosen"],
+                         "rejected": r["rejected"]} for r in build_clo_pairs(records)]
+                trainer_class, args = DPOTrainer, DPOConfig(
+                    **_trl_common(out, steps, bf16), beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[0.5, 0.5],
+                    precompute_ref_log_probs=(variant == "trl_best"))
             start = time.perf_counter()
-            trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                 processing_class=tokenizer)
+            trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                    processing_class=tokenizer)
             trainer.train()
             elapsed = time.perf_counter() - start
             done_steps = trainer.state.global_step
-    rows_done = done_steps * 8
-    tokens = tokens_per_epoch * rows_done / (2 * n_records)
+    tokens = tokens_per_epoch * done_steps * ROWS_PER_STEP / (2 * n_records)
     return {"variant": variant, "steps": done_steps, "seconds": elapsed, "tokens_per_second": tokens / elapsed,
             "peak_memory_mb": _peak_memory_mb()}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sft", action="store_true", help="benchmark the SFT stage instead of CLO")
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--worker", choices=VARIANTS + ("clo_kit_unsloth",), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=VARIANTS + SFT_VARIANTS + ("clo_kit_unsloth",), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -173,14 +207,19 @@ def main() -> int:
 
     from clo_lib.tiny import DEFAULT_CORPUS, make_tiny_causal_lm
 
+    no_unsloth = unsloth_unusable()
+    if args.sft:
+        variants, ours_name, peers = SFT_VARIANTS, "sft_kit", ("sft_kit_1pass", "trl_sft")
+    else:
+        variants = VARIANTS + (() if no_unsloth else ("clo_kit_unsloth",))
+        ours_name, peers = "clo_kit", ("clo_kit_1pass", "trl_default", "trl_best")
     with tempfile.TemporaryDirectory() as tmp:
         corpus = DEFAULT_CORPUS + [r[k] for r in parallel_records(args.records)
                                    for k in ("prompt_en", "response_en", "prompt_tgt", "response_tgt")]
         model_dir = make_tiny_causal_lm(Path(tmp) / "model", "llama", corpus=corpus, hidden_size=args.hidden,
                                         num_layers=args.layers, vocab_size=2000)
         results = {}
-        no_unsloth = unsloth_unusable()
-        for variant in VARIANTS + (() if no_unsloth else ("clo_kit_unsloth",)):
+        for variant in variants:
             cmd = [sys.executable, __file__, "--worker", variant, "--model", str(model_dir), "--steps",
                    str(args.steps), "--records", str(args.records)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -191,17 +230,20 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"CLO training step, tiny Llama (hidden {args.hidden}, {args.layers} layers), {args.steps} steps of "
-          f"8 preference rows, attention-only, on {device}")
-    print(f"{'variant':14s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
+    kind = "SFT" if args.sft else "CLO"
+    print(f"{kind} training, tiny Llama (hidden {args.hidden}, {args.layers} layers), {args.steps} steps of "
+          f"{ROWS_PER_STEP} rows, attention-only, on {device}")
+    print(f"{'variant':15s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
     for r in results.values():
-        print(f"{r['variant']:14s} {r['steps']:5d} {r['seconds']:8.2f} {r['tokens_per_second']:9.0f} "
+        print(f"{r['variant']:15s} {r['steps']:5d} {r['seconds']:8.2f} {r['tokens_per_second']:9.0f} "
               f"{r['peak_memory_mb']:8.0f}")
-    ours = results["clo_kit"]
-    for peer in ("clo_kit_1pass", "trl_default", "trl_best"):
+    ours = results[ours_name]
+    for peer in peers:
         other = results[peer]
-        print(f"clo_kit vs {peer}: {ours['tokens_per_second'] / other['tokens_per_second']:.2f}x tokens/s, "
+        print(f"{ours_name} vs {peer}: {ours['tokens_per_second'] / other['tokens_per_second']:.2f}x tokens/s, "
               f"{ours['peak_memory_mb'] / other['peak_memory_mb']:.2f}x peak memory")
+    if args.sft:
+        return 0
     if no_unsloth:
         print(f"unsloth vs hf: not measured ({no_unsloth})")
     else:

@@ -174,6 +174,10 @@ def collate_sft(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             "attention_mask": _pad([[1] * len(i["input_ids"]) for i in items], 0)}
 
 
+def _with_response_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {**batch, "clo_response_labels": batch["labels"]}
+
+
 def collate_preferences(groups: list[list[dict]], pad_id: int) -> dict[str, torch.Tensor]:
     """Flatten groups into rows; one forward pass covers [all chosen; all rejected] sequences."""
     rows = [row for group in groups for row in group]
@@ -269,27 +273,39 @@ def bucketed_response_logps(model, input_ids: torch.Tensor, attention_mask: torc
     return logps[restore], counts[restore]
 
 
-def enable_response_logps(model) -> None:
-    """Let `model(input_ids=, attention_mask=, clo_response_labels=labels, clo_length_buckets=k)` return
-    `bucketed_response_logps(...)`; any other call is the model's own forward.
+def enable_response_logps(model, length_buckets: int = 1) -> None:
+    """Let `model(input_ids=, attention_mask=, clo_response_labels=labels)` return
+    `bucketed_response_logps(..., buckets=length_buckets)`; any other call is the model's own forward.
 
     The trainer calls the model this way rather than reaching into it, so the wrappers that distributed training
     puts around the model (DistributedDataParallel, FSDP, DeepSpeed) see one ordinary forward per step: they sync
     gradients and gather sharded weights around it.
     """
+    model.clo_length_buckets = length_buckets  # read at each call, so a later stage can change it
     if getattr(model, "clo_response_logps_enabled", False):
         return
     own_forward = model.forward
 
     @functools.wraps(own_forward)
-    def forward(*args, clo_response_labels=None, clo_length_buckets=1, **kwargs):
+    def forward(*args, clo_response_labels=None, **kwargs):
         if clo_response_labels is None:
             return own_forward(*args, **kwargs)
         return bucketed_response_logps(model, kwargs["input_ids"], kwargs["attention_mask"], clo_response_labels,
-                                       clo_length_buckets)
+                                       model.clo_length_buckets)
 
     model.forward = forward
     model.clo_response_logps_enabled = True
+
+
+def sft_response_loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor,
+                      num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The causal-LM loss (token-mean NLL of the response tokens) from `response_logps`, as a Trainer
+    `compute_loss_func`. The Trainer passes the response-token count of the whole optimizer step (all
+    gradient-accumulation micro-batches, all processes), exactly as it does for the model's own loss.
+    """
+    logps, counts = outputs
+    tokens = num_items_in_batch if num_items_in_batch is not None else counts.sum().clamp(min=1)
+    return -logps.sum() / tokens
 
 
 # The LM head's logits are kept for the backward pass up to this size; beyond it they are computed in chunks and
@@ -354,21 +370,19 @@ def _make_trainer_class():
     class CLOTrainer(Trainer):
         """transformers.Trainer whose loss is clo_loss over the preference rows of each batch."""
 
-        def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, length_buckets: int = 1,
-                     **kwargs):
+        def __init__(self, *args, beta: float, lam: float, nll_on: str, directions: str, **kwargs):
             super().__init__(*args, **kwargs)
             # clo_loss is a mean over the batch's rows, not a sum to be divided by the Trainer's token count: let the
             # Trainer average it over gradient-accumulation steps (it skips that for models taking loss kwargs).
             self.model_accepts_loss_kwargs = False
             self.clo_args = {"beta": beta, "lam": lam, "nll_on": nll_on, "directions": directions}
-            self.length_buckets = length_buckets
             # Running sums of the CLO metrics since the last log line, kept on the device and read only when logging.
             self._metric_sums: dict[str, torch.Tensor] = {}
             self._metric_weights: dict[str, torch.Tensor] = {}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logps, counts = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                  clo_response_labels=inputs["labels"], clo_length_buckets=self.length_buckets)
+                                  clo_response_labels=inputs["labels"])
             chosen_logps, rejected_logps = logps.chunk(2)
             chosen_counts, _ = counts.chunk(2)
             loss, metrics = clo_loss_tensors(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
@@ -464,7 +478,7 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
     if stage == "preference":
         groups = encode_preference_groups(build_clo_pairs(parallel), tokenizer, cfg)
         _to_training_device(model)  # the reference pass runs before the Trainer would move the model
-        enable_response_logps(model)
+        enable_response_logps(model, cfg.train.length_buckets)
         add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2),
                             buckets=cfg.train.length_buckets)
         lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
@@ -475,19 +489,22 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
             data_collator=lambda batch: collate_preferences(batch, pad_id),
             processing_class=tokenizer,
             beta=cfg.train.beta, lam=lam, nll_on=cfg.train.nll_on, directions=cfg.train.directions,
-            length_buckets=cfg.train.length_buckets,
         )
     else:
         from transformers import Trainer
 
         sides = SFT_SIDES["sft" if cfg.train.method == "sft_dpo" else cfg.train.method]
         items = encode_sft_rows(build_sft_rows(parallel, sides), tokenizer, cfg)
+        enable_response_logps(model, cfg.train.length_buckets)
         trainer = Trainer(
             model=model,
             args=training_arguments(cfg, out_dir, per_device_batch=cfg.train.batch_size),
             train_dataset=_ListDataset(items),
-            data_collator=lambda batch: collate_sft(batch, pad_id),
+            # The Trainer takes `labels` out of the batch to count response tokens and hand them to the loss; the
+            # same tensor under `clo_response_labels` sends the forward down the response-only path.
+            data_collator=lambda batch: _with_response_labels(collate_sft(batch, pad_id)),
             processing_class=tokenizer,
+            compute_loss_func=sft_response_loss,
         )
     return trainer, counts
 

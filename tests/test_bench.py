@@ -22,6 +22,12 @@ def test_train_step_bench_prints_its_ratios():
     assert re.search(r"unsloth vs hf: (not measured \(.+\)|\d+\.\d\dx tokens/s)", out), out
 
 
+def test_train_step_bench_sft_mode_prints_its_ratios():
+    out = _run("train_step.py", "--sft", "--steps", "2", "--records", "8", "--hidden", "32", "--layers", "1")
+    for peer in ("sft_kit_1pass", "trl_sft"):
+        assert re.search(rf"sft_kit vs {peer}: \d+\.\d\dx tokens/s, \d+\.\d\dx peak memory", out), out
+
+
 def test_translate_bench_prints_its_ratios():
     out = _run("translate.py", "--texts", "8", "--batch", "4", "--d-model", "32", "--new-tokens", "4")
     assert re.search(r"length_grouped vs one_at_a_time: \d+\.\d\dx chunks/s", out), out

@@ -363,3 +363,27 @@ def test_two_processes_under_torchrun(tiny_llama, tmp_path, method):
     before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_sft_loss_is_the_models_own_causal_lm_loss(tiny_llama, tmp_path, grad_accum):
+    """The SFT trainer's step (response-only head, length buckets) returns and back-propagates what the model's own
+    loss gives on the same batch with the same token count (transformers' causal-LM loss, full logits)."""
+    from clo_lib.train import build_trainer
+
+    cfg = config(tiny_llama, method="sft", grad_accum=grad_accum, length_buckets=3)
+    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", "sft")
+    batch = next(iter(trainer.get_train_dataloader()))
+    tokens = (batch["labels"][:, 1:] != -100).sum() * grad_accum  # as if the other micro-batches had as many
+    model = trainer.model
+    model.zero_grad()
+    trainer.current_gradient_accumulation_steps = grad_accum
+    step_loss = trainer.training_step(model, dict(batch), num_items_in_batch=tokens)
+    step_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                num_items_in_batch=tokens).loss
+    own.backward()
+    assert step_loss.item() == pytest.approx(own.item(), abs=1e-5)
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in
+               zip(step_grads, [p for p in model.parameters() if p.requires_grad]))
