@@ -265,10 +265,7 @@ def bucketed_response_logps(model, input_ids: torch.Tensor, attention_mask: torc
         width = max(lengths[i] for i in group)
         pieces.append(response_logps(model, input_ids[index, :width], attention_mask[index, :width],
                                      labels[index, :width]))
-    if len(pieces) == 1:
-        logps, counts = pieces[0]
-    else:
-        logps, counts = torch.cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces])
+    logps, counts = (torch.cat(parts) for parts in zip(*pieces))
     restore = torch.argsort(torch.tensor([i for group in groups for i in group], device=logps.device))
     return logps[restore], counts[restore]
 
