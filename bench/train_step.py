@@ -87,12 +87,12 @@ def _token_count(records, model_dir, cfg) -> int:
     """Non-pad tokens in one epoch of the variant's rows (the same rows for the kit and TRL)."""
     from transformers import AutoTokenizer
 
-    from clo_lib.pairs import SFT_SIDES, build_clo_pairs, build_sft_rows
-    from clo_lib.train import encode_preference_groups, encode_sft_rows
+    from clo_lib.batches import encode_preference_groups, encode_sft_rows
+    from clo_lib.pairs import build_clo_pairs, build_sft_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if cfg.train.method == "sft":
-        return sum(len(i["input_ids"]) for i in encode_sft_rows(build_sft_rows(records, SFT_SIDES["sft"]),
+        return sum(len(i["input_ids"]) for i in encode_sft_rows(build_sft_rows(records),
                                                                  tokenizer, cfg))
     groups = encode_preference_groups(build_clo_pairs(records), tokenizer, cfg)
     return sum(len(r["chosen"]["input_ids"]) + len(r["rejected"]["input_ids"]) for g in groups for r in g)
@@ -103,7 +103,7 @@ def _trl_model(model_dir, cfg):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clo_lib.train import select_trainable
+    from clo_lib.models import select_trainable
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -150,27 +150,29 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
         if variant.startswith(("clo_kit", "sft_kit")):
             from transformers import Trainer  # noqa: F401  imported before the clock, as trl is for the others
 
-            from clo_lib.train import load_model_and_tokenizer, train_stage
+            from clo_lib.models import load_model_and_tokenizer
+            from clo_lib.pairs import METHOD_STAGES
+            from clo_lib.train import train_stage
 
             # Loaded before the clock starts, as the TRL variants' model is: the time is the training call alone.
             backend = "unsloth" if variant == "clo_kit_unsloth" else "hf"
             model, tokenizer = load_model_and_tokenizer(cfg, backend=backend)
             start = time.perf_counter()
-            _, summary = train_stage(cfg, records, Path(out), "sft" if sft else "preference", model, tokenizer,
-                                     backend=backend)
+            stage = METHOD_STAGES["sft" if sft else "clo"][-1]
+            _, summary = train_stage(cfg, records, Path(out), stage, model, tokenizer, backend=backend)
             elapsed = time.perf_counter() - start
             done_steps = summary["steps"]
         else:
             from datasets import Dataset
 
-            from clo_lib.pairs import SFT_SIDES, build_clo_pairs, build_sft_rows, format_prompt
+            from clo_lib.pairs import build_clo_pairs, build_sft_rows, format_prompt
 
             model, tokenizer, bf16 = _trl_model(model_dir, cfg)
             if sft:
                 from trl import SFTConfig, SFTTrainer
 
                 rows = [{"prompt": format_prompt(r["prompt"], tokenizer), "completion": r["response"]}
-                        for r in build_sft_rows(records, SFT_SIDES["sft"])]
+                        for r in build_sft_rows(records)]
                 trainer_class, args = SFTTrainer, SFTConfig(**_trl_common(out, steps, bf16))
             else:
                 from trl import DPOConfig, DPOTrainer

@@ -24,11 +24,17 @@ from typing import Any, Literal
 import yaml
 
 from clo_lib.languages import LANGUAGES, SOURCE_LANGUAGE
+from clo_lib.pairs import DEFAULT_PROMPT_TEMPLATE, METHOD_STAGES, PREFERENCE_METHODS, SIDES
 
 PARAMS_DIR = Path(__file__).resolve().parent.parent / "params"
 PRESETS_DIR = PARAMS_DIR / "presets"
 
-METHODS = ("sft", "sft_eng", "sft_tgt", "sft_dpo", "clo")
+METHODS = tuple(METHOD_STAGES)
+# Keys that were renamed: an old params file gets the new name in its error, not only "unknown key".
+RENAMED_KEYS = {
+    "train.nll_on": "train.nll_sides (a list of prompt sides: [tgt], [en, tgt] or [])",
+    "train.directions": "train.dpo_sides (a list of prompt sides: [en, tgt], [en] or [tgt])",
+}
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 _ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
@@ -61,13 +67,15 @@ class ModelConfig:
         "auto", "Training backend: unsloth needs CUDA; auto picks unsloth when it is usable, else hf."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _field(
-        "auto", "Weights dtype: auto is bfloat16 on GPUs that support it, float32 on CPU."
+        "auto", "Dtype the weights load in: auto is bfloat16 on GPUs that support it, float32 on CPU. With 16-bit "
+        "weights the trained ones are kept in float32 (master weights) and run under autocast; float16 trains only "
+        "on CUDA (with loss scaling)."
     )
     prompt_format: Literal["template", "chat"] = _field(
         "template", "How prompts are written: base models use prompt_template, chat models their chat template."
     )
     prompt_template: str = _field(
-        "### Instruction:\n{prompt}\n\n### Response:\n",
+        DEFAULT_PROMPT_TEMPLATE,
         "Instruction template for base models, with a {prompt} slot (assumed: the paper does not give one).",
     )
     max_length: int = _field(3072, "Longest prompt + response in tokens (authors' follow-up work: 3072).", min=16)
@@ -133,11 +141,12 @@ class TrainConfig:
     lam: float = _field(0.5, "λ in L = λ·NLL + (1−λ)·DPO (paper: 0.5 for every model and language).", min=0.0, max=1.0)
     beta: float = _field(0.1, "DPO temperature β (assumed: the DPO default, as in the authors' follow-up).", min=0.0,
                          min_exclusive=True)
-    nll_on: Literal["target", "both", "none"] = _field(
-        "target", "Responses that get NLL: target only (paper), both (ablation: adds English), none (DPO only)."
+    nll_sides: list[str] = _field(
+        ["tgt"], "Prompt sides whose chosen answers get NLL: [tgt] (paper), [en, tgt] (ablation: adds English), "
+        "[] (DPO only)."
     )
-    directions: Literal["both", "english", "target"] = _field(
-        "both", "Preference pairs used: both directions (paper), English-input only, or target-input only."
+    dpo_sides: list[str] = _field(
+        ["en", "tgt"], "Prompt sides whose preference pairs get DPO: [en, tgt] (paper), [en] or [tgt] (ablations)."
     )
     learning_rate: float = _field(8e-6, "Peak learning rate (authors' follow-up: 8e-6).", min=0.0, min_exclusive=True)
     epochs: float = _field(2.0, "Training epochs (authors' follow-up: 2).", min=0.0, min_exclusive=True)
@@ -161,6 +170,11 @@ class TrainConfig:
         "the longest (speed only: the loss is the same; 1 = one padded pass, as TRL does).", min=1, max=64,
     )
     merge_lora: bool = _field(False, "With trainable: lora, also save the base model with the adapter merged in.")
+    save: Literal["full", "trainable"] = _field(
+        "full", "What model/ holds after training: the full model, or only the trained tensors plus the base model's "
+        "id and revision (attention-only: about a sixth of an 8B model; every stage that loads a run reads both). "
+        "LoRA always saves its adapter."
+    )
     init_from: str | None = _field(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
     logging_steps: int = _field(10, "Log every this many optimizer steps.", min=1)
     save_steps: int = _field(200, "Checkpoint every this many optimizer steps, so a killed run resumes.", min=1)
@@ -352,6 +366,8 @@ def _build(cls: type, data: Any, prefix: str, origin: dict) -> Any:
         if key not in known:
             guess = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" (did you mean {prefix}{guess[0]}?)" if guess else ""
+            if f"{prefix}{key}" in RENAMED_KEYS:
+                hint = f" (renamed: use {RENAMED_KEYS[f'{prefix}{key}']})"
             source = _source_of(origin, f"{prefix}{key}")
             at = f"{source}: " if source else ""
             raise ConfigError(
@@ -465,9 +481,13 @@ def _check_consistency(config: RunConfig, origin: dict) -> None:
     if "{prompt}" not in config.model.prompt_template:
         raise _fail(origin, "model.prompt_template", config.model.prompt_template, "a template with a {prompt} slot")
     train = config.train
-    if train.method == "clo" and train.directions == "both" and train.batch_size % 2:
+    if train.method in PREFERENCE_METHODS and train.batch_size % 2:
         raise _fail(origin, "train.batch_size", train.batch_size,
-                    "an even number for clo, so both pairs of a source example share a batch")
+                    f"an even number for {train.method}, so both pairs of a source example share a batch")
+    for key in ("nll_sides", "dpo_sides"):
+        sides = getattr(train, key)
+        if any(side not in SIDES for side in sides) or len(set(sides)) != len(sides):
+            raise _fail(origin, f"train.{key}", sides, "a list of distinct sides out of en, tgt")
     if train.trainable == "lora" and not train.lora_target_modules:
         raise _fail(origin, "train.lora_target_modules", [], "at least one module name for trainable: lora")
     if train.trainable == "attention" and not train.attention_modules:

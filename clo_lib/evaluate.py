@@ -35,6 +35,7 @@ from clo_lib.config import ConfigError, RunConfig, load_config
 from clo_lib.endpoint import ChatEndpoint, EndpointError
 from clo_lib.io import append_jsonl, atomic_write_json, read_jsonl
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
+from clo_lib.provenance import evaluate_fingerprint
 
 SIDES = ("tgt", "en")
 # The 805 AlpacaEval instructions (the hub repo's loading script no longer runs in datasets 4+, the JSON does).
@@ -120,17 +121,11 @@ def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
 
 
 def load_for_eval(cfg: RunConfig, model_path: str | Path):
-    """A trained run's model (full weights, or a LoRA adapter merged into its base) or a base model, for inference."""
-    from clo_lib.train import load_model_and_tokenizer
+    """A trained run's model (any form clo_lib.models reads: full, trained tensors only, LoRA adapter merged into
+    its base) or a base model, for inference."""
+    from clo_lib.models import load_model_and_tokenizer
 
-    model_path = Path(model_path)
-    if (model_path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base, tokenizer = load_model_and_tokenizer(cfg, cfg.model.name_or_path, backend="hf")
-        model = PeftModel.from_pretrained(base, str(model_path)).merge_and_unload()
-    else:
-        model, tokenizer = load_model_and_tokenizer(cfg, str(model_path), backend="hf")
+    model, tokenizer = load_model_and_tokenizer(cfg, str(model_path), backend="hf")
     tokenizer.padding_side = "left"  # generation continues every prompt from its own last token
     return model.eval(), tokenizer
 
@@ -270,31 +265,26 @@ def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Se
 # Multiple-choice accuracy with lm-evaluation-harness
 
 
-def mc_accuracy(model_path: str | Path, tasks_by_lang: dict[str, list[str]], tgt: str, base_model: str | None = None,
-                task_dir: str | None = None, batch_size: int = 8, limit: int | None = None,
-                device: str | None = None) -> dict[str, float]:
-    """mc_acc_tgt / mc_acc_en (mean over the language's tasks) and mc_acc:<task> for every task run."""
+def mc_accuracy(model, tokenizer, tasks_by_lang: dict[str, list[str]], tgt: str, task_dir: str | None = None,
+                batch_size: int = 8, limit: int | None = None) -> dict[str, float]:
+    """mc_acc_tgt / mc_acc_en (mean over the language's tasks) and mc_acc:<task> for every task run.
+
+    lm-eval scores the model already loaded for generation (whatever form its run folder has), not a second copy.
+    """
     try:
         import lm_eval
+        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise ImportError("eval.mc_tasks is set but lm-evaluation-harness is not installed; "
                           "pip install -e '.[eval]'") from None
-    import torch
 
     wanted = {side: tasks_by_lang.get(lang, []) for side, lang in (("tgt", tgt), ("en", SOURCE_LANGUAGE))}
     tasks = sorted({task for names in wanted.values() for task in names})
     if not tasks:
         return {}
-    model_path = Path(model_path)
-    if (model_path / "adapter_config.json").is_file():
-        model_args = {"pretrained": base_model, "peft": str(model_path)}
-    else:
-        model_args = {"pretrained": str(model_path)}
-    model_args["dtype"] = "float32" if not torch.cuda.is_available() else "auto"
     results = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=tasks, batch_size=batch_size, limit=limit,
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size), tasks=tasks, limit=limit,
         task_manager=TaskManager(include_path=task_dir) if task_dir else TaskManager(),
     )["results"]
     metrics = {}
@@ -391,11 +381,13 @@ def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None
             "method": method, "seed": cfg.seed, "name": cfg.name}
 
 
-def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None) -> Path:
-    """metrics.json, written atomically and last: a run folder without it is not done."""
+def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None,
+                  fingerprint: dict | None = None) -> Path:
+    """metrics.json, written atomically and last: a run folder without it is not done. `fingerprint` says what the
+    numbers came from (clo_lib.provenance), so a grid can tell when they no longer match its config."""
     path = Path(run_dir) / "metrics.json"
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-    atomic_write_json(path, {"run": facts, "metrics": clean, "details": details or {}})
+    atomic_write_json(path, {"run": facts, "metrics": clean, "details": details or {}, "fingerprint": fingerprint})
     return path
 
 
@@ -432,12 +424,12 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     start = time.perf_counter()
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
     generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)
-    del model
     metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence)
     metrics.update(accuracy(generations, prompts))
     if ecfg.mc_tasks:
-        metrics.update(mc_accuracy(model_path, ecfg.mc_tasks, cfg.language, cfg.model.name_or_path,
-                                   ecfg.mc_task_dir, ecfg.batch_size, ecfg.mc_limit))
+        metrics.update(mc_accuracy(model, tokenizer, ecfg.mc_tasks, cfg.language, ecfg.mc_task_dir, ecfg.batch_size,
+                                   ecfg.mc_limit))
+    del model
     details: dict[str, Any] = {"prompts": len(prompts), "generation_seconds": round(time.perf_counter() - start, 2)}
     method = method or cfg.train.method
     if judge == "none":
@@ -458,7 +450,8 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
             metrics[f"winrate_vs_sft_{side}"] = mean
             metrics[f"winrate_vs_sft_{side}_ci_low"], metrics[f"winrate_vs_sft_{side}_ci_high"] = low, high
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
-    write_metrics(run_dir, run_facts(cfg, method, model_label), metrics, details)
+    write_metrics(run_dir, run_facts(cfg, method, model_label), metrics, details,
+                  evaluate_fingerprint(cfg, run_dir, reference_run))
     return metrics
 
 

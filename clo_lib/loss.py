@@ -8,9 +8,13 @@ L_NLL is the negative log-likelihood of the target-language responses only (rows
 language, where the chosen response is the target one), as a token mean over those responses.
 
 Log-probs are sums over response tokens (assumed). Inputs are 1-D tensors over the B preference rows of a batch.
+A row's side is the language of its prompt, "en" or "tgt" (clo_lib.pairs.SIDES); the ablations choose which sides
+get NLL (`nll_sides`) and DPO (`dpo_sides`).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,24 +46,24 @@ def clo_loss(
     is_target: torch.Tensor,
     beta: float = 0.1,
     lam: float = 0.5,
-    nll_on: str = "target",
-    directions: str = "both",
+    nll_sides: Sequence[str] = ("tgt",),
+    dpo_sides: Sequence[str] = ("en", "tgt"),
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """CLO loss over B preference rows; returns `(loss, metrics)`.
 
     loss = lam * nll + (1 - lam) * dpo, with
-      dpo: mean DPO loss over the rows of the used `directions` ("both" as in the paper, or the ablations
-           "english" = English-input rows only, "target" = target-input rows only);
-      nll: −Σ policy_chosen_logps[rows] / Σ chosen_token_counts[rows], where rows are the target-input rows
-           (`nll_on="target"`, the paper), every row ("both", the English-NLL ablation) or none ("none": nll = 0).
+      dpo: mean DPO loss over the rows of `dpo_sides` (("en", "tgt"): both directions, as in the paper; the
+           ablations ("en",) = English-input rows only, ("tgt",) = target-input rows only);
+      nll: −Σ policy_chosen_logps[rows] / Σ chosen_token_counts[rows], where rows are those of `nll_sides`
+           (("tgt",): target-input rows, the paper; ("en", "tgt"): every row, the English-NLL ablation; (): none).
            nll is 0 when no row qualifies.
-    metrics: loss, nll, dpo, and per direction ("en/…" English-input rows, "tgt/…" target-input rows) the DPO
+    metrics: loss, nll, dpo, and per side ("en/…" English-input rows, "tgt/…" target-input rows) the DPO
     loss, rewards of chosen and rejected answers, their margin, reward accuracy and the policy's log-probs.
     """
     loss, metrics = clo_loss_tensors(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                                     chosen_token_counts, is_target, beta, lam, nll_on, directions)
+                                     chosen_token_counts, is_target, beta, lam, nll_sides, dpo_sides)
     values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # one device sync, not one per metric
-    # A direction with no rows in this batch has no metrics (rather than zeros that would pull averages down).
+    # A side with no rows in this batch has no metrics (rather than zeros that would pull averages down).
     for name in ("en", "tgt"):
         if values.pop(f"{name}/rows") == 0:
             values = {k: v for k, v in values.items() if not k.startswith(f"{name}/")}
@@ -71,6 +75,16 @@ def _masked_mean(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return torch.where(rows, values, 0).sum() / rows.sum().clamp(min=1)
 
 
+def _rows_of(side_rows: dict[str, torch.Tensor], sides: Sequence[str], name: str) -> torch.Tensor:
+    """The rows whose side is in `sides` (no row for an empty list)."""
+    if isinstance(sides, str) or any(side not in side_rows for side in sides):
+        raise ValueError(f"{name} = {sides!r}; expected a list of sides out of en, tgt")
+    rows = torch.zeros_like(side_rows["en"])
+    for side in sides:
+        rows = rows | side_rows[side]
+    return rows
+
+
 def clo_loss_tensors(
     policy_chosen_logps: torch.Tensor,
     policy_rejected_logps: torch.Tensor,
@@ -80,36 +94,31 @@ def clo_loss_tensors(
     is_target: torch.Tensor,
     beta: float = 0.1,
     lam: float = 0.5,
-    nll_on: str = "target",
-    directions: str = "both",
+    nll_sides: Sequence[str] = ("tgt",),
+    dpo_sides: Sequence[str] = ("en", "tgt"),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`clo_loss` with its metrics left as detached 0-d tensors (the loss's dtype, on its device), plus `en/rows`
-    and `tgt/rows`: how many rows of each direction the batch had (that direction's metrics are 0 when none).
+    and `tgt/rows`: how many rows of each side the batch had (that side's metrics are 0 when none).
 
     The trainer sums these across steps and reads them only when it logs: reading a GPU value (`.item()`, or an
     `if` on a tensor) makes the host wait for the GPU, and doing that every step stalls the pipeline.
     """
-    if nll_on not in ("target", "both", "none"):
-        raise ValueError(f"nll_on = {nll_on!r}; expected target, both or none")
-    if directions not in ("both", "english", "target"):
-        raise ValueError(f"directions = {directions!r}; expected both, english or target")
     is_target = is_target.bool()
+    side_rows = {"en": ~is_target, "tgt": is_target}
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
     per_row_dpo = -F.logsigmoid(chosen_rewards - rejected_rewards)
 
-    everything, nothing = torch.ones_like(is_target), torch.zeros_like(is_target)
-    dpo_rows = {"both": everything, "english": ~is_target, "target": is_target}[directions]
-    dpo = _masked_mean(per_row_dpo, dpo_rows)  # 0 (with the graph kept) when no row qualifies
+    dpo = _masked_mean(per_row_dpo, _rows_of(side_rows, dpo_sides, "dpo_sides"))  # 0, graph kept, when no row
 
-    nll_rows = {"target": is_target, "both": everything, "none": nothing}[nll_on]
+    nll_rows = _rows_of(side_rows, nll_sides, "nll_sides")
     nll_tokens = torch.where(nll_rows, chosen_token_counts, 0).sum().clamp(min=1)
     nll = -torch.where(nll_rows, policy_chosen_logps, 0).sum() / nll_tokens
 
     loss = lam * nll + (1.0 - lam) * dpo
     metrics = {"loss": loss, "nll": nll, "dpo": dpo}
     margin = chosen_rewards - rejected_rewards
-    for name, rows in (("en", ~is_target), ("tgt", is_target)):
+    for name, rows in side_rows.items():
         metrics.update({
             f"{name}/rows": rows.sum(),
             f"{name}/dpo": _masked_mean(per_row_dpo, rows),

@@ -7,15 +7,31 @@ preference rows whose responses differ only in language:
     Target input x_tgt: chosen y_tgt, rejected y_en      (answer the target language in the target language)
 
 The baselines use the same records as plain SFT rows: sft (English + target), sft_eng, sft_tgt. sft_dpo is SFT
-followed by DPO on the CLO pairs. Both rows of one record share a `pair_id`, and the trainer keeps them in one batch.
+followed by DPO on the CLO pairs (METHOD_STAGES holds this table, the only place it is written). Both rows of one
+record share a `pair_id`, and the trainer keeps them in one batch.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 PARALLEL_FIELDS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")
+
+# The English/target axis has one vocabulary everywhere in the kit: a row's *side* is the language of its prompt,
+# "en" or "tgt" (as in the record fields prompt_en / prompt_tgt, the metrics' _en / _tgt suffixes and the train
+# log's en/ and tgt/ prefixes). SFT methods pick the sides that get rows; CLO's loss picks the sides that get NLL
+# (train.nll_sides) and DPO (train.dpo_sides).
+SIDES = ("en", "tgt")
+
+# The instruction template base models are prompted with (assumed: the paper does not give one); model.prompt_template.
+DEFAULT_PROMPT_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def _check_sides(sides: Sequence[str], name: str) -> None:
+    if isinstance(sides, str) or any(side not in SIDES for side in sides):
+        raise ValueError(f"{name} = {sides!r}; expected a list of sides out of en, tgt")
 
 
 def check_parallel(parallel: Sequence[dict]) -> None:
@@ -46,33 +62,48 @@ def build_clo_pairs(parallel: Sequence[dict]) -> list[dict[str, Any]]:
     return rows
 
 
-def build_sft_rows(parallel: Sequence[dict], sides: str = "both") -> list[dict[str, Any]]:
-    """Prompt/response rows: `both` (English and target: the SFT baseline), `en` (SFT-eng) or `tgt` (SFT-tgt)."""
-    if sides not in ("both", "en", "tgt"):
-        raise ValueError(f"sides = {sides!r}; expected both, en or tgt")
+def build_sft_rows(parallel: Sequence[dict], sides: Sequence[str] = SIDES) -> list[dict[str, Any]]:
+    """Prompt/response rows of the given prompt sides: ("en", "tgt") is the SFT baseline, ("en",) SFT-eng and
+    ("tgt",) SFT-tgt."""
+    _check_sides(sides, "sides")
     check_parallel(parallel)
     rows = []
     for record in parallel:
-        if sides in ("both", "en"):
-            rows.append({"prompt": record["prompt_en"], "response": record["response_en"], "lang": "en",
-                         "pair_id": record["id"]})
-        if sides in ("both", "tgt"):
-            rows.append({"prompt": record["prompt_tgt"], "response": record["response_tgt"], "lang": record["lang"],
-                         "pair_id": record["id"]})
+        for side in SIDES:  # English row first, as in the preference pairs
+            if side in sides:
+                rows.append({"prompt": record[f"prompt_{side}"], "response": record[f"response_{side}"],
+                             "lang": "en" if side == "en" else record["lang"], "pair_id": record["id"]})
     return rows
 
 
-# Training rows per method; sft_dpo's first stage is `sft`, its second the CLO pairs with λ = 0.
-SFT_SIDES = {"sft": "both", "sft_eng": "en", "sft_tgt": "tgt"}
-PREFERENCE_METHODS = ("clo", "sft_dpo")
+@dataclass(frozen=True)
+class TrainingStage:
+    """One training stage of a method: SFT on the rows of some prompt sides, or the CLO preference pairs."""
+
+    kind: str  # "sft" or "preference"
+    sides: tuple[str, ...] = SIDES  # for "sft": whose prompts get rows
+
+    def rows(self, parallel: Sequence[dict]) -> list[dict[str, Any]]:
+        return build_sft_rows(parallel, self.sides) if self.kind == "sft" else build_clo_pairs(parallel)
+
+
+# What each method trains on, stage by stage (PAPER.md, "Experimental grid"). sft_dpo is SFT, then the same loss
+# as clo with λ = 0 on the same pairs; every other method is one stage.
+METHOD_STAGES: dict[str, tuple[TrainingStage, ...]] = {
+    "sft": (TrainingStage("sft", ("en", "tgt")),),
+    "sft_eng": (TrainingStage("sft", ("en",)),),
+    "sft_tgt": (TrainingStage("sft", ("tgt",)),),
+    "sft_dpo": (TrainingStage("sft", ("en", "tgt")), TrainingStage("preference")),
+    "clo": (TrainingStage("preference"),),
+}
+PREFERENCE_METHODS = tuple(m for m, stages in METHOD_STAGES.items() if stages[-1].kind == "preference")
 
 
 def rows_for_method(method: str, parallel: Sequence[dict]) -> list[dict[str, Any]]:
-    if method in SFT_SIDES:
-        return build_sft_rows(parallel, SFT_SIDES[method])
-    if method in PREFERENCE_METHODS:
-        return build_clo_pairs(parallel)
-    raise ValueError(f"method = {method!r}; expected one of {', '.join([*SFT_SIDES, *PREFERENCE_METHODS])}")
+    """The rows of the method's last (defining) stage: SFT rows, or CLO preference pairs for clo and sft_dpo."""
+    if method not in METHOD_STAGES:
+        raise ValueError(f"method = {method!r}; expected one of {', '.join(METHOD_STAGES)}")
+    return METHOD_STAGES[method][-1].rows(parallel)
 
 
 def nested_subset(records: Sequence[Any], size: int, seed: int = 0) -> list[Any]:
@@ -97,7 +128,7 @@ def group_by_pair(rows: Iterable[dict]) -> list[list[dict]]:
 
 
 def format_prompt(prompt: str, tokenizer: Any, prompt_format: str = "template",
-                  template: str = "### Instruction:\n{prompt}\n\n### Response:\n") -> str:
+                  template: str = DEFAULT_PROMPT_TEMPLATE) -> str:
     """The text the model sees before its answer: a base-model instruction template, or the chat template."""
     if prompt_format == "chat":
         return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,

@@ -26,6 +26,8 @@ import string
 from functools import lru_cache
 from pathlib import Path
 
+from clo_lib.pairs import DEFAULT_PROMPT_TEMPLATE
+
 LANGS = ("en", "zh", "de", "ko", "id", "sw", "yo")
 
 # thing -> its name per language (German with its article, as the sentences need it)
@@ -271,7 +273,7 @@ def translate(text: str, src: str, tgt: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # The English-centric base model: pretrained on CPU in minutes, cached under outputs/
 
-TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"  # the kit's default model.prompt_template
+TEMPLATE = DEFAULT_PROMPT_TEMPLATE  # the base model learns the template its runs are prompted with
 TARGETS = tuple(lang for lang in LANGS if lang != "en")
 ENGLISH_REPEATS = 3  # each English question-answer pair is seen this often per pretraining epoch
 PLAIN_SHARE = 0.5  # share of SFT-pool items whose target-language sentences appear as plain text

@@ -509,6 +509,7 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
     """
     from clo_lib.data import load_english
     from clo_lib.pairs import nested_subset
+    from clo_lib.provenance import config_fingerprint
 
     out_dir = Path(out_dir) if out_dir else corpus_dir(cfg)
     tcfg, tgt = cfg.translation, cfg.language
@@ -531,6 +532,7 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         "records": len(parallel), "flagged_records": sum(bool(r["flags"]) for r in parallel),
         "flags": dict(sorted(flag_counts.items())), "cache_file": str(cache.path),
         "cache_corrupt_lines_redone": corrupt, **stats,
+        "fingerprint": config_fingerprint(cfg, "translate"),
     }
     write_parallel(out_dir, parallel)
     atomic_write_json(out_dir / "report.json", report)

@@ -26,7 +26,7 @@ def test_defaults_are_the_papers():
     assert cfg.train.beta == 0.1
     assert cfg.train.trainable == "attention"
     assert cfg.train.attention_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert cfg.train.nll_on == "target" and cfg.train.directions == "both"
+    assert cfg.train.nll_sides == ["tgt"] and cfg.train.dpo_sides == ["en", "tgt"]
     assert cfg.translation.model == "facebook/m2m100_1.2B"
     assert cfg.data.source == "oasst1" and cfg.data.size == 6400
     assert (cfg.train.learning_rate, cfg.train.epochs, cfg.train.warmup_ratio) == (8e-6, 2.0, 0.1)

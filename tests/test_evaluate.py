@@ -149,7 +149,10 @@ def test_lm_eval_accuracy_matches_an_independent_loglikelihood_argmax(tmp_path, 
     pytest.importorskip("lm_eval")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    metrics = evaluate.mc_accuracy(tiny_llama, {"en": ["toy_mc"], "sw": ["toy_mc"]}, "sw",
+    cfg = load_config({"language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf",
+                                                   "dtype": "float32"}})
+    loaded = evaluate.load_for_eval(cfg, tiny_llama)
+    metrics = evaluate.mc_accuracy(*loaded, {"en": ["toy_mc"], "sw": ["toy_mc"]}, "sw",
                                    task_dir=str(write_task(tmp_path)), batch_size=4)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()

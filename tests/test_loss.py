@@ -54,13 +54,13 @@ def test_ablation_switches_by_hand():
     beta, lam = 0.1, 0.5
     all_dpo = [_dpo_by_hand(i, beta) for i in range(4)]
     both_nll = -sum(POLICY_CHOSEN) / sum(COUNTS)
-    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, nll_on="both")
+    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, nll_sides=("en", "tgt"))
     assert loss.item() == pytest.approx(lam * both_nll + (1 - lam) * sum(all_dpo) / 4)
-    loss, m = clo_loss(*_inputs(), beta=beta, lam=lam, nll_on="none")
+    loss, m = clo_loss(*_inputs(), beta=beta, lam=lam, nll_sides=())
     assert m["nll"] == 0.0 and loss.item() == pytest.approx((1 - lam) * sum(all_dpo) / 4)
-    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, directions="english")
+    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, dpo_sides=("en",))
     assert loss.item() == pytest.approx(lam * 38.25 / 16 + (1 - lam) * (all_dpo[0] + all_dpo[1]) / 2)
-    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, directions="target")
+    loss, _ = clo_loss(*_inputs(), beta=beta, lam=lam, dpo_sides=("tgt",))
     assert loss.item() == pytest.approx(lam * 38.25 / 16 + (1 - lam) * (all_dpo[2] + all_dpo[3]) / 2)
 
 
@@ -152,9 +152,9 @@ def test_lambda_zero_equals_trl_dpo_loss(tiny_llama, tmp_path, beta):
 
 
 def test_english_nll_ablation_equals_trl_dpo_plus_sft(tiny_llama, tmp_path):
-    # TRL's "sft" term is the token-mean NLL over every chosen response: our nll_on="both".
+    # TRL's "sft" term is the token-mean NLL over every chosen response: our nll_sides=("en", "tgt").
     trainer, batch = _trl_setup(tiny_llama, tmp_path, ["sigmoid", "sft"], [0.5, 0.5], 0.1)
     with torch.no_grad():
         trl_loss = trainer.compute_loss(trainer.model, batch)
-    ours, _ = _ours_on_trl_batch(trainer, batch, beta=0.1, lam=0.5, nll_on="both")
+    ours, _ = _ours_on_trl_batch(trainer, batch, beta=0.1, lam=0.5, nll_sides=("en", "tgt"))
     assert ours.item() == pytest.approx(trl_loss.item(), rel=TRL_REL, abs=1e-6)

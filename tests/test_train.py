@@ -11,20 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from clo_lib.batches import collate_preferences, encode_preference_groups
 from clo_lib.config import load_config
+from clo_lib.logps import bucketed_response_logps, length_buckets
 from clo_lib.loss import sequence_logps
-from clo_lib.pairs import build_clo_pairs
-from clo_lib.train import (
-    BackendError,
-    bucketed_response_logps,
-    collate_preferences,
-    encode_preference_groups,
-    length_buckets,
-    load_model_and_tokenizer,
-    resolve_backend,
-    select_trainable,
-    train_run,
-)
+from clo_lib.models import BackendError, load_model_and_tokenizer, resolve_backend, select_trainable
+from clo_lib.pairs import METHOD_STAGES, build_clo_pairs
+from clo_lib.train import build_trainer, train_run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,7 +149,7 @@ def test_cli_refuses_bad_config_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("arch,trainable", [("llama", "attention"), ("qwen2", "full"), ("mistral", "lora")])
 def test_response_only_head_equals_full_logits(tiny_model_dir, arch, trainable):
-    from clo_lib.train import response_logps
+    from clo_lib.logps import response_logps
 
     cfg = config(tiny_model_dir(arch), trainable=trainable, lora_r=2, lora_dropout=0.0)  # no dropout: same passes
     model, tokenizer = load_model_and_tokenizer(cfg)
@@ -196,13 +189,95 @@ def test_sft_dpo_with_lora_trains_one_adapter_through_both_stages(tiny_llama, tm
     assert sft["trainable_params"] == dpo["trainable_params"] > 0  # not wrapped twice
 
 
-def test_rerunning_a_finished_run_resumes_without_training_again(tiny_llama, tmp_path):
-    cfg = config(tiny_llama, method="clo", epochs=2)
-    first = train_run(cfg, parallel_records(8), tmp_path / "run")["stages"][0]
-    again = train_run(cfg, parallel_records(8), tmp_path / "run")["stages"][0]
-    assert not first["resumed"] and again["resumed"]
-    assert again["steps"] == first["steps"]
-    assert again["train_loss"] == pytest.approx(first["train_loss"]) and again["final_loss"] == first["final_loss"]
+def _files(folder):
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(Path(folder).rglob("*")) if f.is_file()}
+
+
+def test_a_finished_run_keeps_no_checkpoints_and_is_not_trained_again(tiny_llama, tmp_path):
+    cfg = config(tiny_llama, method="sft_dpo", epochs=1, save_steps=1)  # two stages, a checkpoint every step
+    first = train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert not list((tmp_path / "run").rglob("checkpoint*")) and not (tmp_path / "run" / "sft").exists()
+    assert first["saved"]["bytes"] == sum(f.stat().st_size for f in (tmp_path / "run" / "model").rglob("*")
+                                          if f.is_file())
+    assert first["examples_used"] == 8 and first["fingerprint"]["data"]
+    before = _files(tmp_path / "run")
+    again = train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert again == first and _files(tmp_path / "run") == before
+
+
+def test_a_folder_holding_another_run_is_refused_and_left_as_it_was(tiny_llama, tmp_path):
+    """Training sft into a finished clo run's folder once exited 0 having trained nothing, and rewrote its config
+    and log to say sft. Now: one sentence naming what differs, and not a byte changed."""
+    from clo_lib.train import RunFolderError
+
+    train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(8), tmp_path / "run")
+    before = _files(tmp_path / "run")
+    with pytest.raises(RunFolderError, match=r"holds a run trained under another config \(train.method: 'clo' → 'sft'"):
+        train_run(config(tiny_llama, method="sft", epochs=1), parallel_records(8), tmp_path / "run")
+    with pytest.raises(RunFolderError, match="training records or starting run differ"):
+        train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(9), tmp_path / "run")
+    assert _files(tmp_path / "run") == before
+
+
+def test_a_failed_run_keeps_its_checkpoints_and_resumes_only_under_its_own_config(tiny_llama, tmp_path, monkeypatch):
+    import clo_lib.train as train_module
+    from clo_lib.train import RunFolderError
+
+    cfg = config(tiny_llama, method="clo", epochs=2, save_steps=1)
+    saver = train_module.save_trained
+    monkeypatch.setattr(train_module, "save_trained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))  # kept, so a rerun resumes
+    monkeypatch.setattr(train_module, "save_trained", saver)
+    before = _files(tmp_path / "run")
+    with pytest.raises(RunFolderError, match=r"checkpoints made under another config or data \(train.learning_rate"):
+        train_run(config(tiny_llama, method="clo", epochs=2, save_steps=1, learning_rate=1e-3), parallel_records(8),
+                  tmp_path / "run")
+    assert _files(tmp_path / "run") == before  # nothing written before the refusal
+    log = train_run(cfg, parallel_records(8), tmp_path / "run")
+    assert log["stages"][0]["resumed"] and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_saving_only_the_trained_tensors(tiny_llama, tmp_path):
+    """save: trainable writes q/k/v/o and the base model's id; every loader gives the same model as a full save
+    of the same training (CPU training is deterministic), also as sft_dpo's starting point."""
+    from clo_lib.evaluate import load_for_eval
+
+    full = train_run(config(tiny_llama, method="sft", epochs=1), parallel_records(8), tmp_path / "full")
+    slim = train_run(config(tiny_llama, method="sft", epochs=1, save="trainable"), parallel_records(8),
+                     tmp_path / "slim")
+    files = {f.name for f in (tmp_path / "slim" / "model").iterdir()}
+    assert "trained.safetensors" in files and "clo_trained.json" in files and "model.safetensors" not in files
+    manifest = json.loads((tmp_path / "slim" / "model" / "clo_trained.json").read_text())
+    assert manifest["base_model"] == str(tiny_llama) and len(manifest["trained_tensors"]) == 8
+    assert slim["saved"]["format"] == "trainable" and slim["saved"]["bytes"] < full["saved"]["bytes"]
+    ids = torch.tensor([[5, 17, 42, 7, 9]])
+    cfg = config(tiny_llama)
+    logits = {}
+    for name in ("full", "slim"):
+        model, _ = load_for_eval(cfg, tmp_path / name / "model")
+        with torch.no_grad():
+            logits[name] = model(input_ids=ids).logits
+    assert torch.equal(logits["full"], logits["slim"])
+    # sft_dpo from the slim SFT run, saved slim too: its manifest still points at the original base model
+    dpo = config(tiny_llama, method="sft_dpo", epochs=1, save="trainable", init_from=str(tmp_path / "slim" / "model"))
+    log = train_run(dpo, parallel_records(8), tmp_path / "dpo")
+    assert [s["stage"] for s in log["stages"]] == ["preference"]
+    assert json.loads((tmp_path / "dpo" / "model" / "clo_trained.json").read_text())["base_model"] == str(tiny_llama)
+    model, _ = load_for_eval(cfg, tmp_path / "dpo" / "model")
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, logits["slim"])
+
+
+def test_fused_attention_names_are_refused_not_half_trained(tiny_llama):
+    from clo_lib.config import ConfigError
+
+    cfg = config(tiny_llama, attention_modules=["qkv_proj", "o_proj"])  # as for Phi-3; Llama has q/k/v separate
+    model, _ = load_model_and_tokenizer(cfg)
+    with pytest.raises(ConfigError, match=r"qkv_proj match no weight of this model, whose attention layers hold "
+                                          r"k_proj, o_proj, q_proj, v_proj"):
+        select_trainable(model, cfg.train)
 
 
 def test_bad_records_are_refused_before_anything_is_written(tiny_llama, tmp_path):
@@ -240,6 +315,29 @@ def test_length_buckets_are_the_cheapest_split(seed):
                     for part in _all_partitions(list(range(len(lengths)))) if len(part) <= k)
         assert padded == brute
     assert length_buckets([5, 5, 5], 3) == [[0, 1, 2]]  # no split that saves nothing
+    for k in (1, 2, 3):  # a fixed count (several processes): exactly min(k, n) groups, the cheapest such split
+        groups = length_buckets(lengths, k, exactly=True)
+        assert len(groups) == min(k, len(lengths)) and all(groups)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        padded = sum(len(g) * max(lengths[i] for i in g) for g in groups)
+        assert padded == min(sum(len(g) * max(lengths[i] for i in g) for g in part)
+                             for part in _all_partitions(list(range(len(lengths)))) if len(part) == len(groups))
+
+
+def test_length_buckets_agree_across_ranks(tiny_llama, tmp_path):
+    """Under FSDP or ZeRO-3 every forward pass gathers the sharded weights with a collective: ranks making different
+    numbers of passes would wait for each other forever. 2 CPU processes whose batches differ in lengths and rows
+    make the same number of passes, with the same result as one padded pass."""
+    out = tmp_path / "ranks.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(REPO / "tests" / "dist_buckets_worker.py"), str(tiny_llama), str(out)],
+        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert ranks[0]["alone"] == 1 and ranks[1]["alone"] == 4  # left to themselves, the ranks would disagree
+    assert ranks[0]["passes"] == ranks[1]["passes"] == 4
+    assert all(rank["equal"] for rank in ranks)
 
 
 @pytest.mark.parametrize("buckets", [1, 3, 16])
@@ -311,10 +409,9 @@ def test_gradient_accumulation_averages_the_clo_loss(tiny_llama, tmp_path):
     """With grad_accum 2, one micro-batch's step returns and back-propagates clo_loss / 2, computed independently
     here from a plain forward (full logits) and clo_loss on the same rows."""
     from clo_lib.loss import clo_loss
-    from clo_lib.train import build_trainer
 
     cfg = config(tiny_llama, method="clo", grad_accum=2, trainable="attention")
-    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", "preference")
+    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", METHOD_STAGES["clo"][0])
     assert trainer.args.gradient_accumulation_steps == 2
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
@@ -369,10 +466,9 @@ def test_two_processes_under_torchrun(tiny_llama, tmp_path, method):
 def test_sft_loss_is_the_models_own_causal_lm_loss(tiny_llama, tmp_path, grad_accum):
     """The SFT trainer's step (response-only head, length buckets) returns and back-propagates what the model's own
     loss gives on the same batch with the same token count (transformers' causal-LM loss, full logits)."""
-    from clo_lib.train import build_trainer
 
     cfg = config(tiny_llama, method="sft", grad_accum=grad_accum, length_buckets=3)
-    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", "sft")
+    trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", METHOD_STAGES["sft"][0])
     batch = next(iter(trainer.get_train_dataloader()))
     tokens = (batch["labels"][:, 1:] != -100).sum() * grad_accum  # as if the other micro-batches had as many
     model = trainer.model

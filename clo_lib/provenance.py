@@ -1,0 +1,117 @@
+"""Where a stage's result came from: fingerprints of its config, its data and the runs it starts from.
+
+Every stage records one in its done-marker (the corpus's report.json, a run's train_log.json, metrics.json).
+`python -m clo_lib.grid status` compares it with what the grid file asks for now and shows `stale` where they
+differ; `grid run` never counts a stale stage as done; and training never continues a run or a checkpoint made
+under another fingerprint.
+
+Settings that cannot change a stage's result (where files go, how often to log or checkpoint, how a model is
+saved, which variable holds a key) are left out, so changing them never makes a run stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from clo_lib.config import RunConfig
+
+# What each stage's result depends on: top-level keys or sections of the resolved config, less the ignored keys.
+# Evaluation depends on the trained model through the run's train fingerprint, not through the train settings.
+DEPENDS_ON = {
+    "translate": ("language", "data", "translation"),
+    "train": ("language", "seed", "model", "data", "translation", "train"),
+    "evaluate": ("language", "seed", "model", "translation", "eval"),
+}
+_NEVER = {"translation.cache_dir", "translation.device", "translation.api_key_env", "eval.judge_api_key_env"}
+IGNORED = {
+    # the corpus is one seeded order of the source, translated as far as the pool needs (a larger pool extends
+    # it, see clo_lib.grid); which records a run takes from it (size, flags) is the run's business
+    "translate": _NEVER | {"data.size", "data.pool_size", "data.keep_flagged"},
+    # nested subsets: a larger pool leaves a run's records unchanged (its data fingerprint says if they changed);
+    # init_from is a path, the run it names counts through its own fingerprint
+    "train": _NEVER | {"data.pool_size", "train.logging_steps", "train.save_steps", "train.save", "train.init_from"},
+    "evaluate": _NEVER,
+}
+PARALLEL_KEYS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")
+
+
+def digest(value: Any) -> str:
+    """A short, stable hash of any JSON-able value."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value and key in ("model", "data", "translation", "train", "eval"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def relevant_settings(cfg: RunConfig | dict, kind: str) -> dict[str, Any]:
+    """The dotted settings a `kind` stage's result depends on."""
+    flat = _flatten(cfg if isinstance(cfg, dict) else cfg.to_dict())
+    return {key: value for key, value in flat.items()
+            if key.split(".")[0] in DEPENDS_ON[kind] and key not in IGNORED[kind]}
+
+
+def config_fingerprint(cfg: RunConfig | dict, kind: str) -> str:
+    return digest(relevant_settings(cfg, kind))
+
+
+def changed_settings(old: RunConfig | dict, new: RunConfig | dict, kind: str) -> list[str]:
+    """`key: old → new` for every relevant setting that differs, for messages."""
+    before, after = relevant_settings(old, kind), relevant_settings(new, kind)
+    return [f"{key}: {before.get(key)!r} → {after.get(key)!r}" for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key)]
+
+
+def records_fingerprint(records: Sequence[dict]) -> str:
+    """The training records' content (flags left out: they only decide which records are there)."""
+    return digest([[record.get(key) for key in PARALLEL_KEYS] for record in records])
+
+
+def run_fingerprint(run_dir: str | Path) -> str | None:
+    """A digest of a finished run's train fingerprint (what its weights came from), or None if there is none."""
+    log = Path(run_dir) / "train_log.json"
+    if not log.is_file():
+        return None
+    return digest(json.loads(log.read_text(encoding="utf-8")).get("fingerprint"))
+
+
+def init_run_dir(cfg: RunConfig) -> Path | None:
+    """The run folder that `train.init_from` names (its model/ folder's parent), if it is a kit run."""
+    if not cfg.train.init_from:
+        return None
+    folder = Path(cfg.train.init_from)
+    return folder.parent if (folder.parent / "train_log.json").is_file() or folder.name == "model" else None
+
+
+def train_fingerprint(cfg: RunConfig, records: Sequence[dict] | None) -> dict[str, Any]:
+    """{config, data, init}: the settings, the training records (None: not known yet) and the run it starts from."""
+    init_dir = init_run_dir(cfg)
+    return {"config": config_fingerprint(cfg, "train"),
+            "data": records_fingerprint(records) if records is not None else None,
+            "init": run_fingerprint(init_dir) if init_dir else None}
+
+
+def evaluate_fingerprint(cfg: RunConfig, run_dir: str | Path | None, reference_run: str | Path | None) -> dict:
+    """{config, model, reference}: the evaluation settings, the evaluated run's weights (None for a base model)
+    and the SFT run it is judged against."""
+    return {"config": config_fingerprint(cfg, "evaluate"),
+            "model": run_fingerprint(run_dir) if run_dir else None,
+            "reference": run_fingerprint(reference_run) if reference_run else None}
+
+
+def matches(stored: Any, expected: dict[str, Any] | str) -> bool:
+    """Whether a recorded fingerprint is the expected one; parts of `expected` that are None are not known yet
+    (a corpus not translated) and are not compared."""
+    if isinstance(expected, str) or not isinstance(stored, dict):
+        return stored == expected
+    return all(value is None or stored.get(key) == value for key, value in expected.items())
