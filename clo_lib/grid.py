@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from clo_lib.config import ConfigError, RunConfig, load_config, nest_dotted, read_yaml, save_config
 from clo_lib.io import atomic_write_json
+from clo_lib.provenance import config_fingerprint, evaluate_fingerprint, matches, train_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -68,12 +69,41 @@ class Stage:
     def failed_file(self) -> Path:
         return self.workdir / f"{self.kind}.failed.json"
 
-    def state(self) -> str:
+    def own_state(self) -> str:
+        """done, stale (made under another fingerprint than the grid now gives), failed or pending; see states()."""
         if self.kind == "analyze":
             return "done" if _analysis_current(self) else ("failed" if self.failed_file.exists() else "pending")
         if self.done_file.exists():
+            if self.config is None:  # prepare: its command has no config
+                return "done"
+            marker = json.loads(self.done_file.read_text(encoding="utf-8"))
+            if not matches(marker.get("fingerprint"), self.expected_fingerprint()):
+                return "stale"
+            if self.kind == "translate" and marker.get("records", 0) < (self.config.data.pool_size or 0):
+                return "pending"  # a larger size joined the grid: translating again extends the corpus (cached)
             return "done"
+        if self.kind == "train" and _checkpoints_of_another_run(self):
+            return "stale"
         return "failed" if self.failed_file.exists() else "pending"
+
+    def expected_fingerprint(self) -> Any:
+        """What this stage's marker must record to count as done under the grid file as it is now."""
+        cfg = self.config
+        if self.kind == "translate":
+            return config_fingerprint(cfg, "translate")
+        if self.kind == "train":
+            return train_fingerprint(cfg, _training_records_now(cfg))
+        trained = self.workdir if self.facts.get("method") != "base" else None
+        return evaluate_fingerprint(cfg, trained, self.parameters.get("reference_run"))
+
+    def outputs(self) -> list[Path]:
+        """What this stage wrote, moved aside when it is run again as stale."""
+        if self.kind in ("translate", "train"):
+            return [self.workdir]  # the corpus; the run folder (its evaluation depends on it and is stale too)
+        if self.kind == "evaluate":
+            return [self.workdir / name for name in ("metrics.json", "generations.jsonl", "judgments.jsonl",
+                                                     NOTEBOOK_OF["evaluate"], "evaluate.kernel.log")]
+        return []
 
 
 @dataclass
@@ -83,6 +113,69 @@ class Grid:
     output_dir: Path
     stages: dict[str, Stage]  # in dependency order
     resources: dict[str, dict[str, Any]]
+
+
+def states(stages: list[Stage]) -> dict[str, str]:
+    """Each stage's state, in dependency order. A stage that depends on a stale one is stale too: what it was made
+    from is about to be made again. The analysis is pending while anything it reports on is not done."""
+    result: dict[str, str] = {}
+    for stage in stages:
+        state = stage.own_state()
+        if stage.kind == "analyze":
+            if state == "done" and any(result.get(dep, "done") != "done" for dep in stage.deps):
+                state = "pending"
+        elif state == "done" and any(result.get(dep) == "stale" for dep in stage.deps):
+            state = "stale"
+        result[stage.id] = state
+    return result
+
+
+_CORPUS_CACHE: dict[tuple, list[dict]] = {}
+
+
+def _training_records_now(cfg: RunConfig) -> list[dict] | None:
+    """The records a run of `cfg` would train on from the corpus as it is now; None before it is translated."""
+    import warnings
+
+    from clo_lib.data import training_records
+    from clo_lib.io import read_jsonl
+    from clo_lib.translate import corpus_dir
+
+    corpus = corpus_dir(cfg) / "parallel.jsonl"
+    if not corpus.is_file():
+        return None
+    key = (str(corpus.resolve()), corpus.stat().st_mtime_ns)
+    if key not in _CORPUS_CACHE:
+        _CORPUS_CACHE[key] = list(read_jsonl(corpus))
+    with warnings.catch_warnings():  # a short corpus is the training stage's to report
+        warnings.simplefilter("ignore")
+        return training_records(_CORPUS_CACHE[key], cfg.data.size, cfg.data.keep_flagged)
+
+
+def _checkpoints_of_another_run(stage: Stage) -> bool:
+    """An unfinished run whose checkpoints were made under another fingerprint (training would refuse them)."""
+    from clo_lib.train import CHECKPOINT_FINGERPRINT
+
+    markers = [stage.workdir / "checkpoints" / CHECKPOINT_FINGERPRINT,
+               stage.workdir / "sft" / "checkpoints" / CHECKPOINT_FINGERPRINT]
+    present = [m for m in markers if m.is_file()]
+    return any(not matches(json.loads(m.read_text(encoding="utf-8")).get("fingerprint"),
+                           stage.expected_fingerprint()) for m in present)
+
+
+def move_aside(grid: Grid, stale: list[Stage]) -> Path:
+    """Move what stale stages wrote into <output_dir>/stale/<time>/ (same relative paths), so they run again and
+    nothing is lost."""
+    import shutil
+
+    aside = grid.output_dir / "stale" / time.strftime("%Y%m%d-%H%M%S")
+    for stage in stale:
+        for path in stage.outputs():
+            if path.exists():
+                target = aside / path.resolve().relative_to(grid.output_dir.resolve())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), str(target))
+    return aside
 
 
 def _analysis_current(stage: Stage) -> bool:
@@ -312,6 +405,7 @@ def select(grid: Grid, only: list[str] | None) -> list[Stage]:
 
 
 def table(stages: list[Stage], with_state: bool) -> str:
+    state = states(stages) if with_state else {}
     lines = []
     header = f"{'stage':52s} {'model':14s} {'lang':4s} {'size':>5s} {'method':8s} waits for"
     lines.append(("state    " if with_state else "") + header)
@@ -320,13 +414,16 @@ def table(stages: list[Stage], with_state: bool) -> str:
         waits = ", ".join(stage.deps) if len(stage.deps) <= 3 else f"{len(stage.deps)} stages"
         row = (f"{stage.id:52s} {str(f.get('model', '')):14s} {str(f.get('lang', '')):4s} "
                f"{str(f.get('size', '')):>5s} {str(f.get('method', '')):8s} {waits}")
-        lines.append((f"{stage.state():8s} " if with_state else "") + row)
+        lines.append((f"{state[stage.id]:8s} " if with_state else "") + row)
     counts = {kind: sum(s.kind == kind for s in stages) for kind in STAGE_KINDS}
     lines.append("stages: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + f" ({len(stages)} in all)")
     if with_state:
-        states = [s.state() for s in stages]
-        lines.append(f"done {states.count('done')}, failed {states.count('failed')}, "
-                     f"left {states.count('pending')}")
+        counts = list(state.values())
+        lines.append(f"done {counts.count('done')}, stale {counts.count('stale')}, failed {counts.count('failed')}, "
+                     f"left {counts.count('pending')}")
+        if counts.count("stale"):
+            lines.append("stale: made under another config or data than the grid file now gives; "
+                         "`grid run --rerun-stale` moves them aside and runs them again")
     return "\n".join(lines)
 
 
@@ -435,11 +532,24 @@ class Progress:
 
 
 def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
-             log: Callable[[str], None] = print) -> int:
-    """Run every selected stage not yet done, in dependency order. Exit code 0 when all are done."""
+             log: Callable[[str], None] = print, rerun_stale: bool = False) -> int:
+    """Run every selected stage not yet done, in dependency order. Exit code 0 when all are done.
+
+    Stale stages (made under another config or data) stop the grid before anything runs, unless `rerun_stale`:
+    then what they wrote moves to <output_dir>/stale/<time>/ and they run again.
+    """
     stages = select(grid, only)
     selected = {s.id for s in stages}
-    todo = [s for s in stages if s.state() != "done"]
+    state = states(stages)
+    stale = [s for s in stages if state[s.id] == "stale"]
+    if stale and not rerun_stale:
+        names = ", ".join(s.id for s in stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        raise GridError(f"{len(stale)} stages were made under another config or data than {grid.path} now gives "
+                        f"({names}); rerun with --rerun-stale to move them to {grid.output_dir / 'stale'}/ and run "
+                        "them again, or restore the grid file")
+    if stale:
+        log(f"{len(stale)} stale stages: their outputs move to {move_aside(grid, stale)}")
+    todo = [s for s in stages if state[s.id] != "done"]
     log(f"grid {grid.name}: {len(stages)} stages, {len(stages) - len(todo)} already done, {len(todo)} to run "
         f"({executor}); outputs in {grid.output_dir}")
     progress = Progress(todo, log)
@@ -519,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("grid", help="grid file, e.g. params/grids/toy.yaml")
     parser.add_argument("--only", nargs="+", metavar="GLOB", help="stages to select (plus what they wait for)")
     parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="run stages made under another config again, their old outputs moved to <grid>/stale/")
     args = parser.parse_args(argv)
     try:
         grid = load_grid(args.grid)
@@ -529,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print(table(stages, with_state=True))
             return 0
-        return run_grid(grid, args.only, args.executor)
+        return run_grid(grid, args.only, args.executor, rerun_stale=args.rerun_stale)
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -77,6 +77,47 @@ def test_a_two_run_slice_runs_end_to_end_then_resumes_with_nothing_twice(tmp_pat
     assert "0 to run" in again[0]
 
 
+def test_a_changed_config_is_stale_never_done(tmp_path, tiny_llama, monkeypatch):
+    """Change the learning rate in the grid file: status says stale (the run and its evaluation), run refuses in
+    one sentence and touches nothing; --rerun-stale moves the old run aside and trains it again. A setting that
+    cannot change results (logging) makes nothing stale; an evaluation setting only the evaluation."""
+    sft_only = {"slices": [{"languages": ["sw"], "methods": ["sft"], "sizes": [4]}]}
+    assert run_grid(load_grid(write_grid(tmp_path, tiny_llama, **sft_only)), log=lambda m: None) == 0
+    run = tmp_path / "out" / "tiny-sw-sft-n4-s0"
+
+    def state_after(**overrides):
+        grid = load_grid(write_grid(tmp_path, tiny_llama, **sft_only, overrides={
+            "model.name_or_path": str(tiny_llama), "train.epochs": 1, "train.batch_size": 4,
+            "eval.prompts": str(tmp_path / "prompts.jsonl"), "eval.max_new_tokens": 4, **overrides}))
+        return grid, gridlib.states(list(grid.stages.values()))
+
+    _, state = state_after(**{"train.logging_steps": 7})
+    assert set(state.values()) == {"done"}
+    _, state = state_after(**{"eval.max_new_tokens": 5})
+    assert state["train/tiny-sw-sft-n4-s0"] == "done" and state["evaluate/tiny-sw-sft-n4-s0"] == "stale"
+    grid, state = state_after(**{"train.learning_rate": 5e-4})
+    assert state["train/tiny-sw-sft-n4-s0"] == state["evaluate/tiny-sw-sft-n4-s0"] == "stale"
+    assert state["translate/sw"] == "done"
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+    with pytest.raises(GridError, match=r"2 stages were made under another config .* \(train/tiny-sw-sft-n4-s0, "
+                                        r"evaluate/tiny-sw-sft-n4-s0\); rerun with --rerun-stale"):
+        run_grid(grid, log=lambda m: None)
+    assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before
+    status = subprocess.run([sys.executable, "-m", "clo_lib.grid", "status", str(grid.path)], capture_output=True,
+                            text=True, cwd=REPO)
+    assert "stale    train/tiny-sw-sft-n4-s0" in status.stdout and "done 1, stale 2, failed 0, left 1" in status.stdout
+
+    ran = []
+    real = gridlib.execute_stage
+    monkeypatch.setattr(gridlib, "execute_stage", lambda stage: (ran.append(stage.id), real(stage)))
+    assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
+    assert ran == ["train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "analyze"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 5e-4
+    aside = list((tmp_path / "out" / "stale").glob("*/tiny-sw-sft-n4-s0/train_log.json"))
+    assert len(aside) == 1 and (aside[0].parent / "metrics.json").is_file()  # the old run, whole
+    assert set(gridlib.states(list(grid.stages.values())).values()) == {"done"}
+
+
 def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, monkeypatch):
     grid = load_grid(write_grid(tmp_path, tiny_llama))
     real = gridlib.execute_stage
@@ -89,7 +130,7 @@ def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, mo
     monkeypatch.setattr(gridlib, "execute_stage", killed_at_clo_training)
     with pytest.raises(KeyboardInterrupt):
         run_grid(grid, log=lambda m: None)
-    done = {s.id for s in grid.stages.values() if s.state() == "done"}
+    done = {stage for stage, state in gridlib.states(list(grid.stages.values())).items() if state == "done"}
     assert done == {"translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0"}
 
     ran = []
