@@ -20,7 +20,8 @@ SFT variants (--sft):
 All train the same weights (attention q/k/v/o, the paper's default), 8 rows per step, on CPU or the first GPU, in
 the same weights dtype. Time runs from the loaded model to the end of training: tokenization, the reference pass
 and every step; tokens are the non-pad tokens of the sequences processed. Peak memory is the process's max RSS on
-CPU, max allocated on GPU.
+CPU, max allocated on GPU. The variants run interleaved over --rounds rounds (bench/interleave.py): ratios are
+taken within each round and reported as the median with their range, so background load cannot favour one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -200,12 +202,15 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="every variant runs once per round, order rotated")
     parser.add_argument("--worker", choices=VARIANTS + SFT_VARIANTS + ("clo_kit_unsloth",), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.model, args.steps, args.records)))
         return 0
+
+    from interleave import paired_ratios, run_rounds, spread
 
     from clo_lib.tiny import DEFAULT_CORPUS, make_tiny_causal_lm
 
@@ -220,39 +225,47 @@ def main() -> int:
                                    for k in ("prompt_en", "response_en", "prompt_tgt", "response_tgt")]
         model_dir = make_tiny_causal_lm(Path(tmp) / "model", "llama", corpus=corpus, hidden_size=args.hidden,
                                         num_layers=args.layers, vocab_size=2000)
-        results = {}
-        for variant in variants:
+
+        def run_one(variant: str) -> dict:  # each run in its own process, so peak memory is its own
             cmd = [sys.executable, __file__, "--worker", variant, "--model", str(model_dir), "--steps",
                    str(args.steps), "--records", str(args.records)]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                print(f"{variant} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
-                return 1
-            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+                raise RuntimeError(f"{variant} failed:\n{done.stderr[-2000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        try:
+            results = run_rounds(variants, args.rounds, run_one, log=lambda m: print(m, file=sys.stderr))
+        except RuntimeError as err:
+            print(err, file=sys.stderr)
+            return 1
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     kind = "SFT" if args.sft else "CLO"
     print(f"{kind} training, tiny Llama (hidden {args.hidden}, {args.layers} layers), {args.steps} steps of "
-          f"{ROWS_PER_STEP} rows, attention-only, on {device}")
-    print(f"{'variant':15s} {'steps':>5s} {'seconds':>8s} {'tokens/s':>9s} {'peak MB':>8s}")
-    for r in results.values():
-        print(f"{r['variant']:15s} {r['steps']:5d} {r['seconds']:8.2f} {r['tokens_per_second']:9.0f} "
-              f"{r['peak_memory_mb']:8.0f}")
-    ours = results[ours_name]
+          f"{ROWS_PER_STEP} rows, attention-only, on {device}; {args.rounds} rounds, variants interleaved")
+    print(f"{'variant':16s} {'steps':>5s} {'tokens/s: median [min-max]':>30s} {'peak MB':>8s}")
+    speed = {v: [r["tokens_per_second"] for r in runs] for v, runs in results.items()}
+    memory = {v: [r["peak_memory_mb"] for r in runs] for v, runs in results.items()}
+    for variant, runs in results.items():
+        print(f"{variant:16s} {runs[0]['steps']:5d} {spread([x / 1000 for x in speed[variant]]) + ' k':>30s} "
+              f"{statistics.median(memory[variant]):8.0f}")
+
+    def ratio_line(ours: str, peer: str) -> str:
+        ratios = paired_ratios(speed[ours], speed[peer])
+        mem = statistics.median(paired_ratios(memory[ours], memory[peer]))
+        return (f"{statistics.median(ratios):.2f}x tokens/s (per round {min(ratios):.2f}-{max(ratios):.2f}), "
+                f"{mem:.2f}x peak memory")
+
     for peer in peers:
-        other = results[peer]
-        print(f"{ours_name} vs {peer}: {ours['tokens_per_second'] / other['tokens_per_second']:.2f}x tokens/s, "
-              f"{ours['peak_memory_mb'] / other['peak_memory_mb']:.2f}x peak memory")
+        print(f"{ours_name} vs {peer}: {ratio_line(ours_name, peer)}")
     if args.sft:
         return 0
     if no_unsloth:
         print(f"unsloth vs hf: not measured ({no_unsloth})")
     else:
-        fast = results["clo_kit_unsloth"]
-        print(f"unsloth vs hf (clo_kit_unsloth vs clo_kit): "
-              f"{fast['tokens_per_second'] / ours['tokens_per_second']:.2f}x tokens/s, "
-              f"{fast['peak_memory_mb'] / ours['peak_memory_mb']:.2f}x peak memory")
+        print(f"unsloth vs hf (clo_kit_unsloth vs clo_kit): {ratio_line('clo_kit_unsloth', ours_name)}")
     return 0
 
 

@@ -8,8 +8,9 @@ Same tiny M2M100 (built locally, random weights), same texts (3 to 60 words, as 
   length_grouped  the kit's way: chunks sorted by token length, then batched, so each batch pads little
 and the whole stage (split, translate, join, flag) on records of one and two texts, cold and then rerun with every
 chunk in the on-disk cache.
-Reported in chunks per second and as ratios. A random model never emits EOS early, so every generation runs to
---new-tokens; with a trained model, grouped batches also stop sooner, so these ratios understate its gain.
+Reported in chunks per second and as ratios, the variants interleaved over --rounds rounds (bench/interleave.py).
+A random model never emits EOS early, so every generation runs to --new-tokens; with a trained model, grouped
+batches also stop sooner, so these ratios understate its gain.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -44,9 +46,11 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--beams", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=3, help="every variant runs once per round, order rotated")
     args = parser.parse_args()
 
     import torch
+    from interleave import paired_ratios, run_rounds, spread
 
     from clo_lib import langid, tiny
     from clo_lib.config import load_config
@@ -63,45 +67,52 @@ def main() -> None:
     translator.translate_batch(corpus[:2], "en", "sw")
     langid.detect("Habari ya asubuhi, rafiki yangu.", ["en", "sw"])
 
-    results = {}
-    start = time.perf_counter()
-    for text in corpus:
-        translator.translate_batch([text], "en", "sw")
-    results["one_at_a_time"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    for begin in range(0, len(corpus), args.batch):
-        translator.translate_batch(corpus[begin: begin + args.batch], "en", "sw")
-    results["batched"] = time.perf_counter() - start
-
-    cache = TranslationCache(work / "cache", "hf", str(model_dir), "en", "sw")
-    stats = translate_chunks(corpus, translator, cache, "en", "sw", args.batch, progress=False)
-    results["length_grouped"] = stats["seconds"]
-
-    # The whole stage (splitting, translating, joining, flags) cold, then again with every chunk cached.
     cfg = load_config({"language": "sw", "translation": {"batch_size": args.batch}}).translation
     records = [{"id": i, "prompt_en": t, "response_en": t + " " + t} for i, t in enumerate(corpus)]
-    start = time.perf_counter()
-    translate_records(records, translator, TranslationCache(work / "stage", "hf", "m", "en", "sw"), "sw", cfg,
-                      progress=False)
-    stage_cold = time.perf_counter() - start
-    start = time.perf_counter()
-    _, warm_stats = translate_records(records, translator, TranslationCache(work / "stage", "hf", "m", "en", "sw"),
-                                      "sw", cfg, progress=False)
-    stage_warm = time.perf_counter() - start
-    assert warm_stats["translated"] == 0
+
+    def run_one(variant: str) -> float:
+        """Seconds for one variant; every call gets fresh caches, so each round measures the same work."""
+        fresh = Path(tempfile.mkdtemp(dir=work))
+        start = time.perf_counter()
+        if variant == "one_at_a_time":
+            for text in corpus:
+                translator.translate_batch([text], "en", "sw")
+        elif variant == "batched":
+            for begin in range(0, len(corpus), args.batch):
+                translator.translate_batch(corpus[begin: begin + args.batch], "en", "sw")
+        elif variant == "length_grouped":
+            cache = TranslationCache(fresh, "hf", str(model_dir), "en", "sw")
+            return translate_chunks(corpus, translator, cache, "en", "sw", args.batch, progress=False)["seconds"]
+        else:  # the whole stage (splitting, translating, joining, flags) cold, then again with every chunk cached
+            translate_records(records, translator, TranslationCache(fresh, "hf", "m", "en", "sw"), "sw", cfg,
+                              progress=False)
+            if variant == "stage_warm":
+                start = time.perf_counter()
+                _, stats = translate_records(records, translator, TranslationCache(fresh, "hf", "m", "en", "sw"),
+                                             "sw", cfg, progress=False)
+                assert stats["translated"] == 0
+        return time.perf_counter() - start
+
+    variants = ("one_at_a_time", "batched", "length_grouped", "stage_cold", "stage_warm")
+    seconds = run_rounds(variants, args.rounds, run_one)
 
     print(f"Translation, tiny M2M100 (d_model {args.d_model}), {len(corpus)} texts of 3-60 words, batch {args.batch}, "
           f"{args.beams} beams, {args.new_tokens} new tokens, {translator.device}, torch threads "
-          f"{torch.get_num_threads()}")
-    print(f"{'variant':15s} {'seconds':>8s} {'chunks/s':>9s}")
-    for name, seconds in results.items():
-        print(f"{name:15s} {seconds:8.3f} {len(corpus) / seconds:9.1f}")
-    base = results["one_at_a_time"]
-    print(f"length_grouped vs one_at_a_time: {base / results['length_grouped']:.2f}x chunks/s")
-    print(f"length_grouped vs batched (unsorted): {results['batched'] / results['length_grouped']:.2f}x chunks/s")
-    print(f"stage on {len(records)} records: cold {stage_cold:.3f} s, warm-cache rerun {stage_warm:.3f} s: "
-          f"{stage_cold / stage_warm:.1f}x faster (what is left is splitting, joining and the quality flags)")
+          f"{torch.get_num_threads()}; {args.rounds} rounds, variants interleaved")
+    print(f"{'variant':15s} {'chunks/s: median [min-max]':>28s}")
+    for name in variants[:3]:
+        print(f"{name:15s} {spread([len(corpus) / x for x in seconds[name]]):>28s}")
+
+    def speedup(faster: str, slower: str) -> str:
+        ratios = paired_ratios(seconds[slower], seconds[faster])  # time ratio = speed ratio
+        return f"{statistics.median(ratios):.2f}x (per round {min(ratios):.2f}-{max(ratios):.2f})"
+
+    print(f"length_grouped vs one_at_a_time: {speedup('length_grouped', 'one_at_a_time')} chunks/s")
+    print(f"length_grouped vs batched (unsorted): {speedup('length_grouped', 'batched')} chunks/s")
+    print(f"stage on {len(records)} records: cold {statistics.median(seconds['stage_cold']):.3f} s, warm-cache rerun "
+          f"{statistics.median(seconds['stage_warm']):.3f} s: {speedup('stage_warm', 'stage_cold')} faster (what is "
+          "left is splitting, joining and the quality flags)")
+
 
 if __name__ == "__main__":
     main()
