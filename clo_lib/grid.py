@@ -37,7 +37,13 @@ from typing import Any, Callable
 
 from clo_lib.config import ConfigError, RunConfig, load_config, nest_dotted, read_yaml, save_config
 from clo_lib.io import atomic_write_json
-from clo_lib.provenance import config_fingerprint, evaluate_fingerprint, matches, train_fingerprint
+from clo_lib.provenance import (
+    CHECKPOINT_FINGERPRINT,
+    config_fingerprint,
+    evaluate_fingerprint,
+    matches,
+    train_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -154,13 +160,11 @@ def _training_records_now(cfg: RunConfig) -> list[dict] | None:
 
 def _checkpoints_of_another_run(stage: Stage) -> bool:
     """An unfinished run whose checkpoints were made under another fingerprint (training would refuse them)."""
-    from clo_lib.train import CHECKPOINT_FINGERPRINT
-
+    # the last stage's checkpoints, and those of earlier stages in folders of their own (sft_dpo: sft/)
     markers = [stage.workdir / "checkpoints" / CHECKPOINT_FINGERPRINT,
-               stage.workdir / "sft" / "checkpoints" / CHECKPOINT_FINGERPRINT]
-    present = [m for m in markers if m.is_file()]
+               *stage.workdir.glob(f"*/checkpoints/{CHECKPOINT_FINGERPRINT}")]
     return any(not matches(json.loads(m.read_text(encoding="utf-8")).get("fingerprint"),
-                           stage.expected_fingerprint()) for m in present)
+                           stage.expected_fingerprint()) for m in markers if m.is_file())
 
 
 def move_aside(grid: Grid, stale: list[Stage]) -> Path:

@@ -36,6 +36,8 @@ IGNORED = {
     "evaluate": _NEVER,
 }
 PARALLEL_KEYS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")
+# Written beside a training stage's checkpoints: the fingerprint (and config) they were made under.
+CHECKPOINT_FINGERPRINT = "clo_fingerprint.json"
 
 
 def digest(value: Any) -> str:

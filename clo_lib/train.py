@@ -50,9 +50,7 @@ from clo_lib.models import (
     training_autocast,
 )
 from clo_lib.pairs import METHOD_STAGES, TrainingStage, check_parallel
-from clo_lib.provenance import changed_settings, train_fingerprint
-
-CHECKPOINT_FINGERPRINT = "clo_fingerprint.json"
+from clo_lib.provenance import CHECKPOINT_FINGERPRINT, changed_settings, train_fingerprint
 
 
 class RunFolderError(ValueError):
@@ -113,7 +111,6 @@ def _make_trainer_class():
             super().log(logs, *args, **kwargs)
 
     return CLOTrainer
-
 
 
 class _ListDataset(torch.utils.data.Dataset):
