@@ -13,6 +13,7 @@ one sentence naming the file, the key, the value and what was expected, before a
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 import types
@@ -84,20 +85,30 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["oasst1", "alpaca", "hf", "jsonl", "toy"] = _field(
+    source: Literal["oasst1", "oasst2", "alpaca", "hf", "jsonl", "toy"] = _field(
         "oasst1",
-        "English SFT data: oasst1 (the paper's), an Alpaca JSON file, a hub dataset, a JSONL file, or the toy world.",
+        "English SFT data: oasst1 (the paper's; about 4,250 English first turns), oasst2, an Alpaca JSON file, a hub "
+        "dataset, a JSONL file, or the toy world.",
     )
     path: str | None = _field(None, "File path (alpaca, jsonl) or dataset id (hf); None uses the source's default.")
     instruction_field: str = _field("instruction", "Column holding the instruction (alpaca, hf, jsonl sources).")
     response_field: str = _field("output", "Column holding the response (alpaca, hf, jsonl sources).")
-    split: str = _field("train", "Dataset split to read.")
+    split: str = _field("train", "Dataset split to read; train+validation reads both (datasets' split syntax).")
+    oasst_turns: Literal["first", "all"] = _field(
+        "first", "oasst: each tree's first user turn (the paper's), or every user turn on the top-ranked path with "
+        "the turns before it as context in the instruction (assumed; more records)."
+    )
     size: int = _field(6400, "English examples a run trains on (paper: 6,400; sweep 200 to 6,400).", min=1)
     pool_size: int | None = _field(
-        None, "Examples to translate, the largest size of a sweep; None means `size`. Subsets are nested.", min=1
+        None, "Usable (unflagged) records the translation stage makes, the largest size of a sweep; it translates "
+        "until there are that many. None means `size`. Subsets are nested.", min=1
     )
     subset_seed: int = _field(0, "Seed of the permutation that nested subsets are cut from.")
     keep_flagged: bool = _field(False, "Keep records whose translation was flagged (empty, wrong language, loop).")
+    same_ids_across_languages: list[str] = _field(
+        [], "Languages whose runs must train on the same source examples: only ids usable in all their corpora "
+        "count (a grid's `same_ids_across_languages: true` fills in its languages). [] : each language its own."
+    )
 
 
 @dataclass
@@ -106,6 +117,7 @@ class TranslationConfig:
         "hf", "Translator: a hub seq2seq model via generate(), an OpenAI-compatible endpoint, or the toy world's."
     )
     model: str = _field("facebook/m2m100_1.2B", "Translation model (paper: M2M100 1.2B) or the endpoint's model.")
+    revision: str | None = _field(None, "Hub revision of the translation model to pin (hf backend); None: default.")
     batch_size: int = _field(16, "Texts per generate() call, grouped by length.", min=1)
     num_beams: int = _field(4, "Beam width (assumed: the paper does not say).", min=1)
     max_input_tokens: int = _field(200, "Longer texts are split into sentences or paragraphs under this.", min=8)
@@ -258,6 +270,46 @@ def nest_dotted(mapping: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def notebook_config(config_files: Any, overrides: Any, **fixed: Any) -> RunConfig:
+    """The run config from a notebook's parameters, however papermill hands them over.
+
+    config_files: a list of YAML paths, or the string `papermill -p` gives (one path, or a JSON/YAML list).
+    overrides: a mapping of dotted keys, or a string: key=value pairs separated by commas, or a JSON/YAML mapping.
+    fixed: the notebook's own parameters (language, output_dir); empty ones are left out.
+    Paths may be relative to the working folder, the repository root or notebooks/; a missing one names where it
+    was looked for.
+    """
+    if isinstance(config_files, str):
+        parsed = yaml.safe_load(config_files) if config_files.strip().startswith("[") else config_files
+        config_files = parsed if isinstance(parsed, list) else [config_files]
+    if not isinstance(config_files, list) or not config_files:
+        raise ConfigError(f"config_files = {config_files!r}; expected a list of YAML files (or one path).")
+    places = [Path.cwd(), PARAMS_DIR.parent, PARAMS_DIR.parent / "notebooks"]
+    files = []
+    for name in config_files:
+        found = next((place / str(name) for place in places if (place / str(name)).is_file()), None)
+        if found is None:
+            raise ConfigError(f"config_files: {name} does not exist (looked in {', '.join(map(str, places))}); "
+                              "expected a YAML file such as params/presets/toy.yaml.")
+        files.append(found)
+    if isinstance(overrides, str):
+        text = overrides.strip()
+        parsed = yaml.safe_load(text) if text.startswith("{") else None
+        if isinstance(parsed, dict):
+            overrides = parsed
+        elif not text:
+            overrides = {}
+        else:
+            pairs = re.split(r",\s*(?=[\w.]+\s*=)", text)
+            if not all("=" in pair for pair in pairs):
+                raise ConfigError(f"overrides = {overrides!r}; expected key=value pairs (train.method=sft, "
+                                  "train.lam=0.3) or a mapping.")
+            return load_config(*files, {k: v for k, v in fixed.items() if v}, overrides=pairs)
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"overrides = {overrides!r}; expected key=value pairs or a mapping.")
+    return load_config(*files, {k: v for k, v in fixed.items() if v}, nest_dotted(overrides))
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["train.lam=0.3", "language=sw"] -> {"train": {"lam": 0.3}, "language": "sw"} (values parsed as YAML)."""
     pairs: dict[str, Any] = {}
@@ -275,10 +327,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read one YAML mapping, turning a missing file, bad YAML or an empty file into a ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; expected a path to a YAML file.", source=str(path))
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; expected a path to a YAML file.", source=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte {err.start}); expected a YAML file.",
+                          source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -429,8 +488,8 @@ def _coerce(hint: Any, value: Any, key: str, meta: dict, origin: dict) -> Any:
                 number = float(value)
             except ValueError:
                 pass
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise _fail(origin, key, value, _range_text("a number", meta))
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise _fail(origin, key, value, _range_text("a finite number", meta))
         _check_range(number, key, meta, origin, "a number")
         return float(number)
     if hint is str:
@@ -473,6 +532,10 @@ def _check_consistency(config: RunConfig, origin: dict) -> None:
                     f"a known language code{hint}: {', '.join(sorted(c for c in LANGUAGES if c != 'en'))}")
     if config.language == SOURCE_LANGUAGE:
         raise _fail(origin, "language", config.language, "a target language other than English")
+    for lang in config.data.same_ids_across_languages:
+        if lang not in LANGUAGES or lang == SOURCE_LANGUAGE:
+            raise _fail(origin, "data.same_ids_across_languages", config.data.same_ids_across_languages,
+                        "a list of target language codes")
     for lang in config.eval.mc_tasks:
         if lang not in LANGUAGES:
             raise _fail(origin, f"eval.mc_tasks.{lang}", config.eval.mc_tasks[lang], "a known language code as key")

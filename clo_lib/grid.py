@@ -50,7 +50,7 @@ NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"translate": "01_translate.ipynb", "train": "02_train.ipynb", "evaluate": "03_evaluate.ipynb",
                "analyze": "04_analyze.ipynb"}
 GRID_KEYS = {"name", "description", "output_dir", "layers", "overrides", "models", "slices", "base", "prepare",
-             "resources"}
+             "resources", "same_ids_across_languages"}
 SLICE_KEYS = {"models", "languages", "methods", "sizes", "seeds", "overrides"}
 STAGE_KINDS = ("prepare", "translate", "train", "evaluate", "analyze")
 
@@ -85,8 +85,9 @@ class Stage:
             marker = json.loads(self.done_file.read_text(encoding="utf-8"))
             if not matches(marker.get("fingerprint"), self.expected_fingerprint()):
                 return "stale"
-            if self.kind == "translate" and marker.get("records", 0) < (self.config.data.pool_size or 0):
-                return "pending"  # a larger size joined the grid: translating again extends the corpus (cached)
+            if self.kind == "translate" and marker.get("usable_records", 0) < (self.config.data.pool_size or 0):
+                # a larger size joined the grid, or the corpus came out short: translating again extends it
+                return "failed" if self.failed_file.exists() else "pending"
             return "done"
         if self.kind == "train" and _checkpoints_of_another_run(self):
             return "stale"
@@ -136,26 +137,17 @@ def states(stages: list[Stage]) -> dict[str, str]:
     return result
 
 
-_CORPUS_CACHE: dict[tuple, list[dict]] = {}
-
-
 def _training_records_now(cfg: RunConfig) -> list[dict] | None:
-    """The records a run of `cfg` would train on from the corpus as it is now; None before it is translated."""
-    import warnings
+    """The records a run of `cfg` would train on from the corpus as it is now; None when it cannot train yet (no
+    corpus, or too short: the training stage says so when it runs)."""
+    from clo_lib.data import corpus_dir, run_records
 
-    from clo_lib.data import training_records
-    from clo_lib.io import read_jsonl
-    from clo_lib.translate import corpus_dir
-
-    corpus = corpus_dir(cfg) / "parallel.jsonl"
-    if not corpus.is_file():
+    if not (corpus_dir(cfg) / "parallel.jsonl").is_file():
         return None
-    key = (str(corpus.resolve()), corpus.stat().st_mtime_ns)
-    if key not in _CORPUS_CACHE:
-        _CORPUS_CACHE[key] = list(read_jsonl(corpus))
-    with warnings.catch_warnings():  # a short corpus is the training stage's to report
-        warnings.simplefilter("ignore")
-        return training_records(_CORPUS_CACHE[key], cfg.data.size, cfg.data.keep_flagged)
+    try:
+        return run_records(cfg)
+    except (ValueError, FileNotFoundError):
+        return None
 
 
 def _checkpoints_of_another_run(stage: Stage) -> bool:
@@ -204,6 +196,35 @@ def _as_list(value: Any, where: str, path: Path) -> list:
     raise GridError(f"{path}: {where} = {value!r}; expected a list")
 
 
+def _check_type(value: Any, kind: type, where: str, expected: str, path: Path) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise GridError(f"{path}: {where} = {value!r}; expected {expected}")
+
+
+def _mapping(value: Any, where: str, path: Path) -> dict:
+    """A mapping of config overrides (dotted keys allowed), or {} for nothing."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{path}: {where} = {value!r}; expected a mapping of config keys to values "
+                        "(e.g. {train.lam: 0.3})")
+    return value
+
+
+def _strings(value: Any, where: str, expected: str, path: Path) -> list[str]:
+    items = _as_list(value, where, path)
+    if not all(isinstance(item, str) for item in items):
+        raise GridError(f"{path}: {where} = {value!r}; expected a list of {expected}")
+    return items
+
+
+def _whole_numbers(value: Any, where: str, minimum: int, path: Path) -> list[int]:
+    items = _as_list(value, where, path)
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in items):
+        raise GridError(f"{path}: {where} = {value!r}; expected a list of whole numbers ≥ {minimum}")
+    return items
+
+
 def _check_keys(data: dict, allowed: set[str], where: str, path: Path) -> None:
     for key in data:
         if key not in allowed:
@@ -237,19 +258,28 @@ def load_grid(path: str | Path) -> Grid:
     if not isinstance(data, dict):
         raise GridError(f"{path}: expected a mapping of grid keys (name, models, slices, ...)")
     _check_keys(data, GRID_KEYS, "", path)
+    for key in ("name", "description", "output_dir"):
+        _check_type(data.get(key), str, key, "a string", path)
+    _check_type(data.get("base", True), bool, "base", "true or false", path)
     name = str(data.get("name") or path.stem)
     output_dir = Path(data.get("output_dir") or f"outputs/{name}")
-    layers = [_layer_path(layer, path) for layer in _as_list(data.get("layers"), "layers", path)]
-    common = data.get("overrides") or {}
+    layers = [_layer_path(layer, path) for layer in _strings(data.get("layers"), "layers", "YAML files", path)]
+    common = _mapping(data.get("overrides"), "overrides", path)
     models = data.get("models")
     if not isinstance(models, dict) or not models:
         raise GridError(f"{path}: models must map a short label to its config overrides, e.g. "
                         "{llama3-8b: {model: {name_or_path: meta-llama/Meta-Llama-3-8B}}}")
+    for label, settings in models.items():
+        _mapping(settings, f"models.{label}", path)
     slices = _as_list(data.get("slices"), "slices", path)
     if not slices:
         raise GridError(f"{path}: slices is empty; expected at least one of languages x methods x sizes x seeds")
-    resources = data.get("resources") or {}
+    resources = _mapping(data.get("resources"), "resources", path)
     _check_keys(resources, set(STAGE_KINDS), "resources.", path)
+    for kind, settings in resources.items():
+        if not isinstance(settings, dict):
+            raise GridError(f"{path}: resources.{kind} = {settings!r}; expected a mapping of submitit parameters "
+                            "(gpus_per_node, mem_gb, timeout_min, ...)")
 
     # 1. the runs: the union of every slice's product, in a stable order
     wanted: dict[str, dict] = {}
@@ -264,11 +294,16 @@ def load_grid(path: str | Path) -> Grid:
         for field_name in ("languages", "methods", "sizes"):
             if not piece.get(field_name):
                 raise GridError(f"{path}: slice {number} has no {field_name}; expected a list")
+        languages = _strings(piece["languages"], f"slice {number} languages", "language codes", path)
+        methods = _strings(piece["methods"], f"slice {number} methods", "method names", path)
+        sizes = _whole_numbers(piece["sizes"], f"slice {number} sizes", 1, path)
+        seeds = _whole_numbers(piece.get("seeds", [0]), f"slice {number} seeds", 0, path)
+        _mapping(piece.get("overrides"), f"slice {number} overrides", path)
         for label in labels:
-            for lang in _as_list(piece["languages"], "languages", path):
-                for method in _as_list(piece["methods"], "methods", path):
-                    for size in _as_list(piece["sizes"], "sizes", path):
-                        for seed in _as_list(piece.get("seeds", [0]), "seeds", path):
+            for lang in languages:
+                for method in methods:
+                    for size in sizes:
+                        for seed in seeds:
                             rid = run_id(label, lang, method, size, seed)
                             wanted.setdefault(rid, {"model": label, "lang": lang, "method": method, "size": size,
                                                     "seed": seed, "overrides": piece.get("overrides") or {}})
@@ -276,11 +311,17 @@ def load_grid(path: str | Path) -> Grid:
     pool = {}  # the largest size each language needs: translated once, cut into nested subsets
     for spec in wanted.values():
         pool[spec["lang"]] = max(pool.get(spec["lang"], 0), int(spec["size"]))
+    same_ids = data.get("same_ids_across_languages", False)
+    if not isinstance(same_ids, bool):
+        raise GridError(f"{path}: same_ids_across_languages = {same_ids!r}; expected true or false")
+    # Every language trains on the same source examples: only ids usable in all the grid's corpora count.
+    shared_languages = sorted(pool) if same_ids else []
 
     def resolve(spec: dict, label_for_error: str) -> RunConfig:
         layer = {"language": spec["lang"], "name": label_for_error, "seed": spec["seed"],
                  "output_dir": str(output_dir),
-                 "data": {"size": max(1, int(spec["size"])), "pool_size": pool[spec["lang"]]},
+                 "data": {"size": max(1, int(spec["size"])), "pool_size": pool[spec["lang"]],
+                          **({"same_ids_across_languages": shared_languages} if same_ids else {})},
                  "train": {"method": spec.get("method_for_config", spec["method"])}}
         try:
             return load_config(*layers, nest_dotted(common), nest_dotted(models[spec["model"]] or {}),
@@ -291,8 +332,11 @@ def load_grid(path: str | Path) -> Grid:
     stages: dict[str, Stage] = {}
     prepare_ids = []
     for number, item in enumerate(_as_list(data.get("prepare"), "prepare", path), 1):
-        if not isinstance(item, dict) or not {"id", "command", "done"} <= set(item):
-            raise GridError(f"{path}: prepare item {number} needs id, command (a list) and done (a file it makes)")
+        if (not isinstance(item, dict) or not {"id", "command", "done"} <= set(item)
+                or not isinstance(item["command"], list) or not all(isinstance(c, (str, int)) for c in item["command"])
+                or not isinstance(item["id"], str) or not isinstance(item["done"], str)):
+            raise GridError(f"{path}: prepare item {number} = {item!r}; expected id (a name), command (a list of "
+                            "words) and done (a file it makes)")
         stage = Stage(id=f"prepare/{item['id']}", kind="prepare", workdir=output_dir / "prepare",
                       done_file=Path(item["done"]), command=[str(c) for c in item["command"]])
         stages[stage.id] = stage
@@ -313,7 +357,7 @@ def load_grid(path: str | Path) -> Grid:
         run_dir = output_dir / rid
         facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed")}
         sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
-        train_deps = [f"translate/{spec['lang']}"] + prepare_ids
+        train_deps = [f"translate/{lang}" for lang in (shared_languages or [spec["lang"]])] + prepare_ids
         if spec["method"] == "sft_dpo" and sft in wanted and cfg.train.trainable != "lora":
             # SFT+DPO's first stage is exactly the SFT run: start from its weights instead of training it again.
             cfg.train.init_from = str(output_dir / sft / "model")

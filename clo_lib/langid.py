@@ -14,6 +14,20 @@ from typing import Sequence
 from clo_lib.languages import get_language
 
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
+# Spans that are not prose in any language: fenced code, inline code, URLs. Translation never sends them to the
+# model (clo_lib.translate); language ID never looks at them, nor at bare numbers.
+CODE_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+PROTECTED_SPAN = re.compile(r"`[^`\n]+`|https?://\S+|www\.\S+")
+_NUMBER = re.compile(r"(?<![^\W\d_])[-+]?\d[\d.,:/%]*(?![^\W\d_])")
+
+
+def prose(text: str) -> str:
+    """`text` without code blocks, inline code, URLs and bare numbers: what language ID should judge.
+
+    An answer that is mostly a code block, or a sum, says nothing about its language; left in, code reads as
+    English to a detector and digits add noise.
+    """
+    return _NUMBER.sub(" ", PROTECTED_SPAN.sub(" ", CODE_FENCE.sub(" ", text or "")))
 
 
 @lru_cache(maxsize=16)
@@ -35,8 +49,10 @@ def _code_of(lingua_name: str, codes: Sequence[str]) -> str:
 
 
 def detect(text: str, codes: Sequence[str], min_confidence: float = 0.5) -> tuple[str | None, float]:
-    """(code, confidence) of the most likely of `codes`; code None when the text has no letters or is unsure."""
-    if not _LETTERS.search(text or ""):
+    """(code, confidence) of the most likely of `codes` for the prose of `text` (see `prose`); code None when
+    there is no prose with letters or the detector is unsure."""
+    text = prose(text)
+    if not _LETTERS.search(text):
         return None, 0.0
     values = detector(tuple(sorted(set(codes)))).compute_language_confidence_values(text)
     if not values:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,28 @@ def training_autocast(dtype: torch.dtype, device: torch.device):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_source(name_or_path: str, key: str = "model.name_or_path") -> None:
+    """Before any weight loads: a local folder that holds a model (or a kit run's model/), or a hub id.
+
+    One sentence instead of transformers' traceback for the usual slips: a path that does not exist, a file, a
+    folder without a model. A name shaped like a hub id (organisation/name) is left to the hub.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        raise ConfigError(f"{key} = {name_or_path!r} is a file; expected a model folder (with config.json) or a "
+                          "hub id.", key=key)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("config.json", MANIFEST, "adapter_config.json")):
+            raise ConfigError(f"{key} = {name_or_path!r} holds no config.json (nor a trained run's {MANIFEST}); "
+                              "expected a model folder or a hub id.", key=key)
+        return
+    if not _HUB_ID.match(str(name_or_path)):
+        raise ConfigError(f"{key} = {name_or_path!r}: no such folder here, and not a hub id (organisation/name); "
+                          "expected a model folder or a hub id.", key=key)
 
 
 def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | Path | None = None, backend: str | None = None,

@@ -29,6 +29,9 @@ from pathlib import Path
 from clo_lib.pairs import DEFAULT_PROMPT_TEMPLATE
 
 LANGS = ("en", "zh", "de", "ko", "id", "sw", "yo")
+# Raised whenever what the world generates changes (questions, answers, translations, the base model's corpus): a
+# cached world or cached toy translations of another version are not reused.
+WORLD_VERSION = 1
 
 # thing -> its name per language (German with its article, as the sentences need it)
 THINGS: dict[str, dict[str, str]] = {
@@ -364,14 +367,14 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
     summary_file = out / "world.json"
     if summary_file.is_file() and (out / "base_model" / "config.json").is_file():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        if summary.get("seed") == seed and summary.get("epochs") == epochs:
-            log(f"toy world already built in {out} (seed {seed}); delete it to rebuild")
+        if (summary.get("seed"), summary.get("epochs"), summary.get("version")) == (seed, epochs, WORLD_VERSION):
+            log(f"toy world already built in {out} (seed {seed}, version {WORLD_VERSION}); delete it to rebuild")
             return summary
     for lang in TARGETS:
         write_jsonl(out / f"eval_{lang}.jsonl", heldout_prompts(lang))
     pool, heldout = split_items()
     stats = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log)
-    summary = {"seed": seed, "epochs": epochs, "sft_pool": len(pool), "heldout": len(heldout),
+    summary = {"version": WORLD_VERSION, "seed": seed, "epochs": epochs, "sft_pool": len(pool), "heldout": len(heldout),
                "languages": list(LANGS), "pretraining": stats}
     atomic_write_json(summary_file, summary)  # written last: its presence means the world is complete
     return summary

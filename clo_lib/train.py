@@ -31,13 +31,14 @@ from clo_lib.batches import (
     with_response_labels,
 )
 from clo_lib.config import ConfigError, RunConfig, load_config, read_yaml, save_config
-from clo_lib.data import training_records
-from clo_lib.io import atomic_write_json, read_jsonl
+from clo_lib.data import run_records
+from clo_lib.io import atomic_write_json
 from clo_lib.logps import add_reference_logps, enable_response_logps, sft_response_loss
 from clo_lib.loss import clo_loss_tensors
 from clo_lib.memory import preflight as preflight_memory
 from clo_lib.models import (
     BackendError,
+    check_model_source,
     check_training_precision,
     count_trainable,
     folder_bytes,
@@ -259,7 +260,11 @@ def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> 
 
     check_parallel(parallel)  # bad records are refused before anything is written or loaded
     check_training_precision(cfg)
+    check_model_source(*((cfg.train.init_from, "train.init_from") if cfg.train.init_from else
+                         (cfg.model.name_or_path, "model.name_or_path")))
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"{out_dir} is a file; expected a folder for the run (new, or this run's own).")
     fingerprint = train_fingerprint(cfg, parallel)
     finished = _finished_run(out_dir, cfg, fingerprint)
     if finished is not None:
@@ -325,14 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(*args.configs, overrides=args.overrides)
-        if not Path(args.parallel).is_file():
-            raise ConfigError(f"--parallel {args.parallel} does not exist; expected the translation stage's JSONL.")
-        parallel = list(read_jsonl(args.parallel))
-        check_parallel(parallel)
-        # The corpus is in seeded-permutation order: the first data.size unflagged records are this run's subset.
-        parallel = training_records(parallel, cfg.data.size, cfg.data.keep_flagged)
+        # The corpus is in seeded-permutation order: the first data.size usable records are this run's subset.
+        parallel = run_records(cfg, args.parallel)
         log = train_run(cfg, parallel, args.out)
-    except (ConfigError, BackendError, ValueError) as err:
+    except (ConfigError, BackendError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     last = log["stages"][-1]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import sys
 import time
@@ -32,8 +33,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from clo_lib.config import ConfigError, RunConfig, TranslationConfig, load_config
+from clo_lib.data import corpus_dir
 from clo_lib.endpoint import EndpointError
 from clo_lib.io import append_jsonl, atomic_write_json, atomic_write_text, write_jsonl
+from clo_lib.langid import CODE_FENCE, PROTECTED_SPAN
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -87,8 +90,6 @@ def model_for_pair(model: str, src: str, tgt: str) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Splitting texts into chunks, and joining the translations back
 
-_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
-_PROTECTED = re.compile(r"`[^`\n]+`|https?://\S+|www\.\S+")
 _LINE_PREFIX = re.compile(r"^\s*(?:[-*+•]|\d+[.)]|#{1,6}|>)?\s*")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
 
@@ -135,7 +136,7 @@ def segment(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> l
             if prefix:
                 pieces.append((False, prefix))
             position = 0
-            for match in _PROTECTED.finditer(rest):
+            for match in PROTECTED_SPAN.finditer(rest):
                 add_words(rest[position:match.start()])
                 pieces.append((False, match.group(0)))
                 position = match.end()
@@ -166,7 +167,7 @@ def segment(text: str, count_tokens: Callable[[str], int], max_tokens: int) -> l
             pieces.append((False, tail))
 
     position = 0
-    for match in _FENCE.finditer(text):
+    for match in CODE_FENCE.finditer(text):
         add_prose(text[position:match.start()])
         pieces.append((False, match.group(0)))
         position = match.end()
@@ -214,7 +215,7 @@ class HFTranslator(Translator):
     backend = "hf"
 
     def __init__(self, model: str, src: str, tgt: str, num_beams: int = 4, max_input_tokens: int = 200,
-                 max_new_tokens: int = 256, device: str = "auto"):
+                 max_new_tokens: int = 256, device: str = "auto", revision: str | None = None):
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -232,8 +233,8 @@ class HFTranslator(Translator):
         from clo_lib.data import hub_errors
 
         with hub_errors(f"translation model {path!r}"):
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.net = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+            self.net = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=dtype, revision=revision).to(device).eval()
         self.num_beams, self.max_input_tokens, self.max_new_tokens = num_beams, max_input_tokens, max_new_tokens
         self.generate_kwargs: dict[str, Any] = {}
         self._language_token_ids = set(getattr(self.tokenizer, "lang_token_to_id", {}).values())
@@ -323,7 +324,26 @@ def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
     if cfg.backend == "openai":
         return OpenAITranslator(cfg.model, cfg.api_base_url, cfg.api_key_env, concurrency=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens)
-    return HFTranslator(cfg.model, src, tgt, cfg.num_beams, cfg.max_input_tokens, cfg.max_new_tokens, cfg.device)
+    return HFTranslator(cfg.model, src, tgt, cfg.num_beams, cfg.max_input_tokens, cfg.max_new_tokens, cfg.device,
+                        cfg.revision)
+
+
+def translation_settings(cfg: TranslationConfig) -> dict[str, Any]:
+    """What, besides backend, model, languages and text, changes a translation: part of every cache key."""
+    if cfg.backend == "toy":
+        from clo_lib import toyworld
+
+        return {"generator": toyworld.WORLD_VERSION}
+    if cfg.backend == "openai":
+        return {"max_new_tokens": cfg.max_new_tokens, "system_prompt": TRANSLATOR_SYSTEM_PROMPT}
+    return {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens, "revision": cfg.revision}
+
+
+def translation_cache(cfg: RunConfig) -> "TranslationCache":
+    """The run's translation cache: shared by all runs of an output folder, keyed by every setting that matters."""
+    tcfg = cfg.translation
+    return TranslationCache(cache_dir(cfg), tcfg.backend, tcfg.model, SOURCE_LANGUAGE, cfg.language,
+                            translation_settings(tcfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,14 +351,17 @@ def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
 
 
 class TranslationCache:
-    """Chunk translations on disk, keyed by sha256 of (backend, model, src, tgt, text).
+    """Chunk translations on disk, keyed by sha256 of (backend, model, src, tgt, settings, text).
 
-    Each line carries its key and a checksum of the translation; a line that does not parse or check out (a run
-    killed mid-write) is dropped on load, the file is rewritten without it, and its chunk is translated again.
+    `settings` are whatever else changes a translation (see `translation_settings`): entries made under other
+    settings stay in the file for those settings but are never served for these. Each line carries its key and a
+    checksum of the translation; a line that does not parse or check out (a run killed mid-write) is dropped on
+    load, the file is rewritten without it, and its chunk is translated again.
     """
 
-    def __init__(self, directory: str | Path, backend: str, model: str, src: str, tgt: str):
-        self.identity = (backend, model, src, tgt)
+    def __init__(self, directory: str | Path, backend: str, model: str, src: str, tgt: str,
+                 settings: dict[str, Any] | None = None):
+        self.identity = (backend, model, src, tgt, json.dumps(settings or {}, sort_keys=True))
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-80:]
         self.path = Path(directory) / f"{backend}__{slug}__{src}-{tgt}.jsonl"
         self.entries: dict[str, str] = {}
@@ -362,15 +385,15 @@ class TranslationCache:
                 continue
             try:
                 entry = json.loads(line)
-                valid = (entry["k"] == self.key(entry["src"]) and isinstance(entry["out"], str)
-                         and entry["sum"] == self._checksum(entry["out"]))
+                valid = isinstance(entry["out"], str) and entry["sum"] == self._checksum(entry["out"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 valid = False
-            if valid:
-                self.entries[entry["k"]] = entry["out"]
-                good_lines.append(line)
-            else:
+            if not valid:
                 self.corrupt_lines += 1
+                continue
+            good_lines.append(line)
+            if entry["k"] == self.key(entry["src"]):  # else made under other settings: kept, not served
+                self.entries[entry["k"]] = entry["out"]
         if self.corrupt_lines:
             atomic_write_text(self.path, "".join(line + "\n" for line in good_lines))
 
@@ -445,8 +468,7 @@ def quality_flags(source: str, translation: str, tgt: str, max_length_ratio: flo
             flags.append("too_short")
         elif ratio > max_length_ratio:
             flags.append("too_long")
-    prose = _PROTECTED.sub(" ", _FENCE.sub(" ", translation))
-    detected, _ = langid.detect(prose, [SOURCE_LANGUAGE, tgt], lid_min_confidence)
+    detected, _ = langid.detect(translation, [SOURCE_LANGUAGE, tgt], lid_min_confidence)  # on its prose only
     if detected is not None and detected != tgt:
         flags.append("wrong_language")
     out_repeats = _max_ngram_repeats(translation)
@@ -492,22 +514,20 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
     return parallel, stats
 
 
-def corpus_dir(cfg: RunConfig) -> Path:
-    """Where a language's parallel corpus lives: `<output_dir>/data/<lang>/`."""
-    return Path(cfg.output_dir) / "data" / cfg.language
-
-
 def cache_dir(cfg: RunConfig) -> Path:
     return Path(cfg.translation.cache_dir or Path(cfg.output_dir) / "cache" / "translations")
 
 
 def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress: bool = True,
                     english: Any = None) -> dict[str, Any]:
-    """Load the English set, cut the pool, translate, flag, and write parallel.jsonl, dataset/ and report.{json,md}.
+    """Load the English set, translate it in one seeded order until `data.pool_size` (or `data.size`) records are
+    usable (unflagged, unless data.keep_flagged), and write parallel.jsonl, dataset/ and report.{json,md}.
 
+    A source with fewer records than that is refused before anything is translated. If every source record is
+    translated and still too few are usable, the corpus and its report are written and ShortCorpusError is raised.
     english: the `LoadedData` already read by the caller (the notebook shows it first), so it is not read twice.
     """
-    from clo_lib.data import load_english
+    from clo_lib.data import OASST_HINT, ShortCorpusError, load_english, usable_records
     from clo_lib.pairs import nested_subset
     from clo_lib.provenance import config_fingerprint
 
@@ -515,28 +535,49 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
     tcfg, tgt = cfg.translation, cfg.language
     check_pair(tcfg, SOURCE_LANGUAGE, tgt)  # before reading data or loading a model
     loaded = english if english is not None else load_english(cfg.data)
-    pool_size = cfg.data.pool_size or cfg.data.size
-    if pool_size > len(loaded.records):
-        raise ValueError(f"data.pool_size (or data.size) = {pool_size} but {loaded.summary()}; "
-                         "lower it or use a larger source")
-    # The corpus is stored in the order of one seeded permutation: training takes its first N usable records.
-    pool = nested_subset(loaded.records, pool_size, cfg.data.subset_seed)
-    cache = TranslationCache(cache_dir(cfg), tcfg.backend, tcfg.model, SOURCE_LANGUAGE, tgt)
+    needed = cfg.data.pool_size or cfg.data.size
+    if needed > len(loaded.records):
+        raise ShortCorpusError(f"data.pool_size (or data.size) = {needed} but {loaded.summary()}; lower it or use "
+                               f"a larger source{OASST_HINT if cfg.data.source in ('oasst1', 'oasst2') else ''}")
+    # The whole source in one seeded order; the corpus is a prefix of it, so training's first N usable records
+    # (and a larger corpus made later) keep the nesting.
+    order = nested_subset(loaded.records, len(loaded.records), cfg.data.subset_seed)
+    cache = translation_cache(cfg)
     corrupt = cache.corrupt_lines
     translator = make_translator(tcfg, SOURCE_LANGUAGE, tgt)
-    parallel, stats = translate_records(pool, translator, cache, tgt, tcfg, progress)
+    parallel: list[dict] = []
+    totals: Counter = Counter()
+    batch = needed
+    while True:
+        part, stats = translate_records(order[len(parallel): len(parallel) + batch], translator, cache, tgt, tcfg,
+                                        progress)
+        parallel += part
+        totals.update({k: v for k, v in stats.items() if k in ("chunks", "translated", "cached", "seconds")})
+        usable = len(usable_records(parallel, cfg.data.keep_flagged))
+        if usable >= needed or len(parallel) == len(order):
+            break
+        # Translate as many more as the usable share so far says are missing, with a margin.
+        share = max(usable / len(parallel), 0.05)
+        batch = math.ceil((needed - usable) / share * 1.1) + 1
     flag_counts = Counter(flag for record in parallel for flag in record["flags"])
     report = {
         "language": tgt, "backend": tcfg.backend, "model": tcfg.model, "source": loaded.source,
         "source_records": len(loaded.records), "skipped_source_rows": [list(s) for s in loaded.skipped],
-        "records": len(parallel), "flagged_records": sum(bool(r["flags"]) for r in parallel),
+        "records": len(parallel), "usable_records": usable, "needed_records": needed,
+        "flagged_records": sum(bool(r["flags"]) for r in parallel),
         "flags": dict(sorted(flag_counts.items())), "cache_file": str(cache.path),
-        "cache_corrupt_lines_redone": corrupt, **stats,
+        "cache_corrupt_lines_redone": corrupt, **totals, "seconds": round(totals["seconds"], 3),
+        "chunks_per_s": round(totals["translated"] / totals["seconds"], 2) if totals["seconds"] else None,
         "fingerprint": config_fingerprint(cfg, "translate"),
     }
     write_parallel(out_dir, parallel)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", report_markdown(report, parallel))
+    if usable < needed:
+        raise ShortCorpusError(f"all {len(parallel)} records of {loaded.source} are translated and {usable} are "
+                               f"usable ({report['flagged_records']} flagged), fewer than the {needed} needed; the "
+                               f"corpus is in {out_dir}: lower data.pool_size, set data.keep_flagged, or use a "
+                               "larger source")
     return report
 
 
@@ -571,7 +612,7 @@ def report_markdown(report: dict, parallel: Sequence[dict], examples: int = 3) -
              f"{len(report['skipped_source_rows'])} rows skipped)",
              f"- backend: {report['backend']}, model: {report['model']}",
              f"- records: {report['records']}, flagged: {report['flagged_records']} (dropped from training unless "
-             "data.keep_flagged)",
+             f"data.keep_flagged); usable: {report['usable_records']} of the {report['needed_records']} needed",
              f"- chunks: {report['chunks']} distinct, {report['translated']} translated now, {report['cached']} "
              f"from the cache, {report['seconds']} s" + (f", {report['chunks_per_s']} chunks/s"
                                                          if report["chunks_per_s"] else ""), ""]

@@ -5,7 +5,14 @@ import json
 import pytest
 
 from clo_lib.config import load_config
-from clo_lib.data import english_from_rows, load_english, oasst1_conversations, read_rows, training_records
+from clo_lib.data import (
+    ShortCorpusError,
+    english_from_rows,
+    load_english,
+    oasst_conversations,
+    read_rows,
+    run_records,
+)
 
 
 def oasst_messages():
@@ -17,7 +24,10 @@ def oasst_messages():
         msg("p1", None, "prompter", "What is CLO?"),
         msg("a1", "p1", "assistant", "A second-best answer.", rank=1),
         msg("a2", "p1", "assistant", "Cross-lingual optimization.", rank=0),
-        msg("u2", "a2", "prompter", "A second user turn, not used."),
+        msg("u2", "a2", "prompter", "And in one line?", rank=0),  # a second turn on the top-ranked path
+        msg("a7", "u2", "assistant", "Training on answers that differ only in language.", rank=0),
+        msg("u3", "a1", "prompter", "Off the top path.", rank=0),  # below a rank-1 reply
+        msg("a8", "u3", "assistant", "Not used.", rank=0),
         msg("p2", None, "prompter", "Wie geht es?", lang="de"),  # not English
         msg("a3", "p2", "assistant", "Gut.", lang="de", rank=0),
         msg("p3", None, "prompter", "Unranked prompt"),  # no rank-0 reply: not top-ranked
@@ -30,10 +40,34 @@ def oasst_messages():
 
 
 def test_oasst1_takes_first_turn_and_rank0_reply_of_english_trees():
-    loaded = oasst1_conversations(oasst_messages())
+    loaded = oasst_conversations(oasst_messages())
     assert [(r["prompt_en"], r["response_en"]) for r in loaded.records] == [
         ("What is CLO?", "Cross-lingual optimization."), ("Name a colour.", "Blue.")]
-    assert loaded.skipped == [(8, "text missing or empty")]
+    assert loaded.skipped == [(11, "text missing or empty")]  # the empty prompt p4
+
+
+def test_oasst_all_turns_adds_later_top_ranked_turns_with_their_context():
+    loaded = oasst_conversations(oasst_messages(), turns="all", source="oasst2")
+    records = {r["id"]: r for r in loaded.records}
+    assert set(records) == {"oasst2-p1", "oasst2-u2", "oasst2-p5"}  # not u3: it hangs below a rank-1 reply
+    assert records["oasst2-u2"]["prompt_en"] == ("Earlier in this conversation:\nUser: What is CLO?\n"
+                                                 "Assistant: Cross-lingual optimization.\n\nAnd in one line?")
+    assert records["oasst2-u2"]["response_en"] == "Training on answers that differ only in language."
+
+
+def test_a_short_source_is_refused_before_anything_is_translated(tmp_path, monkeypatch):
+    """The paper's 6,400 is more than oasst1's ~4,250 English first turns: the error names the count, and for
+    oasst what reaches more, before a translator is made."""
+    import clo_lib.translate as translate
+
+    messages = tmp_path / "oasst.jsonl"
+    messages.write_text("".join(json.dumps(m) + "\n" for m in oasst_messages()))
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": {"path": str(messages), "size": 3}})
+    monkeypatch.setattr(translate, "make_translator", lambda *a: pytest.fail("a translator was made"))
+    with pytest.raises(ShortCorpusError, match=r"data.pool_size \(or data.size\) = 3 but 2 English records from "
+                                               r"oasst1.*try data.split: train\+validation"):
+        translate.run_translation(cfg, progress=False)
+    assert not (tmp_path / "data").exists()
 
 
 def test_alpaca_input_joins_the_instruction_and_bad_rows_are_reported(tmp_path):
@@ -78,13 +112,59 @@ def test_toy_source_is_the_toy_worlds_sft_pool():
     assert len(records) == len(toyworld.split_items()[0]) and set(records[0]) == {"id", "prompt_en", "response_en"}
 
 
-def test_training_records_drop_flagged_before_the_cut_and_stay_nested():
-    corpus = [{"id": i, "flags": ["response:empty"] if i % 5 == 0 else []} for i in range(20)]
-    small, large = training_records(corpus, 4), training_records(corpus, 8)
+def _corpus(tmp_path, lang, flagged=(), n=20):
+    folder = tmp_path / "data" / lang
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"id": i, "lang": lang, "prompt_en": f"Q{i}?", "response_en": f"A{i}.", "prompt_tgt": f"S{i}?",
+             "response_tgt": f"J{i}.", "flags": ["response:empty"] if i in flagged else []} for i in range(n)]
+    (folder / "parallel.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "parallel.jsonl"
+
+
+def _cfg(tmp_path, size, lang="sw", **data):
+    return load_config({"language": lang, "output_dir": str(tmp_path), "data": {"size": size, **data}})
+
+
+def test_run_records_drop_flagged_before_the_cut_stay_nested_and_refuse_to_run_short(tmp_path):
+    _corpus(tmp_path, "sw", flagged=(0, 5, 10, 15))
+    small, large = run_records(_cfg(tmp_path, 4)), run_records(_cfg(tmp_path, 8))
     assert [r["id"] for r in small] == [1, 2, 3, 4] and large[:4] == small
-    assert len(training_records(corpus, 8, keep_flagged=True)) == 8 and training_records(corpus, 1, True)[0]["id"] == 0
-    with pytest.warns(UserWarning, match="16 usable records"):
-        assert len(training_records(corpus, 18)) == 16
+    assert [r["id"] for r in run_records(_cfg(tmp_path, 8, keep_flagged=True))][:1] == [0]
+    # a run labelled 18 examples used to train on the 16 there were, with a warning
+    with pytest.raises(ShortCorpusError, match=r"data.size = 18 but .*parallel.jsonl has 16 usable records "
+                                               r"\(4 flagged\); translate more"):
+        run_records(_cfg(tmp_path, 18))
+
+
+def test_same_ids_across_languages_trains_every_language_on_the_same_examples(tmp_path):
+    _corpus(tmp_path, "sw", flagged=(1, 2))
+    _corpus(tmp_path, "ko", flagged=(3,))
+    alone = {lang: [r["id"] for r in run_records(_cfg(tmp_path, 5, lang))] for lang in ("sw", "ko")}
+    assert alone == {"sw": [0, 3, 4, 5, 6], "ko": [0, 1, 2, 4, 5]}  # different examples per language
+    shared = {lang: [r["id"] for r in run_records(_cfg(tmp_path, 5, lang, same_ids_across_languages=["sw", "ko"]))]
+              for lang in ("sw", "ko")}
+    assert shared["sw"] == shared["ko"] == [0, 4, 5, 6, 7]
+    with pytest.raises(ShortCorpusError, match="names de, but .*data/de/parallel.jsonl does not exist"):
+        run_records(_cfg(tmp_path, 5, "sw", same_ids_across_languages=["sw", "de"]))
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"id": 1, "lang": "sw", "prompt_en": "Q", "response_en": "A", "prompt_tgt": "S", "response_tgt": "J"}\n'
+     '{"id": 2, "lang": "sw", "prompt_en": "Q2", "respo', r"parallel.jsonl:2: not a JSON object .*a truncated line"),
+    ('\n\n{"id": 1, "lang": "sw", "prompt_en": "Q", "response_en": "A", "prompt_tgt": "S"}\n',
+     r"parallel.jsonl:3: field 'response_tgt' is missing or empty"),
+    ("", r"parallel.jsonl holds no records"),
+    (b"\xff\xfe{", r"parallel.jsonl is not UTF-8 text"),
+])
+def test_bad_corpus_files_are_named_by_file_and_line(tmp_path, content, message):
+    path = tmp_path / "data" / "sw" / "parallel.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        run_records(_cfg(tmp_path, 1))
+
+
+def test_no_rows_give_no_records():
     assert english_from_rows([], "i", "o").records == []
 
 

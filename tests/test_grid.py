@@ -49,6 +49,18 @@ def test_plan_counts_for_the_shipped_grids():
         assert load_grid(REPO / f"params/grids/{name}.yaml").stages["analyze"]
 
 
+def test_same_ids_across_languages_ties_every_run_to_every_corpus(tmp_path, tiny_llama):
+    two = {"slices": [{"languages": ["sw", "ko"], "methods": ["sft"], "sizes": [4]}]}
+    grid = load_grid(write_grid(tmp_path, tiny_llama, same_ids_across_languages=True, **two))
+    train = grid.stages["train/tiny-sw-sft-n4-s0"]
+    assert train.config.data.same_ids_across_languages == ["ko", "sw"]
+    assert {"translate/ko", "translate/sw"} <= set(train.deps)  # it needs both corpora before it can cut
+    alone = load_grid(write_grid(tmp_path, tiny_llama, **two)).stages["train/tiny-sw-sft-n4-s0"]
+    assert alone.config.data.same_ids_across_languages == [] and "translate/ko" not in alone.deps
+    with pytest.raises(GridError, match="same_ids_across_languages = 'yes'; expected true or false"):
+        load_grid(write_grid(tmp_path, tiny_llama, same_ids_across_languages="yes", **two))
+
+
 def test_only_selects_a_slice_with_what_it_waits_for(tmp_path, tiny_llama):
     grid = load_grid(write_grid(tmp_path, tiny_llama))
     ids = [s.id for s in select(grid, ["evaluate/*clo*"])]
@@ -189,7 +201,7 @@ def test_a_toy_world_slice_runs_end_to_end_with_base_and_findings(tmp_path, smal
     path.write_text(yaml.safe_dump(data))
     assert run_grid(load_grid(path), log=lambda m: None) == 0
     results = (tmp_path / "out" / "results.csv").read_text()
-    for row in ("toy,sw,0,base,0", "toy,sw,16,sft,0", "toy,sw,16,clo,0"):
+    for row in ("toy,sw,,base,0", "toy,sw,16,sft,0", "toy,sw,16,clo,0"):  # the base model has no data size
         assert row in results
     for metric in ("accuracy_tgt", "accuracy_en", "fidelity_tgt", "fidelity_en", "winrate_vs_sft_tgt"):
         assert f",{metric}," in results

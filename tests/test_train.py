@@ -442,7 +442,7 @@ def test_two_processes_under_torchrun(tiny_llama, tmp_path, method):
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({
         "language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf", "max_length": 64,
-                                    "dtype": "float32"},
+                                    "dtype": "float32"}, "data": {"size": 16},
         "train": {"method": method, "batch_size": 4, "epochs": 1, "learning_rate": 3e-3, "logging_steps": 1,
                   "warmup_ratio": 0.0}}))
     data = tmp_path / "parallel.jsonl"

@@ -159,7 +159,8 @@ def english_file(tmp_path, n=6):
 def hf_config(tmp_path, model_dir, **translation):
     return load_config({
         "language": "sw", "output_dir": str(tmp_path / "out"),
-        "data": {"source": "jsonl", "path": str(english_file(tmp_path)), "size": 6},
+        # a random model's translations are all flagged: keep them, or the stage would refuse a short corpus
+        "data": {"source": "jsonl", "path": str(english_file(tmp_path)), "size": 6, "keep_flagged": True},
         "translation": {"backend": "hf", "model": str(model_dir), "num_beams": 2, "max_new_tokens": 8,
                         "batch_size": 4, **translation},
     })
@@ -261,6 +262,75 @@ def test_cache_keys_separate_backend_model_and_languages(tmp_path):
     keys = {TranslationCache(tmp_path, *identity).key("Hello.") for identity in
             [("hf", "m", "en", "sw"), ("hf", "m", "en", "yo"), ("hf", "n", "en", "sw"), ("openai", "m", "en", "sw")]}
     assert len(keys) == 4
+
+
+def test_cache_keys_hold_every_setting_that_changes_a_translation(tmp_path, monkeypatch):
+    """Beams, max tokens, the model's revision, the endpoint's system prompt and the toy generator's version each
+    give another key; entries made under other settings stay in the file but are never served."""
+    from dataclasses import replace
+
+    from clo_lib import toyworld
+    from clo_lib.translate import translation_settings
+
+    base = load_config({"language": "sw"}).translation
+    hf = [base, replace(base, num_beams=2), replace(base, max_new_tokens=64), replace(base, revision="abc123")]
+
+    def key(cfg):
+        return TranslationCache(tmp_path, cfg.backend, "m", "en", "sw", translation_settings(cfg)).key("Hello.")
+
+    keys = {key(c) for c in hf}
+    endpoint, toy = replace(base, backend="openai"), replace(base, backend="toy")
+    keys |= {key(endpoint), key(toy)}
+    monkeypatch.setattr(translate, "TRANSLATOR_SYSTEM_PROMPT", "Translate {src} to {tgt}, formally.")
+    monkeypatch.setattr(toyworld, "WORLD_VERSION", toyworld.WORLD_VERSION + 1)
+    keys |= {key(endpoint), key(toy)}
+    assert len(keys) == 8
+    four = TranslationCache(tmp_path, "hf", "m", "en", "sw", {"num_beams": 4})
+    four.put_many([("Hello.", "Habari.")])
+    two = TranslationCache(tmp_path, "hf", "m", "en", "sw", {"num_beams": 2})
+    assert two.get("Hello.") is None and two.corrupt_lines == 0  # another setting's entry: kept, not served
+    two.put_many([("Hello.", "Jambo.")])
+    assert TranslationCache(tmp_path, "hf", "m", "en", "sw", {"num_beams": 4}).get("Hello.") == "Habari."
+
+
+def _dropping(every: int):
+    """A toy translator whose translation of every `every`-th text (by checksum) comes back empty: flagged."""
+    import zlib
+
+    real = translate.ToyTranslator.translate_batch
+
+    def translate_batch(self, texts, src, tgt):
+        outs = real(self, texts, src, tgt)
+        return ["" if zlib.crc32(t.encode()) % every == 0 else out for t, out in zip(texts, outs)]
+
+    return translate_batch
+
+
+def test_translation_goes_on_until_the_pool_is_usable_and_keeps_the_order(tmp_path, monkeypatch):
+    """A run labelled 40 examples used to get whatever was left of 40 after flags. Now the stage translates more
+    records, in the same seeded order, until 40 are usable: a run can take its 40, and smaller runs still nest."""
+    from clo_lib.data import run_records
+
+    plain = tmp_path / "plain"
+    run_translation(toy_config(plain), progress=False)
+    order = [r["id"] for r in read_jsonl(plain / "data" / "ko" / "parallel.jsonl")]
+    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", _dropping(3))
+    report = run_translation(toy_config(tmp_path), progress=False)
+    rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
+    assert report["flagged_records"] > 0 and report["usable_records"] >= 40 == report["needed_records"]
+    assert report["records"] == len(rows) > 40
+    assert [r["id"] for r in rows][:40] == order  # a prefix of the same seeded order
+    assert len(run_records(toy_config(tmp_path))) == 40
+
+
+def test_a_source_too_small_for_the_flags_is_written_and_refused(tmp_path, monkeypatch):
+    from clo_lib.data import ShortCorpusError
+
+    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", _dropping(1))  # every translation empty
+    with pytest.raises(ShortCorpusError, match=r"all 165 records of toy are translated and 0 are usable"):
+        run_translation(toy_config(tmp_path), progress=False)
+    report = json.loads((tmp_path / "data" / "ko" / "report.json").read_text())
+    assert report["records"] == 165 and report["usable_records"] == 0  # kept for inspection
 
 
 def test_flagged_records_are_written_with_their_flags(tmp_path):
