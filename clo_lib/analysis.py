@@ -32,9 +32,11 @@ def collect(grid_dir: str | Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for path in sorted(grid_dir.glob("*/metrics.json")):
         rows.extend(metrics_rows(path))
-    columns = ["model", "lang", "size", "method", "seed", "name", "metric", "value"]
+    columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "metric", "value"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+    for column in ("size", "examples_used"):  # the base model has neither: empty, not 0
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     atomic_write_text(grid_dir / "results.csv", frame.to_csv(index=False))
     return frame
 
@@ -45,15 +47,15 @@ def summary(frame: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFra
     chosen = frame[frame["metric"].isin(metrics)]
     if chosen.empty:
         return pd.DataFrame()
-    grouped = chosen.groupby(["model", "lang", "size", "method", "metric"])["value"]
-    stats = grouped.agg(["mean", "std", "count"]).reset_index()
-    wide = stats.pivot_table(index=["model", "lang", "size", "method"], columns="metric", values="mean")
-    spread = stats.pivot_table(index=["model", "lang", "size", "method"], columns="metric", values="std")
-    seeds = stats.groupby(["model", "lang", "size", "method"])["count"].max().rename("seeds")
+    keys = ["model", "lang", "size", "method"]
+    stats = chosen.groupby([*keys, "metric"], dropna=False)["value"].agg(["mean", "std", "count"])  # base: no size
+    wide = stats["mean"].unstack("metric")
+    spread = stats["std"].unstack("metric")
+    seeds = stats["count"].groupby(level=keys, dropna=False).max().rename("seeds")
     wide = wide.join(spread.add_suffix("_sd")).join(seeds).reset_index()
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     wide["_order"] = wide["method"].map(lambda m: order.get(m, len(order)))
-    return wide.sort_values(["model", "lang", "size", "_order"]).drop(columns="_order")[
+    return wide.sort_values(["model", "lang", "size", "_order"], na_position="first").drop(columns="_order")[
         ["model", "lang", "size", "method", "seeds"] + [c for m in metrics for c in (m, f"{m}_sd") if c in wide]]
 
 
@@ -148,8 +150,10 @@ def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
         return "(no rows)"
 
     def cell(value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+            return "–"
         if isinstance(value, float):
-            return "–" if pd.isna(value) else f"{value:.{digits}f}"
+            return f"{value:.{digits}f}"
         return str(value)
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
@@ -161,8 +165,39 @@ def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
 def _mean(frame: pd.DataFrame, metric: str, **where: Any) -> float:
     rows = frame[frame["metric"] == metric]
     for key, value in where.items():
-        rows = rows[rows[key] == value]
+        rows = rows[rows[key].eq(value).fillna(False).astype(bool)]  # a base row's missing size matches nothing
     return float(rows["value"].mean()) if not rows.empty else float("nan")
+
+
+def pooled_win_rates(frame: pd.DataFrame, method: str, side: str) -> dict[tuple, dict[str, float]]:
+    """Per (model, lang, size): the win rate against SFT on `side` prompts, pooled over seeds (each seed's rate
+    weighted by its number of comparisons), with its Wilson interval and share of ties."""
+    from clo_lib.evaluate import wilson
+
+    metric = f"winrate_vs_sft_{side}"
+    runs = frame[(frame["method"] == method) & frame["metric"].isin([metric, f"{metric}_n", f"{metric}_ties"])]
+    if runs.empty:
+        return {}
+    wide = runs.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value").reset_index()
+    cells = {}
+    for key, group in wide.groupby(["model", "lang", "size"]):
+        n = group[f"{metric}_n"].sum() if f"{metric}_n" in group else float("nan")
+        if not n or pd.isna(n):
+            continue
+        mean = (group[metric] * group[f"{metric}_n"]).sum() / n
+        ties = (group[f"{metric}_ties"] * group[f"{metric}_n"]).sum() / n if f"{metric}_ties" in group else float("nan")
+        cells[key] = {**wilson(mean, int(n)), "ties": ties}
+    return cells
+
+
+def verdict(rate: dict[str, float]) -> str:
+    """better / worse than SFT only when the interval excludes 0.5; inconclusive otherwise."""
+    return "better" if rate["low"] > 0.5 else "worse" if rate["high"] < 0.5 else "inconclusive"
+
+
+def _interval(rate: dict[str, float]) -> str:
+    ties = f", {rate['ties']:.0%} ties" if not pd.isna(rate.get("ties", float("nan"))) else ""
+    return f"{rate['mean']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]{ties}"
 
 
 def findings(frame: pd.DataFrame) -> list[str]:
@@ -178,28 +213,34 @@ def findings(frame: pd.DataFrame) -> list[str]:
         fid_tgt = _mean(frame, "fidelity_tgt", model=model, lang=lang, method="base")
         fid_en = _mean(frame, "fidelity_en", model=model, lang=lang, method="base")
         if not pd.isna(fid_tgt):
-            lines.append(f"- Base model {model}, {name}: answers {fid_tgt:.0%} of {name} prompts in {name} and "
-                         f"{fid_en:.0%} of English prompts in English.")
+            english = f" and {fid_en:.0%} of English prompts in English" if not pd.isna(fid_en) else ""
+            lines.append(f"- Base model {model}, {name}: answers {fid_tgt:.0%} of {name} prompts in {name}{english}.")
     for method, label in (("clo", "CLO"), ("sft_dpo", "SFT+DPO")):
-        cells = frame[(frame["method"] == method) & (frame["metric"] == "winrate_vs_sft_tgt")]
-        if cells.empty:
+        cells = {side: pooled_win_rates(frame, method, side) for side in ("tgt", "en")}
+        if not cells["tgt"]:
             continue
-        by_cell = cells.groupby(["model", "lang", "size"])["value"].mean()
-        wins, ties = int((by_cell > 0.5).sum()), int((by_cell == 0.5).sum())
-        english = frame[(frame["method"] == method) & (frame["metric"] == "winrate_vs_sft_en")]
-        by_cell_en = english.groupby(["model", "lang", "size"])["value"].mean()
-        lines.append(f"- {label} against SFT on target-language prompts: better in {wins}, equal in {ties}, worse in "
-                     f"{len(by_cell) - wins - ties} of {len(by_cell)} cells (mean win rate {by_cell.mean():.2f}); "
-                     f"on English prompts: mean win rate {by_cell_en.mean():.2f} (0.5 = as good as SFT).")
-        for (model, lang, size), value in by_cell.items():
+        verdicts = [verdict(rate) for rate in cells["tgt"].values()]
+        mean = sum(r["mean"] for r in cells["tgt"].values()) / len(cells["tgt"])
+        mean_en = (sum(r["mean"] for r in cells["en"].values()) / len(cells["en"])) if cells["en"] else float("nan")
+        lines.append(f"- {label} against SFT on target-language prompts: better in {verdicts.count('better')}, worse "
+                     f"in {verdicts.count('worse')}, inconclusive in {verdicts.count('inconclusive')} of "
+                     f"{len(verdicts)} cells (a cell counts only when its 95 % interval excludes 0.5; mean win rate "
+                     f"{mean:.2f})" + (f"; on English prompts: mean win rate {mean_en:.2f}" if cells["en"] else "")
+                     + " (0.5 = as good as SFT).")
+        for (model, lang, size), rate in cells["tgt"].items():
             where = {"model": model, "lang": lang, "size": size}
-            parts = [f"win rate {value:.2f} (target) / {by_cell_en.get((model, lang, size), float('nan')):.2f} "
-                     "(English)"]
+            parts = [f"win rate {_interval(rate)} (target)"]
+            if (model, lang, size) in cells["en"]:
+                parts.append(f"{_interval(cells['en'][(model, lang, size)])} (English)")
             for metric in ("accuracy_tgt", "fidelity_tgt", "accuracy_en", "mc_acc_tgt", "mc_acc_en"):
                 ours, sft = _mean(frame, metric, method=method, **where), _mean(frame, metric, method="sft", **where)
                 if not pd.isna(ours) and not pd.isna(sft):
                     parts.append(f"{metric} {ours:.2f} vs SFT {sft:.2f}")
             lines.append(f"  - {model}, {lang}, {size} examples: " + "; ".join(parts))
+    if any(line.startswith(("- CLO", "- SFT+DPO")) for line in lines):
+        lines.append("- Win rates count ties as half; intervals are 95 % Wilson intervals over the prompts of all "
+                     "seeds of a cell, so they cover prompt sampling, not seed-to-seed variation (the table's ± sd "
+                     "does).")
     return lines
 
 

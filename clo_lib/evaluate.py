@@ -16,9 +16,13 @@ Metric names (one row each in the long-format table the analysis reads):
                                      whatever its language; fidelity says which language)
     mc_acc_tgt, mc_acc_en            mean lm-eval accuracy over the tasks listed for the language (plus one
                                      mc_acc:<task> row per task)
-    winrate_vs_sft_tgt, winrate_vs_sft_en (+ _ci_low/_ci_high)   judged win rate against the SFT run, ties as half;
-                                     the judge is an LLM (eval.judge: llm) or the reference answers (reference:
-                                     right answer first, then right language; deterministic, used by the toy world)
+    winrate_vs_sft_tgt, winrate_vs_sft_en (+ _ci_low/_ci_high, _ties, _n)   judged win rate against the SFT run,
+                                     ties as half, with a 95 % Wilson interval, the share of ties and the number of
+                                     comparisons; the judge is an LLM (eval.judge: llm) or the reference answers
+                                     (eval.judge: reference; deterministic, used by the toy world). Both apply one
+                                     order of criteria (see JUDGE_PROMPT): the prompt's language first, then quality.
+Language ID (fidelity, judging) looks at an answer's prose only: code blocks, inline code, URLs and bare numbers are
+left out (clo_lib.langid.prose, the same spans translation protects).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from clo_lib.config import ConfigError, RunConfig, load_config
 from clo_lib.endpoint import ChatEndpoint, EndpointError
-from clo_lib.io import append_jsonl, atomic_write_json, read_jsonl
+from clo_lib.io import append_jsonl, atomic_write_json
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 from clo_lib.provenance import evaluate_fingerprint
 
@@ -85,11 +89,13 @@ def check_prompt_rows(rows: Sequence[dict], source: str) -> list[dict]:
 
 def load_prompts(cfg: RunConfig) -> list[dict]:
     """The evaluation prompts: `eval.prompts` (a JSONL file), or else AlpacaEval translated by the run's translator."""
-    from clo_lib.data import read_rows
+    from clo_lib.data import numbered_rows
 
     if cfg.eval.prompts:
         path = cfg.eval.prompts.replace("{lang}", cfg.language)
-        rows = check_prompt_rows(read_rows(path), path)
+        what = "a JSONL file of prompts (prompt_en, prompt_tgt)"
+        rows = [row for _, row in numbered_rows(path, what, "eval.prompts")]
+        rows = check_prompt_rows(rows, path)
     else:
         rows = translated_alpaca_eval(cfg)
     return rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else rows
@@ -103,17 +109,21 @@ def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
     from datasets import load_dataset
 
     from clo_lib.data import hub_errors
-    from clo_lib.translate import TranslationCache, cache_dir, make_translator, translate_records
+    from clo_lib.translate import make_translator, translate_records, translation_cache
 
     with hub_errors("the AlpacaEval prompts"):
         english = load_dataset("json", data_files=ALPACA_EVAL_FILE, split="train")
     records = [{"id": f"alpaca_eval-{i}", "prompt_en": row["instruction"], "response_en": ""}
                for i, row in enumerate(english)]
     tcfg = cfg.translation
-    cache = TranslationCache(cache_dir(cfg), tcfg.backend, tcfg.model, SOURCE_LANGUAGE, cfg.language)
-    parallel, _ = translate_records(records, make_translator(tcfg, SOURCE_LANGUAGE, cfg.language), cache,
-                                    cfg.language, tcfg)
-    return [{"id": r["id"], "prompt_en": r["prompt_en"], "prompt_tgt": r["prompt_tgt"]} for r in parallel]
+    parallel, _ = translate_records(records, make_translator(tcfg, SOURCE_LANGUAGE, cfg.language),
+                                    translation_cache(cfg), cfg.language, tcfg)
+    # A flagged translation (wrong language, empty, a loop) would score the model on a broken question.
+    kept = [r for r in parallel if not r["flags"]]
+    if len(kept) < len(parallel):
+        print(f"AlpacaEval: {len(parallel) - len(kept)} of {len(parallel)} translated prompts were flagged and are "
+              "left out")
+    return [{"id": r["id"], "prompt_en": r["prompt_en"], "prompt_tgt": r["prompt_tgt"]} for r in kept]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -130,12 +140,34 @@ def load_for_eval(cfg: RunConfig, model_path: str | Path):
     return model.eval(), tokenizer
 
 
+def decoding_settings(cfg: RunConfig) -> dict[str, Any]:
+    """What decides a generated answer besides the model and the prompt."""
+    ecfg = cfg.eval
+    return {"max_new_tokens": ecfg.max_new_tokens, "temperature": ecfg.temperature, "seed": cfg.seed,
+            "batch_size": ecfg.batch_size, "prompt_format": cfg.model.prompt_format,
+            "prompt_template": cfg.model.prompt_template}
+
+
+def model_identity(model) -> str:
+    """A fingerprint of the weights being evaluated: a checksum over every parameter (cheap next to generation),
+    so answers cached for other weights (a run trained again into the same folder) are never reused."""
+    import torch
+
+    with torch.no_grad():
+        sums = [float(p.detach().float().sum()) for p in model.parameters()]
+        firsts = [float(p.detach().reshape(-1)[0].float()) for p in model.parameters() if p.numel()]
+    return _hash(sums, firsts)
+
+
 def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, cache_path: str | Path,
                      progress: bool = True) -> list[dict]:
-    """One answer per prompt and side (tgt, en): `{id, side, lang, prompt, answer}`, cached in `cache_path`.
+    """One answer per prompt and side (tgt, en): `{id, side, lang, prompt, answer, settings}`, cached in
+    `cache_path`.
 
-    The cache key covers the prompt text and the decoding settings, so judging or scoring again reuses answers,
-    while a change of decoding settings generates anew. Batches are grouped by prompt length.
+    The cache key covers the prompt's side, language and text, the model (`model_identity`), its prompt format and
+    the decoding settings, so judging or scoring again reuses answers, while another model or another decoding
+    generates anew (and a prompt left untranslated, the same text on both sides, keeps both answers). Batches are
+    grouped by prompt length.
     """
     import torch
     from tqdm.auto import tqdm
@@ -143,14 +175,15 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
     from clo_lib.pairs import format_prompt
 
     ecfg = cfg.eval
-    settings = {"max_new_tokens": ecfg.max_new_tokens, "temperature": ecfg.temperature, "seed": cfg.seed}
+    settings = decoding_settings(cfg)
+    model_id = model_identity(model)
     cache = JsonlCache(cache_path)
     items = []
     for row in prompts:
         for side in SIDES:
-            text = row[f"prompt_{side}"]
-            items.append({"key": _hash(text, settings), "id": row["id"], "side": side,
-                          "lang": cfg.language if side == "tgt" else SOURCE_LANGUAGE, "prompt": text})
+            text, lang = row[f"prompt_{side}"], cfg.language if side == "tgt" else SOURCE_LANGUAGE
+            items.append({"key": _hash(side, lang, text, settings, model_id), "id": row["id"], "side": side,
+                          "lang": lang, "prompt": text, "settings": _hash(settings)})
     todo = [item for item in items if item["key"] not in cache.rows]
     formatted = {item["key"]: format_prompt(item["prompt"], tokenizer, cfg.model.prompt_format,
                                             cfg.model.prompt_template) for item in todo}
@@ -229,6 +262,17 @@ def accuracy(generations: Sequence[dict], prompts: Sequence[dict]) -> dict[str, 
     return metrics
 
 
+def reference_answers(reference_run: str | Path, cfg: RunConfig) -> list[dict]:
+    """The SFT run's answers made with this run's decoding settings (its generations.jsonl may hold answers of
+    several evaluations); the latest per prompt and side."""
+    path = Path(reference_run) / "generations.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; evaluate the SFT run {reference_run} first")
+    wanted = _hash(decoding_settings(cfg))
+    latest = {(r["id"], r["side"]): r for r in JsonlCache(path).rows.values() if r.get("settings") == wanted}
+    return list(latest.values())
+
+
 def _paired(ours: Sequence[dict], reference: Sequence[dict]):
     """(our answer, the SFT run's answer) for every prompt and side; a missing SFT answer is a clear error."""
     theirs = {(r["id"], r["side"]): r for r in reference}
@@ -239,25 +283,36 @@ def _paired(ours: Sequence[dict], reference: Sequence[dict]):
         yield row, other
 
 
-def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Sequence[dict], tgt: str,
-                    min_confidence: float = 0.5) -> list[dict]:
-    """Deterministic pairwise judge: the right answer wins; between two equally right ones, the right language wins.
+def language_verdict(ours: str, theirs: str, want: str, tgt: str, min_confidence: float = 0.5) -> float | None:
+    """Criterion 1 of both judges: 1.0 (0.0) when our answer is confidently in the prompt's language and the other
+    confidently in the other language (or the reverse); None otherwise, and the next criterion decides.
 
-    Scores as judge_against: 1 ours better, 0 worse, 0.5 equal.
+    An answer whose language is undetermined (code, numbers, too short to tell) is never decided by language.
     """
     from clo_lib import langid
 
+    codes = [SOURCE_LANGUAGE, tgt]
+    mine, other = (langid.detect(answer, codes, min_confidence)[0] for answer in (ours, theirs))
+    if mine is None or other is None or (mine == want) == (other == want):
+        return None
+    return 1.0 if mine == want else 0.0
+
+
+def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Sequence[dict], tgt: str,
+                    min_confidence: float = 0.5) -> list[dict]:
+    """Deterministic pairwise judge with the criteria above JUDGE_PROMPT: the answer in the prompt's language wins
+    (language_verdict); otherwise the right answer wins; otherwise a tie.
+
+    Scores as judge_against: 1 ours better, 0 worse, 0.5 equal.
+    """
     by_id = {row["id"]: row for row in prompts}
     scored = []
     for row, other in _paired(ours, reference):
-
-        def merit(answer: str) -> tuple[bool, bool]:
-            in_language = langid.detect(answer, [SOURCE_LANGUAGE, tgt], min_confidence)[0] == row["lang"]
-            return is_correct(answer, by_id[row["id"]]), in_language
-
-        mine, its = merit(row["answer"]), merit(other["answer"])
-        scored.append({"id": row["id"], "side": row["side"], "how": "reference",
-                       "score": 1.0 if mine > its else 0.0 if mine < its else 0.5})
+        score, how = language_verdict(row["answer"], other["answer"], row["lang"], tgt, min_confidence), "language"
+        if score is None:
+            mine, its = (is_correct(a, by_id[row["id"]]) for a in (row["answer"], other["answer"]))
+            score, how = (1.0 if mine > its else 0.0 if mine < its else 0.5), "reference"
+        scored.append({"id": row["id"], "side": row["side"], "how": how, "score": score})
     return scored
 
 
@@ -302,11 +357,16 @@ def mc_accuracy(model, tokenizer, tasks_by_lang: dict[str, list[str]], tgt: str,
 # ---------------------------------------------------------------------------------------------------------------
 # Pairwise judging against the SFT run
 
+# The one order of criteria both judges apply (PAPER.md: wrong-language answers lose the judged comparisons):
+#   1. language: an answer confidently in the prompt's language beats one confidently in the other language
+#      (decided without a judge: language_verdict; undetermined answers go on to 2);
+#   2. quality: the right answer beats a wrong one (reference judge: the prompt file's answers), or the more
+#      helpful, correct and complete answer wins (LLM judge); otherwise a tie.
 JUDGE_PROMPT = """You are comparing two assistant responses to the same user instruction.
 
-The instruction is written in {language}. A helpful response answers in {language}; a response in another language \
-is worse than any reasonable response in {language}. Judge helpfulness, correctness and completeness; ignore length \
-for its own sake.
+The instruction is written in {language}. Judge by these criteria, in this order: first, a response in {language} \
+is better than a response in another language; then, between responses in the same language, the more helpful, \
+correct and complete one is better. Ignore length for its own sake.
 
 [Instruction]
 {instruction}
@@ -335,20 +395,16 @@ def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: Cha
                   cache_path: str | Path, min_confidence: float = 0.5) -> list[dict]:
     """One score per prompt and side: 1 our answer wins, 0 it loses, 0.5 a tie or a split between the two orders.
 
-    When exactly one of the two answers is in the prompt's language, it wins without asking the judge. Otherwise
-    the judge sees both orders (ours as A, then as B), which cancels its position bias.
+    The criteria above JUDGE_PROMPT: when one answer is confidently in the prompt's language and the other
+    confidently not, it wins without asking the judge (language_verdict). Otherwise the judge sees both orders
+    (ours as A, then as B), which cancels its position bias, and is asked the same order of criteria.
     """
-    from clo_lib import langid
-
     cache = JsonlCache(cache_path)
     scored = []
     for row, other in _paired(ours, reference):
         want = row["lang"]
-        ours_ok = langid.detect(row["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want
-        theirs_ok = langid.detect(other["answer"], [SOURCE_LANGUAGE, tgt], min_confidence)[0] == want
-        if ours_ok != theirs_ok:
-            score, how = (1.0 if ours_ok else 0.0), "language"
-        else:
+        score, how = language_verdict(row["answer"], other["answer"], want, tgt, min_confidence), "language"
+        if score is None:
             language = get_language(want).name
             first = _judge_once(endpoint, language, row["prompt"], row["answer"], other["answer"], cache)
             second = _judge_once(endpoint, language, row["prompt"], other["answer"], row["answer"], cache)
@@ -358,27 +414,40 @@ def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: Cha
     return scored
 
 
-def win_rate(scores: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
-    """Mean score with a normal-approximation 95 % interval (scores are 0, 0.5 or 1; clipped to [0, 1])."""
+def win_rate(scores: Sequence[float], z: float = 1.96) -> dict[str, float]:
+    """Mean score (ties count half) with a 95 % Wilson interval, the share of ties, and the number of comparisons.
+
+    The interval treats each comparison as a win or a loss with the observed rate (a tie as half of each), which
+    is the widest variance a 0/0.5/1 score can have: it does not shrink to zero width when every comparison ties
+    (a normal interval from the scores' own spread did), and it stays inside [0, 1].
+    """
     n = len(scores)
     if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = sum(scores) / n
-    variance = sum((s - mean) ** 2 for s in scores) / (n - 1) if n > 1 else 0.0
-    half = z * math.sqrt(variance / n)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "ties": float("nan"), "n": 0}
+    return {**wilson(sum(scores) / n, n, z), "ties": sum(score == 0.5 for score in scores) / n}
+
+
+def wilson(mean: float, n: int, z: float = 1.96) -> dict[str, float]:
+    """{mean, low, high, n}: the Wilson score interval for a rate `mean` observed over `n` comparisons."""
+    center = (mean + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"mean": mean, "low": max(0.0, center - half), "high": min(1.0, center + half), "n": n}
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics.json and the long-format table
 
 
-def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None) -> dict[str, Any]:
-    """What identifies a run in the results table (the grid's short model label, else the model's id)."""
+def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None,
+              run_dir: str | Path | None = None) -> dict[str, Any]:
+    """What identifies a run in the results table (the grid's short model label, else the model's id), and how
+    many examples it really trained on (its train log's `examples_used`; None for an untrained model)."""
     method = method or cfg.train.method
+    log = Path(run_dir) / "train_log.json" if run_dir else None
+    used = json.loads(log.read_text(encoding="utf-8")).get("examples_used") if log and log.is_file() else None
     return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language,
-            "size": 0 if method == "base" else cfg.data.size,  # the untrained model saw no training examples
-            "method": method, "seed": cfg.seed, "name": cfg.name}
+            "size": None if method == "base" else cfg.data.size,  # the untrained model has no data size
+            "method": method, "seed": cfg.seed, "name": cfg.name, "examples_used": used}
 
 
 def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None,
@@ -392,7 +461,7 @@ def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict
 
 
 def metrics_rows(path: str | Path) -> list[dict]:
-    """One long-format row per metric: model, lang, size, method, seed, name, metric, value."""
+    """One long-format row per metric: model, lang, size, method, seed, name, examples_used, metric, value."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return [{**data["run"], "metric": metric, "value": value} for metric, value in data["metrics"].items()]
 
@@ -421,6 +490,12 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
         endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
         endpoint.check()  # a missing key fails now, not after an hour of generation
     prompts = prompts if prompts is not None else load_prompts(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir} is a file; expected the run's folder, where metrics.json goes.")
+    if loaded is None:
+        from clo_lib.models import check_model_source
+
+        check_model_source(str(model_path), "the model to evaluate")
     start = time.perf_counter()
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
     generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)
@@ -439,18 +514,20 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
         log("judging skipped: no SFT reference run to compare with" if method != "sft" else
             "judging skipped: this is the SFT run itself")
     else:
-        reference = list(read_jsonl(Path(reference_run) / "generations.jsonl"))
+        reference = reference_answers(reference_run, cfg)
         if judge == "reference":
             scored = reference_judge(generations, reference, prompts, cfg.language, ecfg.lid_min_confidence)
         else:
             scored = judge_against(generations, reference, endpoint, cfg.language, run_dir / "judgments.jsonl",
                                    ecfg.lid_min_confidence)
         for side in SIDES:
-            mean, low, high = win_rate([s["score"] for s in scored if s["side"] == side])
-            metrics[f"winrate_vs_sft_{side}"] = mean
-            metrics[f"winrate_vs_sft_{side}_ci_low"], metrics[f"winrate_vs_sft_{side}_ci_high"] = low, high
+            rate = win_rate([s["score"] for s in scored if s["side"] == side])
+            metrics[f"winrate_vs_sft_{side}"] = rate["mean"]
+            for part in ("low", "high"):
+                metrics[f"winrate_vs_sft_{side}_ci_{part}"] = rate[part]
+            metrics[f"winrate_vs_sft_{side}_ties"], metrics[f"winrate_vs_sft_{side}_n"] = rate["ties"], rate["n"]
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
-    write_metrics(run_dir, run_facts(cfg, method, model_label), metrics, details,
+    write_metrics(run_dir, run_facts(cfg, method, model_label, run_dir), metrics, details,
                   evaluate_fingerprint(cfg, run_dir, reference_run))
     return metrics
 

@@ -36,12 +36,33 @@ def test_fidelity_counts_answers_and_lines_in_the_right_language():
     assert metrics["line_fidelity_en"] == 1.0
 
 
-def test_win_rate_and_its_interval_by_hand():
-    mean, low, high = win_rate([1, 0, 0.5, 1])
-    sd = math.sqrt(((1 - 0.625) ** 2 * 2 + 0.625 ** 2 + 0.125 ** 2) / 3)
-    assert mean == 0.625 and low == pytest.approx(0.625 - 1.96 * sd / 2)
-    assert high == pytest.approx(min(1, 0.625 + 1.96 * sd / 2))
-    assert all(math.isnan(v) for v in win_rate([]))
+def test_language_id_judges_prose_not_code_urls_or_numbers():
+    """A Swahili answer made mostly of an English-named code block and a URL is in Swahili; lingua on the raw text
+    says English. Translation protects the same spans (clo_lib.langid.prose)."""
+    answer = ("Tumia kazi hii:\n```python\ndef total_price(items):\n    return sum(item.price for item in items)\n"
+              "```\nSoma zaidi: https://docs.python.org/3/library/functions.html")
+    raw = langid.detector(("en", "sw")).compute_language_confidence_values(answer)[0].language.name
+    assert raw == "ENGLISH" and langid.detect(answer, ["en", "sw"])[0] == "sw"
+    assert fidelity([gen(0, "tgt", answer)], "sw")["fidelity_tgt"] == 1.0
+    assert langid.detect("12 + 30 = 42", ["en", "sw"])[0] is None  # a sum has no language
+
+
+def test_win_rate_and_its_interval_against_scipy():
+    """Wilson intervals, checked against scipy's binomial test; ties count half, and a run of ties no longer gives
+    a zero-width interval (the old normal interval from the scores' own spread did)."""
+    from scipy.stats import binomtest
+
+    rate = win_rate([1, 0, 1, 1])
+    expected = binomtest(3, 4).proportion_ci(confidence_level=0.95, method="wilson")
+    assert rate["mean"] == 0.75 and rate["n"] == 4 and rate["ties"] == 0.0
+    assert rate["low"] == pytest.approx(expected.low, abs=2e-4)
+    assert rate["high"] == pytest.approx(expected.high, abs=2e-4)
+    ties = win_rate([0.5] * 42)
+    as_half = binomtest(21, 42).proportion_ci(confidence_level=0.95, method="wilson")
+    assert ties["mean"] == 0.5 and ties["ties"] == 1.0
+    assert ties["low"] == pytest.approx(as_half.low, abs=2e-4) and ties["high"] - ties["low"] > 0.25
+    assert win_rate([1, 0, 0.5, 1])["ties"] == 0.25
+    assert math.isnan(win_rate([])["mean"]) and win_rate([])["n"] == 0
 
 
 # --- generation on a tiny local model ----------------------------------------------------------------------------
@@ -82,6 +103,25 @@ def test_generation_is_cached_per_prompt_and_decoding_settings(tmp_path, tiny_ll
     monkeypatch.setattr(model, "generate", lambda **kw: calls.append(1) or real(**kw))
     evaluate.generate_answers(model, tokenizer, prompts, longer, tmp_path / "gen.jsonl", progress=False)
     assert calls  # new decoding settings: generated again
+
+
+def test_generation_cache_keys_hold_side_language_and_the_weights(tmp_path, tiny_llama, monkeypatch):
+    """An untranslated prompt (the same text on both sides) keeps its target row, and other weights evaluated into
+    the same folder are answered anew instead of from the old model's cache."""
+    import torch
+
+    cfg = eval_config(tmp_path, tiny_llama)
+    model, tokenizer = evaluate.load_for_eval(cfg, tiny_llama)
+    same = [{"id": "0", "prompt_en": "What is the sum of 2 and 3?", "prompt_tgt": "What is the sum of 2 and 3?"}]
+    rows = evaluate.generate_answers(model, tokenizer, same, cfg, tmp_path / "gen.jsonl", progress=False)
+    assert [(r["side"], r["lang"]) for r in rows] == [("tgt", "sw"), ("en", "en")]
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kw: calls.append(1) or real(**kw))
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.add_(0.01)  # as if trained again into the same folder
+    evaluate.generate_answers(model, tokenizer, same, cfg, tmp_path / "gen.jsonl", progress=False)
+    assert calls
 
 
 def test_bad_prompt_rows_are_refused_before_any_model_loads(tmp_path, tiny_llama, monkeypatch):
@@ -193,12 +233,17 @@ def test_judge_uses_both_orders_enforces_language_and_caches(tmp_path, judge_stu
     monkeypatch.setenv("CLO_JUDGE_KEY", "k")
     endpoint = ChatEndpoint(url, "judge", "CLO_JUDGE_KEY")
     sw_good, sw_bad = "Jibu hili ni zuri sana na kamili kwa swali lako good.", "Jibu hili ni baya na fupi mno."
-    ours = [gen(0, "tgt", sw_good), gen(1, "tgt", sw_bad), gen(2, "tgt", "This answer is in English, sadly.")]
-    reference = [gen(0, "tgt", sw_bad), gen(1, "tgt", sw_good), gen(2, "tgt", sw_bad)]
+    code = "```python\nprint('this is the whole answer, good code in English words')\n```"
+    ours = [gen(0, "tgt", sw_good), gen(1, "tgt", sw_bad), gen(2, "tgt", "This answer is in English, sadly."),
+            gen(3, "tgt", code)]
+    reference = [gen(0, "tgt", sw_bad), gen(1, "tgt", sw_good), gen(2, "tgt", sw_bad), gen(3, "tgt", sw_bad)]
     scored = judge_against(ours, reference, endpoint, "sw", tmp_path / "j.jsonl")
-    assert [s["score"] for s in scored] == [1.0, 0.0, 0.0]
-    assert [s["how"] for s in scored] == ["judge", "judge", "language"]
-    assert len(state["requests"]) == 4  # two orders for each of the two same-language pairs, none for the English one
+    assert [s["score"] for s in scored] == [1.0, 0.0, 0.0, 1.0]
+    # a code-only answer has no language to lose on: the judge decides it (here, it prefers "good")
+    assert [s["how"] for s in scored] == ["judge", "judge", "language", "judge"]
+    assert len(state["requests"]) == 6  # two orders for each of three pairs; none for the English one
+    judged = state["requests"][0]["body"]["messages"][0]["content"]
+    assert "first, a response in Swahili is better than a response in another language; then" in judged
     state["rule"] = "always_a"  # a judge with pure position bias: both orders cancel to ties
     assert [s["score"] for s in judge_against(ours[:1], reference[:1], endpoint, "sw", tmp_path / "j2.jsonl")] == [0.5]
     before = len(state["requests"])
@@ -215,9 +260,22 @@ def test_win_rates_land_in_metrics_with_the_sft_reference(tmp_path, tiny_llama, 
                                     method="clo", progress=False, log=lambda m: None)
     # the same model on both sides gives identical answers: every comparison is a tie or a split
     for side in ("tgt", "en"):
-        assert metrics[f"winrate_vs_sft_{side}"] == 0.5
-        assert metrics[f"winrate_vs_sft_{side}_ci_low"] == metrics[f"winrate_vs_sft_{side}_ci_high"] == 0.5
+        assert metrics[f"winrate_vs_sft_{side}"] == 0.5 and metrics[f"winrate_vs_sft_{side}_n"] == 3
+        assert metrics[f"winrate_vs_sft_{side}_ci_low"] < 0.5 < metrics[f"winrate_vs_sft_{side}_ci_high"]
     assert json.loads((tmp_path / "clo" / "metrics.json").read_text())["run"]["method"] == "clo"
+
+
+def test_metrics_say_how_many_examples_a_run_used_and_a_base_model_has_no_size(tmp_path, tiny_llama):
+    cfg = eval_config(tmp_path, tiny_llama)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_log.json").write_text(json.dumps({"examples_used": 37}))
+    evaluate.evaluate_run(cfg, run, tiny_llama, method="clo", progress=False, log=lambda m: None)
+    facts = json.loads((run / "metrics.json").read_text())["run"]
+    assert facts["examples_used"] == 37 and facts["size"] == cfg.data.size
+    evaluate.evaluate_run(cfg, tmp_path / "base", tiny_llama, method="base", progress=False, log=lambda m: None)
+    facts = json.loads((tmp_path / "base" / "metrics.json").read_text())["run"]
+    assert facts["size"] is None and facts["examples_used"] is None  # not 0
 
 
 def test_reference_answers_give_accuracy_and_a_deterministic_judge():
@@ -230,9 +288,11 @@ def test_reference_answers_give_accuracy_and_a_deterministic_judge():
     assert evaluate.accuracy([gen("0", "tgt", wrong_sw)], prompts)["accuracy_tgt"] == 0.0
     score = lambda mine, theirs: evaluate.reference_judge([gen("0", "tgt", mine)], [gen("0", "tgt", theirs)],  # noqa
                                                           prompts, "sw")[0]["score"]
-    assert score(right_en, wrong_sw) == 1.0  # the right answer first, even in the wrong language
-    assert score(right_sw, right_en) == 1.0  # then the right language
-    assert score(wrong_sw, right_en) == 0.0 and score(right_sw, right_sw) == 0.5
+    # the one order of criteria (JUDGE_PROMPT): the prompt's language first (PAPER.md: wrong-language answers lose)
+    assert score(right_sw, right_en) == 1.0 and score(wrong_sw, right_en) == 1.0 and score(right_en, wrong_sw) == 0.0
+    assert score(right_sw, wrong_sw) == 1.0 and score(right_sw, right_sw) == 0.5  # then the right answer
+    # an answer whose language cannot be told (a number, code) is not decided by language: quality decides
+    assert score("42", wrong_sw) == 0.5 and score("```\nprint('the apple is red')\n```", right_sw) == 0.0
 
 
 def test_prompt_file_names_can_hold_the_language(tmp_path, tiny_llama):
