@@ -265,6 +265,36 @@ def test_win_rates_land_in_metrics_with_the_sft_reference(tmp_path, tiny_llama, 
     assert json.loads((tmp_path / "clo" / "metrics.json").read_text())["run"]["method"] == "clo"
 
 
+def test_the_sft_answers_judged_against_are_those_of_the_same_decoding(tmp_path, tiny_llama):
+    """An SFT run evaluated twice (6 and then 2 new tokens) holds both sets of answers; a run evaluated with 6 new
+    tokens is judged against the SFT answers made with 6, not whichever came last."""
+    cfg = eval_config(tmp_path, tiny_llama, max_new_tokens=6)
+    short = eval_config(tmp_path, tiny_llama, max_new_tokens=2)
+    model, tokenizer = evaluate.load_for_eval(cfg, tiny_llama)
+    prompts = evaluate.load_prompts(cfg)
+    sft = tmp_path / "sft"
+    six = evaluate.generate_answers(model, tokenizer, prompts, cfg, sft / "generations.jsonl", progress=False)
+    evaluate.generate_answers(model, tokenizer, prompts, short, sft / "generations.jsonl", progress=False)
+    chosen = evaluate.reference_answers(sft, cfg)
+    assert sorted((r["id"], r["side"], r["answer"]) for r in chosen) == sorted(
+        (r["id"], r["side"], r["answer"]) for r in six)
+    assert len(evaluate.reference_answers(sft, short)) == len(six)
+
+
+def test_alpaca_eval_leaves_out_flagged_translations(tmp_path, monkeypatch):
+    import datasets
+
+    from clo_lib import translate
+
+    rows = [{"instruction": "Name three birds."}, {"instruction": "Write a haiku about rain."}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
+    monkeypatch.setattr(translate.ToyTranslator, "translate_batch",
+                        lambda self, texts, src, tgt: ["" if "haiku" in t else "Taja ndege watatu." for t in texts])
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "translation": {"backend": "toy"}})
+    prompts = evaluate.translated_alpaca_eval(cfg)
+    assert [p["prompt_en"] for p in prompts] == ["Name three birds."]  # the empty translation is flagged, left out
+
+
 def test_metrics_say_how_many_examples_a_run_used_and_a_base_model_has_no_size(tmp_path, tiny_llama):
     cfg = eval_config(tmp_path, tiny_llama)
     run = tmp_path / "run"
