@@ -252,11 +252,21 @@ def corpus_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / "data" / cfg.language
 
 
+_CORPORA: dict[tuple, list[dict]] = {}  # read_corpus's last few results, by file identity
+
+
 def read_corpus(path: str | Path) -> list[dict]:
-    """The records of a parallel.jsonl, each checked; a bad line is named by file and line number."""
+    """The records of a parallel.jsonl, each checked; a bad line is named by file and line number.
+
+    Remembered by path, size and modification time: `grid status` asks for a corpus once per run of its language.
+    """
     from clo_lib.pairs import PARALLEL_FIELDS
 
     path = Path(path)
+    stat = path.stat() if path.is_file() else None
+    identity = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    if identity in _CORPORA:
+        return _CORPORA[identity]
     records = []
     for number, record in numbered_rows(path, "the translation stage's parallel.jsonl"):
         for name in PARALLEL_FIELDS:
@@ -267,6 +277,9 @@ def read_corpus(path: str | Path) -> list[dict]:
         records.append(record)
     if not records:
         raise ShortCorpusError(f"{path} holds no records; translate again (python -m clo_lib.translate)")
+    if len(_CORPORA) >= 8:
+        _CORPORA.clear()
+    _CORPORA[identity] = records
     return records
 
 

@@ -312,8 +312,7 @@ def load_grid(path: str | Path) -> Grid:
     for spec in wanted.values():
         pool[spec["lang"]] = max(pool.get(spec["lang"], 0), int(spec["size"]))
     same_ids = data.get("same_ids_across_languages", False)
-    if not isinstance(same_ids, bool):
-        raise GridError(f"{path}: same_ids_across_languages = {same_ids!r}; expected true or false")
+    _check_type(same_ids, bool, "same_ids_across_languages", "true or false", path)
     # Every language trains on the same source examples: only ids usable in all the grid's corpora count.
     shared_languages = sorted(pool) if same_ids else []
 
