@@ -23,6 +23,13 @@ def test_01_translate_writes_the_corpus(tmp_path):
     assert len(rows) == 12 and json.loads(rows[0])["lang"] == "de"
 
 
+def test_01_translate_takes_papermill_p_strings(tmp_path):
+    """`papermill -p config_files params/presets/toy.yaml -p overrides 'data.size=6'` hands over strings."""
+    run_notebook("01_translate.ipynb", tmp_path, language="ko", output_dir=str(tmp_path / "outputs"),
+                 config_files="params/presets/toy.yaml", overrides="data.size=6, translation.batch_size=2")
+    assert len((tmp_path / "outputs" / "data" / "ko" / "parallel.jsonl").read_text().splitlines()) == 6
+
+
 def test_01_translate_stops_on_bad_parameters_before_translating(tmp_path):
     with pytest.raises(pm.PapermillExecutionError, match="train.lam"):
         run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
