@@ -244,6 +244,172 @@ def findings(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's premise and claims, each stated as holds / does not hold / inconclusive with the numbers behind it
+
+PREMISE_SHARE = 0.10  # "a clear share": SFT answers at least this share of unseen-form target prompts otherwise
+
+
+def _cells(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple[float, int]]:
+    """(model, lang, size) -> (the metric's mean over seeds, prompts behind it over all seeds), for one method."""
+    group = metric.split("@")[1] if "@" in metric else None
+    count_metric = f"prompts@{group}" if group else "prompts"
+    rows = frame[(frame["method"] == method) & frame["metric"].isin([metric, count_metric])]
+    if rows.empty or metric not in set(rows["metric"]):
+        return {}
+    wide = rows.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value",
+                            dropna=False).reset_index()
+    cells = {}
+    for (model, lang, size), part in wide.groupby(["model", "lang", "size"], dropna=False):
+        n = int(part[count_metric].sum()) if count_metric in part else 0
+        cells[(model, lang, None if pd.isna(size) else int(size))] = (float(part[metric].mean()), n)
+    return cells
+
+
+def _share(mean: float, n: int) -> dict[str, float]:
+    from clo_lib.evaluate import wilson
+
+    return wilson(mean, n) if n else {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 0}
+
+
+def _below(a: dict, b: dict) -> bool:
+    """a clearly below b: their 95 % intervals do not overlap."""
+    return a["high"] < b["low"]
+
+
+def _language_metric(frame: pd.DataFrame) -> str:
+    """Target-language fidelity on unseen forms where the prompts name that group (the toy world), else overall."""
+    return "fidelity_tgt@new_phrasing" if "fidelity_tgt@new_phrasing" in set(frame["metric"]) else "fidelity_tgt"
+
+
+def premise_check(frame: pd.DataFrame) -> tuple[list[str], dict[tuple, str]]:
+    """The paper's premise, from the base model and SFT alone: the base model answers most target-language prompts
+    in English, and SFT with little data still answers a clear share (PREMISE_SHARE) of them otherwise, less so as
+    its data grows. Lines for the report and a verdict per (model, language)."""
+    from clo_lib.languages import get_language
+
+    metric = _language_metric(frame)
+    base, sft = _cells(frame, metric, "base"), _cells(frame, metric, "sft")
+    lines, verdicts = [], {}
+    for model, lang in sorted({(m, lang) for m, lang, _ in sft}):
+        name = get_language(lang).name
+        by_size = {size: _share(*value) for (m, la, size), value in sft.items() if (m, la) == (model, lang)}
+        sizes = sorted(by_size)
+        start = next((_share(*v) for (m, la, _), v in base.items() if (m, la) == (model, lang)), None)
+        parts = []
+        if start is not None:
+            parts.append(f"the base model answers {start['mean']:.0%} of them in {name}")
+        parts.append("SFT " + ", ".join(f"{by_size[n]['mean']:.0%} [{by_size[n]['low']:.0%}, {by_size[n]['high']:.0%}] "
+                                        f"at {n}" for n in sizes) + " examples")
+        smallest, largest = by_size[sizes[0]], by_size[sizes[-1]]
+        checks = {"base answers most in English": start is not None and start["mean"] < 0.5,
+                  f"SFT at {sizes[0]} answers at least {PREMISE_SHARE:.0%} otherwise": 1 - smallest["mean"]
+                  >= PREMISE_SHARE}
+        if len(sizes) > 1:
+            checks[f"less so at {sizes[-1]}"] = largest["mean"] > smallest["mean"]
+        failed = [what for what, ok in checks.items() if not ok]
+        verdict = "holds" if not failed else "does not hold"
+        if verdict == "holds" and len(sizes) > 1 and not _below(smallest, largest):
+            verdict = "holds, weakly (the change with size is within the intervals)"
+        verdicts[(model, lang)] = verdict
+        lines.append(f"- {model}, {name} ({metric}): {'; '.join(parts)}: **{verdict}**"
+                     + (f" (not: {'; '.join(failed)})" if failed else "") + ".")
+    return lines, verdicts
+
+
+def _pairs_of_sizes(sizes: list[int]) -> list[tuple[int, int]]:
+    return [(n, 2 * n) for n in sizes if 2 * n in sizes]
+
+
+def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(claim, verdict, the numbers) for each of the paper's claims the grid can test."""
+    from clo_lib.languages import get_language
+
+    rows = []
+    target = pooled_win_rates(frame, "clo", "tgt")
+    if target:
+        counts = {v: [verdict(rate) for rate in target.values()].count(v) for v in ("better", "worse", "inconclusive")}
+        said = "holds" if counts["better"] == len(target) else "does not hold" if counts["worse"] else "inconclusive"
+        rows.append(("CLO beats SFT in the target language (paper: in all 30 cells)", said,
+                     f"win rate vs SFT on target prompts: better in {counts['better']}, worse in {counts['worse']}, "
+                     f"inconclusive in {counts['inconclusive']} of {len(target)} cells; mean "
+                     f"{sum(r['mean'] for r in target.values()) / len(target):.2f}"))
+    english = pooled_win_rates(frame, "clo", "en")
+    if english:
+        worse = [cell for cell, rate in english.items() if verdict(rate) == "worse"]
+        acc = {m: _cells(frame, "accuracy_en", m) for m in ("clo", "sft")}
+        shared = [c for c in acc["clo"] if c in acc["sft"]]
+        detail = (f"; English accuracy {sum(acc['clo'][c][0] for c in shared) / len(shared):.2f} (CLO) vs "
+                  f"{sum(acc['sft'][c][0] for c in shared) / len(shared):.2f} (SFT)") if shared else ""
+        rows.append(("CLO keeps English (paper: English win rates 50-65 %)", "does not hold" if worse else "holds",
+                     f"win rate vs SFT on English prompts worse in {len(worse)} of {len(english)} cells, mean "
+                     f"{sum(r['mean'] for r in english.values()) / len(english):.2f}{detail}"))
+    metric = _language_metric(frame)
+    for claim, method_small, method_large in (
+            ("CLO with half the data matches SFT with all of it in low-resource languages", "clo", "sft"),
+            ("SFT is sensitive to data size", "sft", "sft")):
+        small, large = _cells(frame, metric, method_small), _cells(frame, metric, method_large)
+        acc_small, acc_large = _cells(frame, "accuracy_tgt", method_small), _cells(frame, "accuracy_tgt", method_large)
+        found = []
+        for model, lang in sorted({(m, la) for m, la, _ in small}):
+            if claim.startswith("CLO") and get_language(lang).resource not in ("low", None):
+                continue  # the claim is about low-resource languages
+            sizes = sorted(n for m, la, n in small if (m, la) == (model, lang) and n is not None)
+            pairs = _pairs_of_sizes(sizes) if claim.startswith("CLO") else ([(sizes[0], sizes[-1])] if len(sizes) > 1
+                                                                             else [])
+            for n, big in pairs:
+                a, b = (model, lang, n), (model, lang, big)
+                if b not in large:
+                    continue
+                shares = {"fidelity": (_share(*small[a]), _share(*large[b]))}
+                if a in acc_small and b in acc_large:
+                    shares["accuracy"] = (_share(*acc_small[a]), _share(*acc_large[b]))
+                found.append((lang, n, big, shares))
+        if not found:
+            continue
+        text = "; ".join(f"{lang} {n} vs {big}: " + ", ".join(f"{k} {x['mean']:.2f} vs {y['mean']:.2f}"
+                                                              for k, (x, y) in shares.items())
+                         for lang, n, big, shares in found)
+        if claim.startswith("CLO"):
+            below = any(_below(x, y) for *_, shares in found for x, y in shares.values())
+            said = "does not hold" if below else "holds (no significant gap)"
+            text = f"CLO at n vs SFT at 2n, {metric} and accuracy_tgt: " + text
+        else:
+            moved = any(_below(x, y) or _below(y, x) for *_, shares in found for x, y in shares.values())
+            said = "holds" if moved else "inconclusive (no significant change)"
+            text = f"SFT at the smallest vs the largest size, {metric} and accuracy_tgt: " + text
+        rows.append((claim, said, text))
+    return rows
+
+
+def crpo_check(grid_dir: Path) -> tuple[str, str] | None:
+    """The CRPO critique (CLO mostly suppresses the English answer rather than raising the target one), from the
+    rewards the CLO runs logged on target-language prompts at the end of training: the share of the reward margin
+    that comes from lowering the rejected (English) answer."""
+    shares, chosen, rejected = [], [], []
+    for log_file in sorted(Path(grid_dir).glob("*/train_log.json")):
+        log = json.loads(log_file.read_text(encoding="utf-8"))
+        if log.get("method") != "clo":
+            continue
+        entries = [e for e in log["stages"][-1]["log_history"] if "tgt/rewards_chosen" in e][-3:]
+        if not entries:
+            continue
+        c = sum(e["tgt/rewards_chosen"] for e in entries) / len(entries)
+        r = sum(e["tgt/rewards_rejected"] for e in entries) / len(entries)
+        chosen.append(c)
+        rejected.append(r)
+        if c - r > 0:
+            shares.append(max(0.0, -r) / (c - r))
+    if not chosen:
+        return None
+    mean_share = sum(shares) / len(shares) if shares else float("nan")
+    said = "holds" if mean_share > 0.5 else "does not hold"
+    mean_chosen, mean_rejected = sum(chosen) / len(chosen), sum(rejected) / len(rejected)
+    return said, (f"at the end of training, on target prompts, the reward of the chosen (target) answer is "
+                  f"{mean_chosen:+.2f} and of the rejected (English) answer {mean_rejected:+.2f} on average over "
+                  f"{len(chosen)} CLO runs; lowering the English answer makes {mean_share:.0%} of the margin")
+
+
 def _with_spread(table: pd.DataFrame) -> pd.DataFrame:
     """The summary with each metric as one "mean ± sd" cell (just the mean for a single seed)."""
     if table.empty:
@@ -285,6 +451,20 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
              f"the long table is `results.csv`.", ""]
     if notes:
         lines += ["## About this grid", "", notes.strip(), ""]
+    premise, _ = premise_check(frame)
+    if premise:
+        lines += ["## The premise, from the base model and SFT alone", "",
+                  "Does SFT with little target-language data stay English-biased, the problem CLO is meant to fix? "
+                  f"Share of target-language prompts answered in the target language ({_language_metric(frame)}), "
+                  "with 95 % intervals:", ""] + premise + [""]
+    table_of_claims = claims(frame)
+    crpo = crpo_check(grid_dir)
+    if crpo:
+        table_of_claims.append(("CRPO critique: CLO mostly suppresses English rather than raising the target answer",
+                                *crpo))
+    if table_of_claims:
+        lines += ["## The paper's claims", "", "| claim | verdict | the numbers |", "|---|---|---|"]
+        lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers in table_of_claims] + [""]
     found = findings(frame)
     if found:
         lines += ["## What it measured", ""] + found + [""]

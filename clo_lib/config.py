@@ -105,6 +105,10 @@ class DataConfig:
     )
     subset_seed: int = _field(0, "Seed of the permutation that nested subsets are cut from.")
     keep_flagged: bool = _field(False, "Keep records whose translation was flagged (empty, wrong language, loop).")
+    corpus_dir: str | None = _field(
+        None, "Folder of the translated corpus; None: <output_dir>/data/<language> (a grid sets one per seed when "
+        "its runs' sources differ by seed)."
+    )
     same_ids_across_languages: list[str] = _field(
         [], "Languages whose runs must train on the same source examples: only ids usable in all their corpora "
         "count (a grid's `same_ids_across_languages: true` fills in its languages). [] : each language its own."
@@ -199,6 +203,8 @@ class EvalConfig:
         "replaced by the language code. None: translated AlpacaEval."
     )
     num_prompts: int | None = _field(None, "Evaluate on the first N prompts only; None: all.", min=1)
+    seen_prompts: int = _field(0, "Also ask the run's first N training records (metrics @seen): a sanity check that "
+                               "it learnt what it trained on; 0: none.", min=0)
     max_new_tokens: int = _field(512, "Longest generated answer in tokens.", min=1)
     temperature: float = _field(0.0, "Sampling temperature; 0 is greedy decoding.", min=0.0)
     batch_size: int = _field(8, "Prompts per generate() call.", min=1)

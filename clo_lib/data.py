@@ -216,8 +216,10 @@ def load_english(cfg: DataConfig) -> LoadedData:
     if source == "toy":
         from clo_lib import toyworld
 
-        return LoadedData(records=[{k: r[k] for k in ("id", "prompt_en", "response_en")}
-                                   for r in toyworld.generate_english()], source="toy")
+        # a built world's pool (data.path: its folder), or world 0's, generated
+        rows = read_rows(Path(cfg.path) / "pool.jsonl") if cfg.path else toyworld.generate_english()
+        return LoadedData(records=[{k: r[k] for k in ("id", "prompt_en", "response_en")} for r in rows],
+                          source="toy")
     if source in ("oasst1", "oasst2"):
         path = cfg.path or OASST_IDS[source]
         rows = read_rows(path) if Path(path).is_file() else _hub_rows(path, cfg.split)
@@ -248,8 +250,8 @@ class ShortCorpusError(ValueError):
 
 
 def corpus_dir(cfg: RunConfig) -> Path:
-    """Where a language's parallel corpus lives: `<output_dir>/data/<lang>/`."""
-    return Path(cfg.output_dir) / "data" / cfg.language
+    """Where a language's parallel corpus lives: `data.corpus_dir`, or `<output_dir>/data/<lang>/`."""
+    return Path(cfg.data.corpus_dir) if cfg.data.corpus_dir else Path(cfg.output_dir) / "data" / cfg.language
 
 
 _CORPORA: dict[tuple, list[dict]] = {}  # read_corpus's last few results, by file identity

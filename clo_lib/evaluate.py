@@ -21,6 +21,9 @@ Metric names (one row each in the long-format table the analysis reads):
                                      comparisons; the judge is an LLM (eval.judge: llm) or the reference answers
                                      (eval.judge: reference; deterministic, used by the toy world). Both apply one
                                      order of criteria (see JUDGE_PROMPT): the prompt's language first, then quality.
+    <metric>@<group>                 fidelity and accuracy per prompt group, when the prompt file names groups (the
+                                     toy world: new_phrasing, new_fact), and `@seen` on the run's own first
+                                     eval.seen_prompts training records, a sanity check of its training
 Language ID (fidelity, judging) looks at an answer's prose only: code blocks, inline code, URLs and bare numbers are
 left out (clo_lib.langid.prose, the same spans translation protects).
 """
@@ -273,6 +276,38 @@ def reference_answers(reference_run: str | Path, cfg: RunConfig) -> list[dict]:
     return list(latest.values())
 
 
+def by_group(generations: Sequence[dict], prompts: Sequence[dict], tgt: str, min_confidence: float = 0.5) -> dict:
+    """fidelity_* and accuracy_* per prompt group (`<metric>@<group>`), for prompt rows that carry a `group` (the toy
+    world's new_phrasing and new_fact, the run's own training items as `seen`)."""
+    group_of = {row["id"]: row.get("group") for row in prompts}
+    metrics = {}
+    for group in sorted({g for g in group_of.values() if g}):
+        rows = [row for row in prompts if row.get("group") == group]
+        answers = [g for g in generations if group_of.get(g["id"]) == group]
+        for key, value in {**fidelity(answers, tgt, min_confidence), **accuracy(answers, rows)}.items():
+            if key.startswith(("fidelity_", "accuracy_")):
+                metrics[f"{key}@{group}"] = value
+        metrics[f"prompts@{group}"] = len(rows)  # per side: what an interval on these shares needs
+    return metrics
+
+
+def seen_prompts(cfg: RunConfig) -> list[dict]:
+    """The first `eval.seen_prompts` of the run's own training records, asked as a sanity check (group `seen`):
+    a run that cannot answer what it trained on is under-trained, whatever it does on held-out questions."""
+    if not cfg.eval.seen_prompts:
+        return []
+    from clo_lib.data import run_records
+
+    try:
+        records = run_records(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"seen-item check skipped: {err}")
+        return []
+    return [{"id": f"seen-{r['id']}", "group": "seen", "prompt_en": r["prompt_en"], "prompt_tgt": r["prompt_tgt"],
+             "answer_en": r["response_en"], "answer_tgt": r["response_tgt"]}
+            for r in records[: cfg.eval.seen_prompts]]
+
+
 def _paired(ours: Sequence[dict], reference: Sequence[dict]):
     """(our answer, the SFT run's answer) for every prompt and side; a missing SFT answer is a clear error."""
     theirs = {(r["id"], r["side"]): r for r in reference}
@@ -490,6 +525,8 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
         endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
         endpoint.check()  # a missing key fails now, not after an hour of generation
     prompts = prompts if prompts is not None else load_prompts(cfg)
+    method = method or cfg.train.method
+    seen = seen_prompts(cfg) if method != "base" else []
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"{run_dir} is a file; expected the run's folder, where metrics.json goes.")
     if loaded is None:
@@ -498,15 +535,18 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
         check_model_source(str(model_path), "the model to evaluate")
     start = time.perf_counter()
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
-    generations = generate_answers(model, tokenizer, prompts, cfg, run_dir / "generations.jsonl", progress)
+    every = generate_answers(model, tokenizer, prompts + seen, cfg, run_dir / "generations.jsonl", progress)
+    generations = every[: 2 * len(prompts)]  # the evaluation prompts' answers; the seen items' come after
     metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence)
     metrics.update(accuracy(generations, prompts))
+    metrics["prompts"] = len(prompts)
+    metrics.update(by_group(every, prompts + seen, cfg.language, ecfg.lid_min_confidence))
     if ecfg.mc_tasks:
         metrics.update(mc_accuracy(model, tokenizer, ecfg.mc_tasks, cfg.language, ecfg.mc_task_dir, ecfg.batch_size,
                                    ecfg.mc_limit))
     del model
-    details: dict[str, Any] = {"prompts": len(prompts), "generation_seconds": round(time.perf_counter() - start, 2)}
-    method = method or cfg.train.method
+    details: dict[str, Any] = {"prompts": len(prompts), "seen_prompts": len(seen),
+                               "generation_seconds": round(time.perf_counter() - start, 2)}
     if judge == "none":
         log("judging skipped: no judge configured (eval.judge_base_url, or eval.judge: reference with reference "
             "answers), so no win rates; none are made up")

@@ -196,6 +196,17 @@ def _as_list(value: Any, where: str, path: Path) -> list:
     raise GridError(f"{path}: {where} = {value!r}; expected a list")
 
 
+def _with_seed(value: Any, seed: int) -> Any:
+    """`value` with "{seed}" filled in every string (a whole "{seed}" becomes the number itself)."""
+    if isinstance(value, dict):
+        return {k: _with_seed(v, seed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_seed(v, seed) for v in value]
+    if value == "{seed}":
+        return seed
+    return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
+
+
 def _check_type(value: Any, kind: type, where: str, expected: str, path: Path) -> None:
     if value is not None and not isinstance(value, kind):
         raise GridError(f"{path}: {where} = {value!r}; expected {expected}")
@@ -308,55 +319,77 @@ def load_grid(path: str | Path) -> Grid:
                             wanted.setdefault(rid, {"model": label, "lang": lang, "method": method, "size": size,
                                                     "seed": seed, "overrides": piece.get("overrides") or {}})
 
-    pool = {}  # the largest size each language needs: translated once, cut into nested subsets
-    for spec in wanted.values():
-        pool[spec["lang"]] = max(pool.get(spec["lang"], 0), int(spec["size"]))
     same_ids = data.get("same_ids_across_languages", False)
     _check_type(same_ids, bool, "same_ids_across_languages", "true or false", path)
     # Every language trains on the same source examples: only ids usable in all the grid's corpora count.
-    shared_languages = sorted(pool) if same_ids else []
+    shared_languages = sorted({spec["lang"] for spec in wanted.values()}) if same_ids else []
 
     def resolve(spec: dict, label_for_error: str) -> RunConfig:
         layer = {"language": spec["lang"], "name": label_for_error, "seed": spec["seed"],
-                 "output_dir": str(output_dir),
-                 "data": {"size": max(1, int(spec["size"])), "pool_size": pool[spec["lang"]],
-                          **({"same_ids_across_languages": shared_languages} if same_ids else {})},
+                 "output_dir": str(output_dir), "data": {"size": max(1, int(spec["size"])),
+                 **({"same_ids_across_languages": shared_languages} if same_ids else {})},
                  "train": {"method": spec.get("method_for_config", spec["method"])}}
+        overrides = [nest_dotted(common), nest_dotted(models[spec["model"]] or {}), nest_dotted(spec["overrides"])]
         try:
-            return load_config(*layers, nest_dotted(common), nest_dotted(models[spec["model"]] or {}),
-                               nest_dotted(spec["overrides"]), layer)
+            return load_config(*layers, *(_with_seed(o, spec["seed"]) for o in overrides), layer)
         except ConfigError as err:
             raise GridError(f"{path}: run {label_for_error}: {err}") from None
 
     stages: dict[str, Stage] = {}
-    prepare_ids = []
+    seeds = sorted({spec["seed"] for spec in wanted.values()})
+    prepare_of: dict[int, list[str]] = {seed: [] for seed in seeds}  # the prepare stages a seed's runs wait for
     for number, item in enumerate(_as_list(data.get("prepare"), "prepare", path), 1):
         if (not isinstance(item, dict) or not {"id", "command", "done"} <= set(item)
                 or not isinstance(item["command"], list) or not all(isinstance(c, (str, int)) for c in item["command"])
                 or not isinstance(item["id"], str) or not isinstance(item["done"], str)):
             raise GridError(f"{path}: prepare item {number} = {item!r}; expected id (a name), command (a list of "
                             "words) and done (a file it makes)")
-        stage = Stage(id=f"prepare/{item['id']}", kind="prepare", workdir=output_dir / "prepare",
-                      done_file=Path(item["done"]), command=[str(c) for c in item["command"]])
-        stages[stage.id] = stage
-        prepare_ids.append(stage.id)
+        # An item naming {seed} is one stage per seed of the grid (the toy sweep builds one world per seed).
+        per_seed = "{seed}" in json.dumps(item)
+        for seed in (seeds if per_seed else [None]):
+            concrete = _with_seed(item, seed) if per_seed else item
+            stage_id = f"prepare/{concrete['id']}" + (f"-s{seed}" if per_seed else "")
+            stages[stage_id] = Stage(id=stage_id, kind="prepare", workdir=output_dir / "prepare",
+                                     done_file=Path(concrete["done"]), command=[str(c) for c in concrete["command"]])
+            for wanted_seed in ([seed] if per_seed else seeds):
+                prepare_of[wanted_seed].append(stage_id)
 
-    for lang, size in pool.items():
-        any_spec = next(s for s in wanted.values() if s["lang"] == lang)
-        cfg = resolve(any_spec, f"translate-{lang}")
-        corpus = output_dir / "data" / lang
-        stages[f"translate/{lang}"] = Stage(
-            id=f"translate/{lang}", kind="translate", workdir=corpus, done_file=corpus / "report.json",
-            deps=list(prepare_ids), config=cfg, facts={"lang": lang, "size": size},
+    # 2. the corpora: one per language and translation setup (the same for every run of a language, unless
+    # overrides make the source or its order depend on the seed, as the toy sweep's worlds do), translated for the
+    # largest size any of its runs needs and cut into nested subsets
+    configs = {rid: resolve(spec, rid) for rid, spec in wanted.items()}
+    corpora: dict[tuple[str, str], list[str]] = {}
+    for rid, cfg in configs.items():
+        corpora.setdefault((cfg.language, config_fingerprint(cfg, "translate")), []).append(rid)
+    languages = [lang for lang, _ in corpora]
+    corpus_stage: dict[str, str] = {}
+    for (lang, fingerprint), rids in corpora.items():
+        several = languages.count(lang) > 1
+        name = f"{lang}-{fingerprint[:8]}" if several else lang
+        corpus = output_dir / "data" / name
+        pool = max(configs[rid].data.size for rid in rids)
+        for rid in rids:
+            configs[rid].data.pool_size = pool
+            if several:
+                configs[rid].data.corpus_dir = str(corpus)
+            corpus_stage[rid] = f"translate/{name}"
+        cfg = configs[rids[0]]
+        waits = sorted({stage for rid in rids for stage in prepare_of[wanted[rid]["seed"]]})
+        stages[f"translate/{name}"] = Stage(
+            id=f"translate/{name}", kind="translate", workdir=corpus, done_file=corpus / "report.json",
+            deps=waits, config=cfg, facts={"lang": lang, "size": pool},
             parameters={"language": lang, "output_dir": str(output_dir)})
 
     evaluate_ids = []
     for rid, spec in wanted.items():
-        cfg = resolve(spec, rid)
+        cfg = configs[rid]
         run_dir = output_dir / rid
         facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed")}
         sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
-        train_deps = [f"translate/{lang}" for lang in (shared_languages or [spec["lang"]])] + prepare_ids
+        # with same_ids_across_languages, every language's corpus of this seed must be there first
+        shared = [corpus_stage[other] for other, o in wanted.items() if o["seed"] == spec["seed"]
+                  and o["model"] == spec["model"] and o["lang"] in shared_languages]
+        train_deps = sorted({corpus_stage[rid], *shared}) + prepare_of[spec["seed"]]
         if spec["method"] == "sft_dpo" and sft in wanted and cfg.train.trainable != "lora":
             # SFT+DPO's first stage is exactly the SFT run: start from its weights instead of training it again.
             cfg.train.init_from = str(output_dir / sft / "model")
@@ -383,17 +416,18 @@ def load_grid(path: str | Path) -> Grid:
             run_dir = output_dir / rid
             sizes = sorted({s["size"] for s in wanted.values() if (s["model"], s["lang"], s["seed"]) ==
                             (label, lang, seed)})
+            cfg.data.size = sizes[0]  # as its reference SFT run, so a check of the run's own records reads the same
             # The base model is judged against the SFT run of the smallest size, if there is one.
             sft = run_id(label, lang, "sft", sizes[0], seed)
             params = {"language": lang, "output_dir": str(output_dir), "run_dir": str(run_dir), "method": "base",
                       "model_path": cfg.model.name_or_path, "model_label": label}
-            deps = list(prepare_ids)
+            deps = list(prepare_of[seed])
             if sft in wanted:
                 params["reference_run"] = str(output_dir / sft)
                 deps.append(f"evaluate/{sft}")
             stages[f"evaluate/{rid}"] = Stage(id=f"evaluate/{rid}", kind="evaluate", workdir=run_dir,
                                               done_file=run_dir / "metrics.json", deps=deps, config=cfg,
-                                              facts={"model": label, "lang": lang, "method": "base", "size": 0,
+                                              facts={"model": label, "lang": lang, "method": "base", "size": None,
                                                      "seed": seed}, parameters=params)
             evaluate_ids.append(f"evaluate/{rid}")
 
@@ -459,8 +493,9 @@ def table(stages: list[Stage], with_state: bool) -> str:
     for stage in stages:
         f = stage.facts
         waits = ", ".join(stage.deps) if len(stage.deps) <= 3 else f"{len(stage.deps)} stages"
+        size = "" if f.get("size") is None else str(f["size"])
         row = (f"{stage.id:52s} {str(f.get('model', '')):14s} {str(f.get('lang', '')):4s} "
-               f"{str(f.get('size', '')):>5s} {str(f.get('method', '')):8s} {waits}")
+               f"{size:>5s} {str(f.get('method', '')):8s} {waits}")
         lines.append((f"{state[stage.id]:8s} " if with_state else "") + row)
     counts = {kind: sum(s.kind == kind for s in stages) for kind in STAGE_KINDS}
     lines.append("stages: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + f" ({len(stages)} in all)")

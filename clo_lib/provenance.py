@@ -25,7 +25,8 @@ DEPENDS_ON = {
     "train": ("language", "seed", "model", "data", "translation", "train"),
     "evaluate": ("language", "seed", "model", "translation", "eval"),
 }
-_NEVER = {"translation.cache_dir", "translation.device", "translation.api_key_env", "eval.judge_api_key_env"}
+_NEVER = {"translation.cache_dir", "translation.device", "translation.api_key_env", "eval.judge_api_key_env",
+          "data.corpus_dir"}
 IGNORED = {
     # the corpus is one seeded order of the source, translated as far as the pool needs (a larger pool extends
     # it, see clo_lib.grid); which records a run takes from it (size, flags) is the run's business

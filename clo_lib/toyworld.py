@@ -1,21 +1,36 @@
 """The toy world: a small synthetic instruction world in English and the paper's six target languages.
 
 What it is an analogue of (PAPER.md): an English instruction set (oasst1) translated by an MT model into a target
-language. Here the instructions are templated questions over a small knowledge base, written in real words of each
-language (so that lingua can tell the languages apart, as it does for real answers), and the "MT model" is an exact
-translator: it parses a sentence of the world back into (template, slots) and renders it in another language.
+language, and an English-centric LLM that knows the facts in English and the target language only as plain text.
+Here the instructions are questions over a small knowledge base, written in real words of each language (so that
+lingua can tell the languages apart, as it does for real answers), and the "MT model" is an exact translator: it
+parses a sentence of the world back into (kind, phrasing, slots) and renders it in another language.
 
-Design choices, made for being a fair analogue rather than for any method to win:
-- Four kinds of question, each a template per language: the colour of a thing, the kind of a thing (fruit,
-  drink, plant, animal, vehicle), the number of legs of an animal, and the sum of two numbers.
-- Numbers are written as digits in every language, as they mostly are in real text; every other word differs
-  (English and German say "the sum of", not "plus", which the two languages share and language ID cannot tell).
+Design (version 2), written down before any CLO result was looked at, to make the paper's premise testable: with
+little target-language data, SFT stays English-biased on what it has not seen.
+- Four kinds of question, balanced: 16 facts each (the colour of a thing, the kind of a thing, the number of legs
+  of an animal, the sum of two numbers from 1 to 9).
+- Eight phrasings per kind and language: four frames (bare, "Question: ...", "Please answer this: ...", "I would
+  like to know something: ...") times two question forms, each one sentence (translation splits at sentence
+  ends). A run's translator keeps the phrasing.
+- Answers are sentences ("The spider has 8 legs."), one form per kind and language.
+- The world's seed holds out 20 % of the facts of each kind and one of the two question forms of each kind (its
+  four phrasings). No SFT record has a held-out fact or the held-out form, and no target-language text of the
+  base model's pretraining has either, so the held-out form's words are new in the target language, as a real
+  evaluation set's phrasings are new to a small SFT set. Evaluation asks `new_phrasing` questions (known facts in
+  the held-out form: does answering in the prompt's language generalise to unseen forms?) and `new_fact` questions
+  (held-out facts in every phrasing: does knowledge taught in English carry over?): 304 questions per language.
+- A first version held out 3 of the 8 phrasings (one frame wholly, one frame with one form) and kept both forms
+  in SFT data: SFT at 64 examples then answered 97-99 % of the held-out phrasings in the target language, leaving
+  no English bias to study. That was decided from the base model and SFT alone, before any CLO run.
+- Numbers are digits in every language, as they mostly are in real text; every other word differs.
 - The sentences are short and grammatical enough for language ID, not linguistically perfect: German articles are
   part of the noun entry, Korean avoids particles that depend on the noun, Yoruba keeps its tone marks.
-- Every language has the same facts and the same templates, so no language is easier by construction.
+- Every language has the same facts and phrasings, so no language is easier by construction.
 
-Public names: `LANGS`, `render(kind, slots, lang)`, `all_items()`, `generate_english(n, seed)`, `translate(text, src,
-tgt)` and `ToyTranslationError` for text that is not a sentence of this world.
+Public names: `LANGS`, `KINDS_OF_QUESTION`, `render(kind, slots, lang, phrasing)`, `all_facts()`, `World` and
+`world(seed)`, `generate_english(n, seed, world_seed)`, `evaluation_prompts(lang, world_seed)`, `translate(text,
+src, tgt)` and `ToyTranslationError` for text that is not a sentence of this world.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import random
 import re
 import string
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -31,7 +47,7 @@ from clo_lib.pairs import DEFAULT_PROMPT_TEMPLATE
 LANGS = ("en", "zh", "de", "ko", "id", "sw", "yo")
 # Raised whenever what the world generates changes (questions, answers, translations, the base model's corpus): a
 # cached world or cached toy translations of another version are not reused.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 
 # thing -> its name per language (German with its article, as the sentences need it)
 THINGS: dict[str, dict[str, str]] = {
@@ -39,10 +55,17 @@ THINGS: dict[str, dict[str, str]] = {
     "apple": dict(en="apple", de="der Apfel", id="apel", sw="tufaha", yo="ápù", zh="苹果", ko="사과"),
     "lemon": dict(en="lemon", de="die Zitrone", id="lemon", sw="limau", yo="ọsàn wẹ́wẹ́", zh="柠檬", ko="레몬"),
     "tomato": dict(en="tomato", de="die Tomate", id="tomat", sw="nyanya", yo="tòmátì", zh="西红柿", ko="토마토"),
+    "strawberry": dict(en="strawberry", de="die Erdbeere", id="stroberi", sw="stroberi", yo="sítírọ́bẹ́rì", zh="草莓",
+                       ko="딸기"),
+    "cucumber": dict(en="cucumber", de="die Gurke", id="mentimun", sw="tango", yo="kùkúmbà", zh="黄瓜", ko="오이"),
     "milk": dict(en="milk", de="die Milch", id="susu", sw="maziwa", yo="wàrà", zh="牛奶", ko="우유"),
     "coffee": dict(en="coffee", de="der Kaffee", id="kopi", sw="kahawa", yo="kọfí", zh="咖啡", ko="커피"),
+    "tea": dict(en="tea", de="der Tee", id="teh", sw="chai", yo="tíì", zh="茶", ko="차"),
+    "sugar": dict(en="sugar", de="der Zucker", id="gula", sw="sukari", yo="ṣúgà", zh="糖", ko="설탕"),
     "grass": dict(en="grass", de="das Gras", id="rumput", sw="nyasi", yo="koríko", zh="草", ko="풀"),
     "leaf": dict(en="leaf", de="das Blatt", id="daun", sw="jani", yo="ewé igi", zh="叶子", ko="잎"),
+    "tree": dict(en="tree", de="der Baum", id="pohon", sw="mti", yo="igi", zh="树", ko="나무"),
+    "sky": dict(en="sky", de="der Himmel", id="langit", sw="anga", yo="ojú ọ̀run", zh="天空", ko="하늘"),
     "crow": dict(en="crow", de="die Krähe", id="gagak", sw="kunguru", yo="ẹyẹ ìwò", zh="乌鸦", ko="까마귀"),
     "frog": dict(en="frog", de="der Frosch", id="katak", sw="chura", yo="àkèré", zh="青蛙", ko="개구리"),
     "cow": dict(en="cow", de="die Kuh", id="sapi", sw="ng'ombe", yo="màlúù", zh="牛", ko="소"),
@@ -51,6 +74,15 @@ THINGS: dict[str, dict[str, str]] = {
     "ant": dict(en="ant", de="die Ameise", id="semut", sw="sisimizi", yo="èèrà", zh="蚂蚁", ko="개미"),
     "snake": dict(en="snake", de="die Schlange", id="ular", sw="nyoka", yo="ejò", zh="蛇", ko="뱀"),
     "fish": dict(en="fish", de="der Fisch", id="ikan", sw="samaki", yo="ẹja", zh="鱼", ko="물고기"),
+    "horse": dict(en="horse", de="das Pferd", id="kuda", sw="farasi", yo="ẹṣin", zh="马", ko="말"),
+    "dog": dict(en="dog", de="der Hund", id="anjing", sw="mbwa", yo="ajá", zh="狗", ko="개"),
+    "duck": dict(en="duck", de="die Ente", id="bebek", sw="bata", yo="pẹ́pẹ́yẹ", zh="鸭子", ko="오리"),
+    "bee": dict(en="bee", de="die Biene", id="lebah", sw="nyuki", yo="kòkòrò oyin", zh="蜜蜂", ko="벌"),
+    "goat": dict(en="goat", de="die Ziege", id="kambing", sw="mbuzi", yo="ewúrẹ́", zh="山羊", ko="염소"),
+    "cat": dict(en="cat", de="die Katze", id="kucing", sw="paka", yo="ológbò", zh="猫", ko="고양이"),
+    "crab": dict(en="crab", de="die Krabbe", id="kepiting", sw="kaa", yo="akan", zh="螃蟹", ko="게"),
+    "butterfly": dict(en="butterfly", de="der Schmetterling", id="kupu-kupu", sw="kipepeo", yo="labalábá", zh="蝴蝶",
+                      ko="나비"),
     "car": dict(en="car", de="das Auto", id="mobil", sw="gari", yo="ọkọ̀ ayọ́kẹ́lẹ́", zh="汽车", ko="자동차"),
     "bicycle": dict(en="bicycle", de="das Fahrrad", id="sepeda", sw="baiskeli", yo="kẹ̀kẹ́", zh="自行车", ko="자전거"),
     "snow": dict(en="snow", de="der Schnee", id="salju", sw="theluji", yo="yìnyín", zh="雪", ko="눈"),
@@ -62,6 +94,7 @@ COLORS: dict[str, dict[str, str]] = {
     "green": dict(en="green", de="grün", id="hijau", sw="kijani", yo="ewé", zh="绿色", ko="초록색"),
     "white": dict(en="white", de="weiß", id="putih", sw="nyeupe", yo="funfun", zh="白色", ko="흰색"),
     "black": dict(en="black", de="schwarz", id="hitam", sw="nyeusi", yo="dúdú", zh="黑色", ko="검은색"),
+    "blue": dict(en="blue", de="blau", id="biru", sw="bluu", yo="búlúù", zh="蓝色", ko="파란색"),
 }
 KINDS: dict[str, dict[str, str]] = {
     "fruit": dict(en="a fruit", de="eine Frucht", id="buah", sw="tunda", yo="èso", zh="水果", ko="과일"),
@@ -72,57 +105,79 @@ KINDS: dict[str, dict[str, str]] = {
                     zh="交通工具", ko="탈것"),
 }
 
-# The knowledge base: which facts hold. Facts are the same in every language.
-COLOR_OF = {"banana": "yellow", "apple": "red", "lemon": "yellow", "tomato": "red", "milk": "white",
-            "coffee": "black", "grass": "green", "leaf": "green", "crow": "black", "frog": "green",
-            "snow": "white", "coal": "black"}
-KIND_OF = {"banana": "fruit", "apple": "fruit", "lemon": "fruit", "tomato": "fruit", "milk": "drink",
-           "coffee": "drink", "grass": "plant", "leaf": "plant", "crow": "animal", "frog": "animal", "cow": "animal",
-           "chicken": "animal", "spider": "animal", "ant": "animal", "snake": "animal", "fish": "animal",
-           "car": "vehicle", "bicycle": "vehicle"}
-LEGS_OF = {"crow": 2, "frog": 4, "cow": 4, "chicken": 2, "spider": 8, "ant": 6, "snake": 0, "fish": 0}
-MAX_ADDEND = 12  # 169 sums: arithmetic stays a part of the world, not most of it
+# The knowledge base: which facts hold, the same in every language; 16 facts of each kind of question.
+COLOR_OF = {"banana": "yellow", "apple": "red", "lemon": "yellow", "tomato": "red", "strawberry": "red",
+            "cucumber": "green", "milk": "white", "coffee": "black", "sugar": "white", "grass": "green",
+            "leaf": "green", "sky": "blue", "crow": "black", "frog": "green", "snow": "white", "coal": "black"}
+KIND_OF = {"banana": "fruit", "apple": "fruit", "lemon": "fruit", "strawberry": "fruit", "milk": "drink",
+           "coffee": "drink", "tea": "drink", "grass": "plant", "leaf": "plant", "tree": "plant", "crow": "animal",
+           "frog": "animal", "cow": "animal", "spider": "animal", "car": "vehicle", "bicycle": "vehicle"}
+LEGS_OF = {"crow": 2, "frog": 4, "cow": 4, "chicken": 2, "spider": 8, "ant": 6, "snake": 0, "fish": 0, "horse": 4,
+           "dog": 4, "duck": 2, "bee": 6, "goat": 4, "cat": 4, "crab": 10, "butterfly": 6}
+SUMS = [(a, b) for a in range(1, 10) for b in range(1, 10)][3::5][:16]  # 16 spread-out sums of digits 1 to 9
 
-# Templates: (question, answer) per language. {t} is a thing, {T} the same capitalised at a sentence start,
-# {c} a colour, {k} a kind, {n}, {a}, {b}, {s} digits.
-TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
+# Phrasings: a frame around one of two question forms. {q} is the question; in the forms, {t} is a thing, {T} the
+# same capitalised at a sentence start, {c} a colour, {k} a kind, {n}, {a}, {b}, {s} digits.
+FRAMES: dict[str, tuple[str, str, str, str]] = {
+    "en": ("{q}", "Question: {q}", "Please answer this: {q}", "I would like to know something: {q}"),
+    "de": ("{q}", "Frage: {q}", "Bitte beantworte das: {q}", "Ich möchte etwas wissen: {q}"),
+    "id": ("{q}", "Pertanyaan: {q}", "Tolong jawab ini: {q}", "Saya ingin tahu sesuatu: {q}"),
+    "sw": ("{q}", "Swali: {q}", "Tafadhali jibu hili: {q}", "Ningependa kujua jambo: {q}"),
+    "yo": ("{q}", "Ìbéèrè: {q}", "Jọ̀wọ́ dáhùn èyí: {q}", "Mo fẹ́ mọ nǹkan kan: {q}"),
+    "zh": ("{q}", "问题：{q}", "请回答这个：{q}", "我想知道一件事：{q}"),
+    "ko": ("{q}", "질문: {q}", "이것에 답해 주세요: {q}", "알고 싶은 것이 있습니다: {q}"),
+}
+QUESTIONS: dict[str, dict[str, tuple[str, str]]] = {
     "color": {
-        "en": ("What color is the {t}?", "The {t} is {c}."),
-        "de": ("Welche Farbe hat {t}?", "{T} ist {c}."),
-        "id": ("Apa warna {t}?", "Warna {t} adalah {c}."),
-        "sw": ("{T} ina rangi gani?", "{T} ina rangi ya {c}."),
-        "yo": ("Àwọ̀ wo ni {t} ní?", "{T} ní àwọ̀ {c}."),
-        "zh": ("{t}是什么颜色的？", "{t}是{c}的。"),
-        "ko": ("{t}의 색은 무엇입니까?", "{t}의 색은 {c}입니다."),
+        "en": ("What color is the {t}?", "Which color does the {t} have?"),
+        "de": ("Welche Farbe hat {t}?", "Wie sieht {t} farblich aus?"),
+        "id": ("Apa warna {t}?", "{T} berwarna apa?"),
+        "sw": ("{T} ina rangi gani?", "Rangi ya {t} ni ipi?"),
+        "yo": ("Àwọ̀ wo ni {t} ní?", "Kí ni àwọ̀ {t}?"),
+        "zh": ("{t}是什么颜色的？", "{t}的颜色是什么？"),
+        "ko": ("{t}의 색은 무엇입니까?", "{t}의 색깔은 어떻습니까?"),
     },
     "kind": {
-        "en": ("What kind of thing is the {t}?", "The {t} is {k}."),
-        "de": ("Was für ein Ding ist {t}?", "{T} ist {k}."),
-        "id": ("{T} termasuk jenis apa?", "{T} adalah {k}."),
-        "sw": ("{T} ni kitu cha aina gani?", "{T} ni {k}."),
-        "yo": ("Irú nǹkan wo ni {t}?", "{T} jẹ́ {k}."),
-        "zh": ("{t}是哪一类东西？", "{t}是一种{k}。"),
-        "ko": ("{t}의 종류는 무엇입니까?", "{t}의 종류는 {k}입니다."),
+        "en": ("What kind of thing is the {t}?", "What sort of thing is the {t}?"),
+        "de": ("Was für ein Ding ist {t}?", "Zu welcher Art gehört {t}?"),
+        "id": ("{T} termasuk jenis apa?", "Apa jenis {t}?"),
+        "sw": ("{T} ni kitu cha aina gani?", "Aina ya {t} ni ipi?"),
+        "yo": ("Irú nǹkan wo ni {t}?", "Kí ni irú {t}?"),
+        "zh": ("{t}是哪一类东西？", "{t}属于什么类别？"),
+        "ko": ("{t}의 종류는 무엇입니까?", "{t}의 분류는 무엇입니까?"),
     },
     "legs": {
-        "en": ("How many legs does the {t} have?", "The {t} has {n} legs."),
-        "de": ("Wie viele Beine hat {t}?", "{T} hat {n} Beine."),
-        "id": ("Berapa jumlah kaki {t}?", "{T} memiliki {n} kaki."),
-        "sw": ("{T} ana miguu mingapi?", "{T} ana miguu {n}."),
-        "yo": ("Ẹsẹ̀ mélòó ni {t} ní?", "{T} ní ẹsẹ̀ {n}."),
-        "zh": ("{t}有几条腿？", "{t}有{n}条腿。"),
-        "ko": ("{t}의 다리는 몇 개입니까?", "{t}의 다리는 {n}개입니다."),
+        "en": ("How many legs does the {t} have?", "What is the number of legs of the {t}?"),
+        "de": ("Wie viele Beine hat {t}?", "Auf wie vielen Beinen läuft {t}?"),
+        "id": ("Berapa jumlah kaki {t}?", "{T} punya berapa kaki?"),
+        "sw": ("{T} ana miguu mingapi?", "Idadi ya miguu ya {t} ni ngapi?"),
+        "yo": ("Ẹsẹ̀ mélòó ni {t} ní?", "Iye ẹsẹ̀ {t} jẹ́ mélòó?"),
+        "zh": ("{t}有几条腿？", "{t}的腿有多少条？"),
+        "ko": ("{t}의 다리는 몇 개입니까?", "{t}에게는 다리가 몇 개 있습니까?"),
     },
     "sum": {
-        "en": ("What is the sum of {a} and {b}?", "The sum of {a} and {b} is {s}."),
-        "de": ("Was ist die Summe von {a} und {b}?", "Die Summe von {a} und {b} ist {s}."),
-        "id": ("Berapa {a} tambah {b}?", "{a} tambah {b} adalah {s}."),
-        "sw": ("{a} jumlisha {b} ni ngapi?", "{a} jumlisha {b} ni {s}."),
-        "yo": ("Kí ni {a} àti {b} papọ̀?", "{a} àti {b} papọ̀ jẹ́ {s}."),
-        "zh": ("{a}加{b}等于多少？", "{a}加{b}等于{s}。"),
-        "ko": ("{a} 더하기 {b}는 얼마입니까?", "{a} 더하기 {b}는 {s}입니다."),
+        "en": ("What is the sum of {a} and {b}?", "How much is {a} added to {b}?"),
+        "de": ("Was ist die Summe von {a} und {b}?", "Wie viel ergibt {a} zusammen mit {b}?"),
+        "id": ("Berapa {a} tambah {b}?", "Berapakah jumlah dari {a} dan {b}?"),
+        "sw": ("{a} jumlisha {b} ni ngapi?", "Jumla ya {a} na {b} ni ngapi?"),
+        "yo": ("Kí ni {a} àti {b} papọ̀?", "Àpapọ̀ {a} àti {b} jẹ́ mélòó?"),
+        "zh": ("{a}加{b}等于多少？", "{a}和{b}的和是多少？"),
+        "ko": ("{a} 더하기 {b}는 얼마입니까?", "{a} 그리고 {b}의 합은 얼마입니까?"),
     },
 }
+ANSWERS: dict[str, dict[str, str]] = {
+    "color": dict(en="The {t} is {c}.", de="{T} ist {c}.", id="Warna {t} adalah {c}.", sw="{T} ina rangi ya {c}.",
+                  yo="{T} ní àwọ̀ {c}.", zh="{t}是{c}的。", ko="{t}의 색은 {c}입니다."),
+    "kind": dict(en="The {t} is {k}.", de="{T} ist {k}.", id="{T} adalah {k}.", sw="{T} ni {k}.", yo="{T} jẹ́ {k}.",
+                 zh="{t}是一种{k}。", ko="{t}의 종류는 {k}입니다."),
+    "legs": dict(en="The {t} has {n} legs.", de="{T} hat {n} Beine.", id="{T} memiliki {n} kaki.",
+                 sw="{T} ana miguu {n}.", yo="{T} ní ẹsẹ̀ {n}.", zh="{t}有{n}条腿。", ko="{t}의 다리는 {n}개입니다."),
+    "sum": dict(en="The sum of {a} and {b} is {s}.", de="Die Summe von {a} und {b} ist {s}.",
+                id="{a} tambah {b} adalah {s}.", sw="{a} jumlisha {b} ni {s}.", yo="{a} àti {b} papọ̀ jẹ́ {s}.",
+                zh="{a}加{b}等于{s}。", ko="{a} 더하기 {b}는 {s}입니다."),
+}
+KINDS_OF_QUESTION = tuple(QUESTIONS)
+PHRASINGS = 8  # phrasing p: frame p // 2 around question form p % 2
 # Which lexicon fills each slot letter; digits are the same everywhere.
 _SLOT_LEXICON = {"t": THINGS, "T": THINGS, "c": COLORS, "k": KINDS}
 
@@ -150,87 +205,111 @@ def _fill(template: str, slots: dict, lang: str) -> str:
     return template.format(**values)
 
 
-def render(kind: str, slots: dict, lang: str) -> tuple[str, str]:
-    """(question, answer) of one item of the world in `lang`. Slots hold English keys and ints."""
+def question_template(kind: str, lang: str, phrasing: int) -> str:
+    return FRAMES[lang][phrasing // 2].replace("{q}", QUESTIONS[kind][lang][phrasing % 2])
+
+
+def render(kind: str, slots: dict, lang: str, phrasing: int = 0) -> tuple[str, str]:
+    """(question, answer) of one fact of the world in `lang` and phrasing 0-7. Slots hold English keys and ints."""
     _check_lang(lang)
-    question, answer = TEMPLATES[kind][lang]
-    return _fill(question, slots, lang), _fill(answer, slots, lang)
+    return _fill(question_template(kind, lang, phrasing), slots, lang), _fill(ANSWERS[kind][lang], slots, lang)
 
 
-def all_items() -> list[tuple[str, dict]]:
-    """Every (kind, slots) the knowledge base supports, in a fixed order: the whole world."""
-    items: list[tuple[str, dict]] = []
-    items += [("color", {"t": t, "c": c}) for t, c in COLOR_OF.items()]
-    items += [("kind", {"t": t, "k": k}) for t, k in KIND_OF.items()]
-    items += [("legs", {"t": t, "n": n}) for t, n in LEGS_OF.items()]
-    items += [("sum", {"a": a, "b": b, "s": a + b}) for a in range(MAX_ADDEND + 1) for b in range(MAX_ADDEND + 1)]
-    return items
+def all_facts() -> list[tuple[str, dict]]:
+    """Every (kind, slots) of the knowledge base, in a fixed order: 16 of each kind."""
+    facts: list[tuple[str, dict]] = []
+    facts += [("color", {"t": t, "c": c}) for t, c in COLOR_OF.items()]
+    facts += [("kind", {"t": t, "k": k}) for t, k in KIND_OF.items()]
+    facts += [("legs", {"t": t, "n": n}) for t, n in LEGS_OF.items()]
+    facts += [("sum", {"a": a, "b": b, "s": a + b}) for a, b in SUMS]
+    return facts
 
 
-HELDOUT_SHARE = 0.2  # of each kind of question: never in SFT data, asked at evaluation
-WORLD_SEED = 0  # the split into SFT pool and held-out questions is part of the world, not of a run
+HELDOUT_FACT_SHARE = 0.2  # of each kind's facts: never in SFT data or target-language text, asked at evaluation
+WORLD_SEED = 0  # the default world; a grid can build one per seed
 
 
-def split_items(seed: int = WORLD_SEED) -> tuple[list[int], list[int]]:
-    """(SFT-pool indices, held-out indices) into all_items(): a fixed share of every kind is held out."""
-    by_kind: dict[str, list[int]] = {}
-    for index, (kind, _) in enumerate(all_items()):
-        by_kind.setdefault(kind, []).append(index)
-    pool, heldout = [], []
+@dataclass(frozen=True)
+class World:
+    """The split a world seed makes: held-out facts (indices into all_facts()) and held-out phrasings per kind."""
+
+    seed: int
+    heldout_facts: frozenset
+    heldout_phrasings: dict
+
+    def pool(self) -> list[tuple[int, int]]:
+        """(fact, phrasing) pairs SFT data may use: known facts in training phrasings."""
+        return [(f, p) for f, (kind, _) in enumerate(all_facts()) if f not in self.heldout_facts
+                for p in range(PHRASINGS) if p not in self.heldout_phrasings[kind]]
+
+
+@lru_cache(maxsize=8)
+def world(seed: int = WORLD_SEED) -> World:
+    """The held-out split of world `seed`: 20 % of each kind's facts, and for each kind one of its two question
+    forms in all four frames."""
     rng = random.Random(seed)
-    for indices in by_kind.values():
-        indices = indices[:]
-        rng.shuffle(indices)
-        cut = max(1, round(HELDOUT_SHARE * len(indices)))
-        heldout += sorted(indices[:cut])
-        pool += sorted(indices[cut:])
-    return sorted(pool), sorted(heldout)
+    by_kind: dict[str, list[int]] = {}
+    for index, (kind, _) in enumerate(all_facts()):
+        by_kind.setdefault(kind, []).append(index)
+    heldout_facts, heldout_phrasings = set(), {}
+    for kind, indices in by_kind.items():
+        heldout_facts |= set(rng.sample(indices, max(1, round(HELDOUT_FACT_SHARE * len(indices)))))
+        form = rng.randrange(2)
+        heldout_phrasings[kind] = frozenset(2 * frame + form for frame in range(4))
+    return World(seed, frozenset(heldout_facts), heldout_phrasings)
 
 
-def generate_english(n: int | None = None, seed: int = 0) -> list[dict]:
-    """English SFT records `{id, prompt_en, response_en, kind}` from the SFT pool, in a seeded order.
+def generate_english(n: int | None = None, seed: int = 0, world_seed: int = WORLD_SEED) -> list[dict]:
+    """English SFT records `{id, prompt_en, response_en, kind}` from the world's pool, in a seeded order.
 
-    With n=None every pool item once; otherwise the first n of the seeded order. Held-out questions never appear.
+    With n=None every pool item once; otherwise the first n of the seeded order. Held-out facts and phrasings never
+    appear.
     """
-    items = all_items()
-    order, _ = split_items()
-    order = order[:]
+    facts = all_facts()
+    order = world(world_seed).pool()
     random.Random(seed).shuffle(order)
     if n is not None:
         if not 1 <= n <= len(order):
             raise ValueError(f"n = {n}; expected 1 to {len(order)} (the toy world's SFT pool)")
         order = order[:n]
     records = []
-    for index in order:
-        kind, slots = items[index]
-        prompt, response = render(kind, slots, "en")
-        records.append({"id": f"toy-{index:04d}", "prompt_en": prompt, "response_en": response, "kind": kind})
+    for fact, phrasing in order:
+        kind, slots = facts[fact]
+        prompt, response = render(kind, slots, "en", phrasing)
+        records.append({"id": f"toy-{fact:03d}-p{phrasing}", "prompt_en": prompt, "response_en": response,
+                        "kind": kind})
     return records
 
 
-def heldout_prompts(lang: str) -> list[dict]:
-    """Evaluation rows for held-out questions: `{id, kind, prompt_en, prompt_tgt, answer_en, answer_tgt}`."""
+def evaluation_prompts(lang: str, world_seed: int = WORLD_SEED) -> list[dict]:
+    """Evaluation rows `{id, kind, group, prompt_en, prompt_tgt, answer_en, answer_tgt}`: every known fact in every
+    held-out phrasing (group new_phrasing), and every held-out fact in every phrasing (group new_fact)."""
     _check_lang(lang)
-    items = all_items()
+    split = world(world_seed)
     rows = []
-    for index in split_items()[1]:
-        kind, slots = items[index]
-        (q_en, a_en), (q_tgt, a_tgt) = render(kind, slots, "en"), render(kind, slots, lang)
-        rows.append({"id": f"toy-{index:04d}", "kind": kind, "prompt_en": q_en, "prompt_tgt": q_tgt,
-                     "answer_en": a_en, "answer_tgt": a_tgt})
+    for fact, (kind, slots) in enumerate(all_facts()):
+        known = fact not in split.heldout_facts
+        for phrasing in range(PHRASINGS):
+            if known and phrasing not in split.heldout_phrasings[kind]:
+                continue  # a pool item: SFT data, not evaluation
+            (q_en, a_en), (q_tgt, a_tgt) = render(kind, slots, "en", phrasing), render(kind, slots, lang, phrasing)
+            rows.append({"id": f"toy-{fact:03d}-p{phrasing}", "kind": kind,
+                         "group": "new_phrasing" if known else "new_fact", "prompt_en": q_en, "prompt_tgt": q_tgt,
+                         "answer_en": a_en, "answer_tgt": a_tgt})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The exact translator: parse a sentence back into (template, slots), render it in the other language
+# The exact translator: parse a sentence back into (kind, phrasing, slots), render it in the other language
 
 
 @lru_cache(maxsize=None)
 def _parsers(lang: str) -> list[tuple[re.Pattern, str, int, dict[str, dict[str, str]]]]:
-    """One regex per (kind, question/answer) template of `lang`, with reverse lexicons per slot."""
+    """One regex per question phrasing and answer of every kind in `lang` (phrasing -1: the answer)."""
     parsers = []
-    for kind, per_lang in TEMPLATES.items():
-        for part, template in enumerate(per_lang[lang]):
+    for kind in QUESTIONS:
+        templates = [(p, question_template(kind, lang, p)) for p in range(PHRASINGS)] + [(-1, ANSWERS[kind][lang])]
+        for phrasing, template in templates:
             reverse: dict[str, dict[str, str]] = {}
             pattern, seen = "", set()
             for literal, letter, _, _ in string.Formatter().parse(template):
@@ -247,30 +326,31 @@ def _parsers(lang: str) -> list[tuple[re.Pattern, str, int, dict[str, dict[str, 
                 # A slot used twice ({t} and {T}) must be the same thing: later uses become back-references.
                 pattern += f"(?P={letter})" if letter in seen else f"(?P<{letter}>{alternatives})"
                 seen.add(letter)
-            parsers.append((re.compile(f"^{pattern}$"), kind, part, reverse))
+            parsers.append((re.compile(f"^{pattern}$"), kind, phrasing, reverse))
     return parsers
 
 
 def parse(text: str, lang: str) -> tuple[str, int, dict]:
-    """(kind, 0 for a question / 1 for an answer, slots) of one sentence of the world in `lang`."""
+    """(kind, phrasing 0-7 for a question or -1 for an answer, slots) of one sentence of the world in `lang`."""
     _check_lang(lang)
-    for pattern, kind, part, reverse in _parsers(lang):
+    for pattern, kind, phrasing, reverse in _parsers(lang):
         match = pattern.match(text.strip())
         if match:
             slots: dict = {}
             for letter, surface in match.groupdict().items():
                 key = "t" if letter == "T" else letter
                 slots[key] = reverse[letter][surface] if letter in reverse else int(surface)
-            return kind, part, slots
+            return kind, phrasing, slots
     raise ToyTranslationError(f"not a sentence of the toy world in {lang}: {text!r}")
 
 
 def translate(text: str, src: str, tgt: str) -> str:
-    """Exact translation of one sentence of the world from `src` to `tgt`."""
+    """Exact translation of one sentence of the world from `src` to `tgt`, in the same phrasing."""
     _check_lang(tgt)
-    kind, part, slots = parse(text, src)
+    kind, phrasing, slots = parse(text, src)
     # A question carries only its own slots (no answer), so fill just the matching template.
-    return _fill(TEMPLATES[kind][tgt][part], slots, tgt)
+    template = ANSWERS[kind][tgt] if phrasing < 0 else question_template(kind, tgt, phrasing)
+    return _fill(template, slots, tgt)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -278,37 +358,43 @@ def translate(text: str, src: str, tgt: str) -> str:
 
 TEMPLATE = DEFAULT_PROMPT_TEMPLATE  # the base model learns the template its runs are prompted with
 TARGETS = tuple(lang for lang in LANGS if lang != "en")
-ENGLISH_REPEATS = 3  # each English question-answer pair is seen this often per pretraining epoch
 PLAIN_SHARE = 0.5  # share of SFT-pool items whose target-language sentences appear as plain text
 
 
-def pretraining_corpus(seed: int = 0) -> list[str]:
+def pretraining_corpus(seed: int = 0, world_seed: int = WORLD_SEED) -> list[str]:
     """Documents of the base model's pretraining, like an English-centric LLM's.
 
-    - English instruction-style text: every question of the world in the instruction template with its answer, the
-      held-out ones included. All knowledge is taught here, in English only.
-    - Plain target-language text: the question and answer sentences of half the SFT-pool items, per language, as
-      running text without the template. The model learns the languages' words, never to answer in them, and sees
-      no held-out fact in a target language.
+    - English instruction-style text: every fact of the world in every phrasing, in the instruction template with
+      its answer, held-out facts and phrasings included. All knowledge is taught here, in English only.
+    - Plain target-language text: the question and answer sentences of half the SFT-pool items (known facts in
+      training phrasings), per language, as running text without the template. The model learns the languages'
+      words, never to answer in them, and sees no held-out fact or held-out phrasing in a target language.
     """
     rng = random.Random(seed)
+    facts = all_facts()
     documents = []
-    for kind, slots in all_items():
-        question, answer = render(kind, slots, "en")
-        documents += [TEMPLATE.replace("{prompt}", question) + answer] * ENGLISH_REPEATS
-    pool, _ = split_items()
-    items = all_items()
+    for kind, slots in facts:
+        for phrasing in range(PHRASINGS):
+            question, answer = render(kind, slots, "en", phrasing)
+            documents.append(TEMPLATE.replace("{prompt}", question) + answer)
+    pool = world(world_seed).pool()
     for lang in TARGETS:
-        for index in rng.sample(pool, round(PLAIN_SHARE * len(pool))):
-            documents.append(" ".join(render(*items[index], lang)))
+        for fact, phrasing in rng.sample(pool, round(PLAIN_SHARE * len(pool))):
+            documents.append(" ".join(render(*facts[fact], lang, phrasing)))
     rng.shuffle(documents)
     return documents
 
 
+# The pretraining learning rate; fine-tuning in the toy preset is a tenth of it (params/presets/toy.yaml), a rule
+# fixed before any method was compared.
+PRETRAIN_LEARNING_RATE = 3e-3
+
+
 def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hidden_size: int = 128,
-                        num_layers: int = 4, batch_size: int = 32, learning_rate: float = 3e-3,
-                        log=print) -> dict:
-    """Train the toy base model from scratch on `pretraining_corpus(seed)`; save it to `out_dir`. Deterministic."""
+                        num_layers: int = 4, batch_size: int = 32, learning_rate: float = PRETRAIN_LEARNING_RATE,
+                        log=print, world_seed: int = WORLD_SEED) -> dict:
+    """Train the toy base model from scratch on `pretraining_corpus(seed, world_seed)`; save it to `out_dir`.
+    Deterministic."""
     import math
     import time
 
@@ -318,8 +404,9 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
     from clo_lib.tiny import make_tiny_causal_lm
 
     out_dir = Path(out_dir)
-    documents = pretraining_corpus(seed)
-    every_sentence = [text for item in all_items() for lang in LANGS for text in render(*item, lang)]
+    documents = pretraining_corpus(seed, world_seed)
+    every_sentence = [text for fact in all_facts() for lang in LANGS for phrasing in range(PHRASINGS)
+                      for text in render(*fact, lang, phrasing)]
     make_tiny_causal_lm(out_dir, "llama", corpus=every_sentence + [TEMPLATE], seed=seed, hidden_size=hidden_size,
                         num_layers=num_layers, vocab_size=1024)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
@@ -358,7 +445,8 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
 
 
 def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
-    """The toy world on disk: base_model/, eval_<lang>.jsonl (held-out questions) and world.json. Cached per seed."""
+    """World `seed` on disk: base_model/, pool.jsonl (the English SFT pool), eval_<lang>.jsonl (held-out questions)
+    and world.json. Cached per seed, epochs and WORLD_VERSION."""
     import json
 
     from clo_lib.io import atomic_write_json, write_jsonl
@@ -371,10 +459,13 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
             log(f"toy world already built in {out} (seed {seed}, version {WORLD_VERSION}); delete it to rebuild")
             return summary
     for lang in TARGETS:
-        write_jsonl(out / f"eval_{lang}.jsonl", heldout_prompts(lang))
-    pool, heldout = split_items()
-    stats = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log)
-    summary = {"version": WORLD_VERSION, "seed": seed, "epochs": epochs, "sft_pool": len(pool), "heldout": len(heldout),
+        write_jsonl(out / f"eval_{lang}.jsonl", evaluation_prompts(lang, seed))
+    write_jsonl(out / "pool.jsonl", generate_english(world_seed=seed))
+    stats = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log, world_seed=seed)
+    split = world(seed)
+    summary = {"version": WORLD_VERSION, "seed": seed, "epochs": epochs, "sft_pool": len(split.pool()),
+               "heldout_facts": len(split.heldout_facts), "evaluation_prompts": len(evaluation_prompts("sw", seed)),
+               "heldout_phrasings": {k: sorted(v) for k, v in split.heldout_phrasings.items()},
                "languages": list(LANGS), "pretraining": stats}
     atomic_write_json(summary_file, summary)  # written last: its presence means the world is complete
     return summary
