@@ -317,6 +317,18 @@ def premise_check(frame: pd.DataFrame) -> tuple[list[str], dict[tuple, str]]:
     return lines, verdicts
 
 
+def training_sanity(frame: pd.DataFrame) -> list[str]:
+    """Accuracy on each run's own training items (group `seen`, in the target language), per method: a sanity
+    check that the budget trains what it trains on."""
+    rows = frame[frame["metric"] == "accuracy_tgt@seen"]
+    if rows.empty:
+        return []
+    means = rows.groupby("method")["value"].agg(["mean", "min", "max"])
+    parts = [f"{method} {m['mean']:.2f} ({m['min']:.2f}-{m['max']:.2f})" for method, m in means.iterrows()]
+    return [f"- Training sanity: each run's accuracy on its own first training items, asked in the target language "
+            f"(mean, range over runs): {'; '.join(parts)}. Low values mean the budget leaves runs under-trained."]
+
+
 def _pairs_of_sizes(sizes: list[int]) -> list[tuple[int, int]]:
     return [(n, 2 * n) for n in sizes if 2 * n in sizes]
 
@@ -456,7 +468,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
         lines += ["## The premise, from the base model and SFT alone", "",
                   "Does SFT with little target-language data stay English-biased, the problem CLO is meant to fix? "
                   f"Share of target-language prompts answered in the target language ({_language_metric(frame)}), "
-                  "with 95 % intervals:", ""] + premise + [""]
+                  "with 95 % intervals:", ""] + premise + training_sanity(frame) + [""]
     table_of_claims = claims(frame)
     crpo = crpo_check(grid_dir)
     if crpo:

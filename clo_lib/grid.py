@@ -365,18 +365,18 @@ def load_grid(path: str | Path) -> Grid:
     corpus_stage: dict[str, str] = {}
     for (lang, fingerprint), rids in corpora.items():
         several = languages.count(lang) > 1
-        name = f"{lang}-{fingerprint[:8]}" if several else lang
-        corpus = output_dir / "data" / name
+        corpus_name = f"{lang}-{fingerprint[:8]}" if several else lang
+        corpus = output_dir / "data" / corpus_name
         pool = max(configs[rid].data.size for rid in rids)
         for rid in rids:
             configs[rid].data.pool_size = pool
             if several:
                 configs[rid].data.corpus_dir = str(corpus)
-            corpus_stage[rid] = f"translate/{name}"
+            corpus_stage[rid] = f"translate/{corpus_name}"
         cfg = configs[rids[0]]
         waits = sorted({stage for rid in rids for stage in prepare_of[wanted[rid]["seed"]]})
-        stages[f"translate/{name}"] = Stage(
-            id=f"translate/{name}", kind="translate", workdir=corpus, done_file=corpus / "report.json",
+        stages[f"translate/{corpus_name}"] = Stage(
+            id=f"translate/{corpus_name}", kind="translate", workdir=corpus, done_file=corpus / "report.json",
             deps=waits, config=cfg, facts={"lang": lang, "size": pool},
             parameters={"language": lang, "output_dir": str(output_dir)})
 

@@ -6,8 +6,8 @@ from clo_lib.analysis import collect, write_report
 from clo_lib.evaluate import wilson, write_metrics
 
 
-def run(grid, name, lang, method, size, seed=0, rate=None, n=42, ties=0.0):
-    metrics = {"fidelity_tgt": 1.0}
+def run(grid, name, lang, method, size, seed=0, rate=None, n=42, ties=0.0, extra=None):
+    metrics = {"fidelity_tgt": 1.0, **(extra or {})}
     if rate is not None:
         interval = wilson(rate, n)
         metrics.update({"winrate_vs_sft_tgt": rate, "winrate_vs_sft_tgt_ci_low": interval["low"],
@@ -46,3 +46,45 @@ def test_base_rows_show_no_size(tmp_path):
     assert "toy,sw,,base,0" in (grid / "results.csv").read_text()  # empty, not 0
     report = write_report(grid)["report"].read_text()
     assert "| toy | sw | – | base | 1 |" in report and "| toy | sw | 64 | sft | 1 |" in report
+
+
+def phrasing(fidelity, accuracy=0.1, n=208):
+    return {"fidelity_tgt@new_phrasing": fidelity, "prompts@new_phrasing": n, "accuracy_tgt": accuracy, "prompts": n}
+
+
+def test_premise_check_from_the_base_model_and_sft(tmp_path):
+    from clo_lib.analysis import collect, premise_check
+
+    grid = tmp_path / "grid"
+    run(grid, "sw-base", "sw", "base", None, extra=phrasing(0.02))
+    run(grid, "sw-sft-32", "sw", "sft", 32, extra=phrasing(0.70))
+    run(grid, "sw-sft-64", "sw", "sft", 64, extra=phrasing(0.90))
+    run(grid, "ko-base", "ko", "base", None, extra=phrasing(0.0))
+    run(grid, "ko-sft-32", "ko", "sft", 32, extra=phrasing(0.96))  # no English bias left to fix
+    run(grid, "ko-sft-64", "ko", "sft", 64, extra=phrasing(0.97))
+    lines, verdicts = premise_check(collect(grid))
+    assert verdicts == {("toy", "sw"): "holds", ("toy", "ko"): "does not hold"}
+    assert "SFT at 32 answers at least 10% otherwise" in lines[0]  # the failed check is named
+    assert "SFT 70% [" in lines[1] and "at 32, 90% [" in lines[1]
+
+
+def test_claims_and_the_crpo_check_say_what_the_numbers_say(tmp_path):
+    import json
+
+    from clo_lib.analysis import claims, collect, crpo_check
+
+    grid = tmp_path / "grid"
+    for size, clo_rate, clo_fid, sft_fid in ((32, 0.70, 0.80, 0.60), (64, 0.52, 0.85, 0.62)):
+        run(grid, f"sw-clo-{size}", "sw", "clo", size, rate=clo_rate, n=208, extra=phrasing(clo_fid))
+        run(grid, f"sw-sft-{size}", "sw", "sft", size, extra=phrasing(sft_fid))
+        rewards = {"tgt/rewards_chosen": 0.2, "tgt/rewards_rejected": -1.8}
+        log = {"method": "clo", "stages": [{"log_history": [rewards]}]}
+        (grid / f"sw-clo-{size}" / "train_log.json").write_text(json.dumps(log))
+    table = {claim.split(" (")[0]: (said, numbers) for claim, said, numbers in claims(collect(grid))}
+    assert table["CLO beats SFT in the target language"][0] == "inconclusive"  # better at 32, not clearly at 64
+    assert "better in 1, worse in 0, inconclusive in 1 of 2" in table["CLO beats SFT in the target language"][1]
+    half = table["CLO with half the data matches SFT with all of it in low-resource languages"]
+    assert half[0] == "holds (no significant gap)" and "sw 32 vs 64: fidelity 0.80 vs 0.62" in half[1]
+    assert table["SFT is sensitive to data size"][0] == "inconclusive (no significant change)"
+    said, numbers = crpo_check(grid)
+    assert said == "holds" and "lowering the English answer makes 90% of the margin" in numbers

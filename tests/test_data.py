@@ -109,7 +109,7 @@ def test_toy_source_is_the_toy_worlds_sft_pool():
 
     cfg = load_config({"language": "sw", "data": {"source": "toy"}})
     records = load_english(cfg.data).records
-    assert len(records) == len(toyworld.split_items()[0]) and set(records[0]) == {"id", "prompt_en", "response_en"}
+    assert len(records) == len(toyworld.world().pool()) and set(records[0]) == {"id", "prompt_en", "response_en"}
 
 
 def _corpus(tmp_path, lang, flagged=(), n=20):

@@ -139,7 +139,7 @@ def test_evaluate_run_writes_metrics_last_and_skips_judging_without_a_judge(tmp_
     metrics = evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama, method="base", progress=False,
                                     log=messages.append)
     assert set(metrics) == {"fidelity_tgt", "fidelity_en", "undetermined_tgt", "undetermined_en",
-                            "line_fidelity_tgt", "line_fidelity_en"}
+                            "line_fidelity_tgt", "line_fidelity_en", "prompts"}
     assert "judging skipped: no judge configured" in messages[0]
     rows = metrics_rows(tmp_path / "run" / "metrics.json")
     assert {r["metric"] for r in rows} == set(metrics) and rows[0]["method"] == "base" and rows[0]["lang"] == "sw"

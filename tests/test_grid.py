@@ -196,7 +196,7 @@ def test_a_toy_world_slice_runs_end_to_end_with_base_and_findings(tmp_path, smal
             "overrides": {"model.name_or_path": str(small_world / "base_model"),
                           "eval.prompts": str(small_world / "eval_{lang}.jsonl"), "train.epochs": 1},
             "models": {"toy": {}},
-            "slices": [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [16]}]}
+            "slices": [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [8, 16]}]}
     path = tmp_path / "toy-slice.yaml"
     path.write_text(yaml.safe_dump(data))
     assert run_grid(load_grid(path), log=lambda m: None) == 0
@@ -208,3 +208,10 @@ def test_a_toy_world_slice_runs_end_to_end_with_base_and_findings(tmp_path, smal
     report = (tmp_path / "out" / "report.md").read_text()
     assert "A two-method slice of the toy world." in report and "- Base model toy, Swahili: answers" in report
     assert "CLO against SFT on target-language prompts" in report
+    # the premise check comes first, from the base model and SFT alone; then the claims, whatever they say
+    assert report.index("## The premise, from the base model and SFT alone") < report.index("## The paper's claims")
+    assert "- toy, Swahili (fidelity_tgt@new_phrasing): the base model answers" in report
+    assert "SFT " in report and "at 8, " in report and "- Training sanity:" in report
+    for claim in ("CLO beats SFT in the target language", "CLO keeps English", "SFT is sensitive to data size",
+                  "CLO with half the data matches SFT with all of it", "CRPO critique"):
+        assert f"| {claim}" in report

@@ -1,5 +1,7 @@
-"""The toy world: deterministic per seed, and its translator exact between every pair of languages."""
+"""The toy world: balanced, deterministic per seed, held-out facts and question forms kept out of everything the
+model trains on in a target language, and its translator exact between every pair of languages and phrasings."""
 
+import collections
 import itertools
 
 import pytest
@@ -15,21 +17,23 @@ def test_generator_is_deterministic_per_seed():
     assert toyworld.generate_english(20, seed=3) == toyworld.generate_english(50, seed=3)[:20]
 
 
-def test_every_item_is_distinct_and_facts_hold():
-    items = toyworld.all_items()
-    english = [toyworld.render(kind, slots, "en") for kind, slots in items]
-    assert len(set(english)) == len(items)
-    assert toyworld.render("sum", {"a": 7, "b": 5, "s": 12}, "en") == (
-        "What is the sum of 7 and 5?", "The sum of 7 and 5 is 12.")
-    assert ("legs", {"t": "spider", "n": 8}) in items
+def test_kinds_are_balanced_and_facts_hold():
+    facts = toyworld.all_facts()
+    assert collections.Counter(kind for kind, _ in facts) == {kind: 16 for kind in toyworld.KINDS_OF_QUESTION}
+    english = {toyworld.render(kind, slots, "en", p)[0] for kind, slots in facts for p in range(toyworld.PHRASINGS)}
+    assert len(english) == 64 * 8  # every phrasing of every fact is a distinct question
+    assert toyworld.render("legs", {"t": "spider", "n": 8}, "en", 5) == (
+        "Please answer this: What is the number of legs of the spider?", "The spider has 8 legs.")
+    assert ("legs", {"t": "spider", "n": 8}) in facts
 
 
-def test_translation_is_exact_between_every_pair_of_languages():
-    for kind, slots in toyworld.all_items():
-        rendered = {lang: toyworld.render(kind, slots, lang) for lang in toyworld.LANGS}
-        for src, tgt in itertools.permutations(toyworld.LANGS, 2):
-            for part in (0, 1):
-                assert toyworld.translate(rendered[src][part], src, tgt) == rendered[tgt][part]
+def test_translation_is_exact_between_every_pair_of_languages_and_keeps_the_phrasing():
+    for kind, slots in toyworld.all_facts()[::3]:
+        for phrasing in range(toyworld.PHRASINGS):
+            rendered = {lang: toyworld.render(kind, slots, lang, phrasing) for lang in toyworld.LANGS}
+            for src, tgt in itertools.permutations(toyworld.LANGS, 2):
+                for part in (0, 1):
+                    assert toyworld.translate(rendered[src][part], src, tgt) == rendered[tgt][part]
 
 
 def test_text_outside_the_world_is_refused():
@@ -42,40 +46,49 @@ def test_text_outside_the_world_is_refused():
 @pytest.mark.parametrize("lang", [code for code in toyworld.LANGS if code != "en"])
 def test_language_id_tells_each_toy_language_from_english(lang):
     """Fidelity in the toy world is measured with lingua, so its sentences must be identifiable."""
-    answers = [toyworld.render(kind, slots, lang)[1] for kind, slots in toyworld.all_items()[::7]]
+    facts = toyworld.all_facts()[::5]
+    answers = [toyworld.render(kind, slots, lang, p)[i] for kind, slots in facts for p in (0, 7) for i in (0, 1)]
     detected = langid.detect_many(answers, ["en", lang], min_confidence=0.5)
     assert detected.count(lang) / len(answers) >= 0.9, (lang, list(zip(answers, detected))[:5])
-    english = [toyworld.render(kind, slots, "en")[1] for kind, slots in toyworld.all_items()[::7]]
+    english = [toyworld.render(kind, slots, "en", p)[1] for kind, slots in facts for p in (0, 7)]
     assert langid.detect_many(english, ["en", lang]).count(lang) <= len(english) * 0.1
 
 
 # --- the held-out split and the English-centric base model -------------------------------------------------------
 
 
-def test_heldout_questions_never_reach_sft_data():
-    pool, heldout = toyworld.split_items()
-    assert not set(pool) & set(heldout) and len(pool) + len(heldout) == len(toyworld.all_items())
-    sft_prompts = {r["prompt_en"] for r in toyworld.generate_english()}
-    assert not sft_prompts & {r["prompt_en"] for r in toyworld.heldout_prompts("sw")}
-    kinds = {toyworld.all_items()[i][0] for i in heldout}
-    assert kinds == set(toyworld.TEMPLATES)  # every kind of question is asked at evaluation
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heldout_facts_and_forms_never_reach_sft_data(seed):
+    split = toyworld.world(seed)
+    rows = toyworld.evaluation_prompts("sw", seed)
+    assert len(rows) >= 200 and collections.Counter(r["group"] for r in rows) == {"new_phrasing": 208, "new_fact": 96}
+    assert len(set(collections.Counter(r["kind"] for r in rows).values())) == 1  # balanced kinds
+    sft_prompts = {r["prompt_en"] for r in toyworld.generate_english(world_seed=seed)}
+    assert not sft_prompts & {r["prompt_en"] for r in rows}
+    for kind, held in split.heldout_phrasings.items():  # a whole question form: its four frames
+        assert len(held) == 4 and len({p % 2 for p in held}) == 1
+    assert toyworld.world(seed) != toyworld.world(seed + 3)  # seeds vary the split
 
 
 def test_pretraining_teaches_knowledge_in_english_only():
     corpus = toyworld.pretraining_corpus()
-    heldout_answers = {lang: {r["answer_tgt"] for r in toyworld.heldout_prompts(lang)} for lang in toyworld.TARGETS}
+    rows = {lang: toyworld.evaluation_prompts(lang) for lang in toyworld.TARGETS}
     for document in corpus:
-        for lang, answers in heldout_answers.items():
-            assert not any(answer in document for answer in answers), (lang, document)
+        if document.startswith("### Instruction:"):
+            continue
+        for lang, prompts in rows.items():  # no held-out fact's answer and no held-out form in a target language
+            assert not any(r["answer_tgt"] in document or r["prompt_tgt"] in document
+                           for r in prompts if r["group"] == "new_fact"), (lang, document)
+            assert not any(r["prompt_tgt"] in document for r in prompts if r["group"] == "new_phrasing")
     english = sum(doc.startswith("### Instruction:") for doc in corpus)
-    assert english / len(corpus) > 0.5  # mostly English, like the LLMs the paper starts from
+    assert english == 64 * 8  # every fact in every English phrasing
 
 
 def test_pretraining_is_deterministic_per_seed(tmp_path):
     from transformers import AutoModelForCausalLM
 
     for name in ("a", "b"):
-        toyworld.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None)
+        toyworld.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None, world_seed=1)
     first, second = (AutoModelForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
     assert all(torch.equal(first[k], second[k]) for k in first)
 
@@ -87,7 +100,7 @@ def test_the_base_model_answers_target_language_questions_in_english(small_world
     tokenizer = AutoTokenizer.from_pretrained(small_world / "base_model")
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(small_world / "base_model").eval()
-    rows = toyworld.heldout_prompts("sw")
+    rows = toyworld.evaluation_prompts("sw")[::4]
     answers = {}
     for side in ("en", "tgt"):
         batch = tokenizer([toyworld.TEMPLATE.replace("{prompt}", r[f"prompt_{side}"]) for r in rows],
@@ -98,4 +111,5 @@ def test_the_base_model_answers_target_language_questions_in_english(small_world
     to_english = langid.detect_many(answers["en"], ["en", "sw"])
     assert to_swahili.count("en") / len(rows) >= 0.6, list(zip(to_swahili, answers["tgt"]))[:5]
     assert to_english.count("en") / len(rows) >= 0.9
-    assert (small_world / "eval_sw.jsonl").is_file() and (small_world / "world.json").is_file()
+    for name in ("eval_sw.jsonl", "pool.jsonl", "world.json"):
+        assert (small_world / name).is_file()

@@ -327,10 +327,10 @@ def test_a_source_too_small_for_the_flags_is_written_and_refused(tmp_path, monke
     from clo_lib.data import ShortCorpusError
 
     monkeypatch.setattr(translate.ToyTranslator, "translate_batch", _dropping(1))  # every translation empty
-    with pytest.raises(ShortCorpusError, match=r"all 165 records of toy are translated and 0 are usable"):
+    with pytest.raises(ShortCorpusError, match=r"all 208 records of toy are translated and 0 are usable"):
         run_translation(toy_config(tmp_path), progress=False)
     report = json.loads((tmp_path / "data" / "ko" / "report.json").read_text())
-    assert report["records"] == 165 and report["usable_records"] == 0  # kept for inspection
+    assert report["records"] == 208 and report["usable_records"] == 0  # kept for inspection
 
 
 def test_flagged_records_are_written_with_their_flags(tmp_path):
