@@ -1,9 +1,11 @@
 """`make demo`: the kit's default job, the toy grid, offline on a CPU.
 
 It runs `python -m clo_lib.grid run params/grids/toy.yaml`: builds the toy world (a tiny English-centric model
-pretrained on CPU, held-out questions), translates the toy SFT set into Swahili, Korean and German with the exact
-translator, trains every method, evaluates every run and the untrained base model on held-out questions, and writes
-the analysis. A rerun skips what is done. The full toy sweep (sizes and seeds) is `params/grids/toy_sweep.yaml`.
+pretrained on CPU, held-out facts and question forms), translates the toy SFT set into Swahili, Korean and German
+with the exact translator, trains SFT, SFT+DPO and CLO at two sizes, evaluates every run and the untrained base
+model on the held-out questions, and writes the analysis: the premise check, the paper's claims, the details. A
+rerun skips what is done. The full toy sweep (every method, four sizes, three seeds, a world per seed) is
+`params/grids/toy_sweep.yaml`.
 """
 
 from __future__ import annotations
