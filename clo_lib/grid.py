@@ -416,7 +416,6 @@ def load_grid(path: str | Path) -> Grid:
             run_dir = output_dir / rid
             sizes = sorted({s["size"] for s in wanted.values() if (s["model"], s["lang"], s["seed"]) ==
                             (label, lang, seed)})
-            cfg.data.size = sizes[0]  # as its reference SFT run, so a check of the run's own records reads the same
             # The base model is judged against the SFT run of the smallest size, if there is one.
             sft = run_id(label, lang, "sft", sizes[0], seed)
             params = {"language": lang, "output_dir": str(output_dir), "run_dir": str(run_dir), "method": "base",
