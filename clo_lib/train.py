@@ -260,8 +260,10 @@ def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> 
 
     check_parallel(parallel)  # bad records are refused before anything is written or loaded
     check_training_precision(cfg)
-    check_model_source(*((cfg.train.init_from, "train.init_from") if cfg.train.init_from else
-                         (cfg.model.name_or_path, "model.name_or_path")))
+    if cfg.train.init_from:
+        check_model_source(cfg.train.init_from, "train.init_from")
+    else:
+        check_model_source(cfg.model.name_or_path, "model.name_or_path", cfg.model.gguf_file)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError(f"{out_dir} is a file; expected a folder for the run (new, or this run's own).")
