@@ -1,11 +1,12 @@
 """The grid runner: expand a grid file into stages, run them with papermill in dependency order, resume, report.
 
     python -m clo_lib.grid plan   params/grids/toy.yaml            # every stage, what it waits for, counts
-    python -m clo_lib.grid run    params/grids/toy.yaml [--only GLOB] [--executor local|slurm|submitit-local]
+    python -m clo_lib.grid run    params/grids/toy.yaml [--only GLOB] [--slices NAME|all]
+                                                            [--executor local|slurm|submitit-local]
     python -m clo_lib.grid status params/grids/toy.yaml            # the same table with each stage's state
 
 A grid file names config layers, models and slices (a product of languages × methods × sizes × seeds); see
-params/grids/*.yaml. It expands into stages, each one notebook (or, for `prepare`, one command):
+params/grids/*.yaml. Slices may have names; `default_slices` says which run when --slices is not given. It expands into stages, each one notebook (or, for `prepare`, one command):
 
     prepare/<id>          commands that must finish first (the toy world builds its base model here)
     translate/<lang>      01_translate, once per language, for the largest size any run of it needs
@@ -49,9 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"translate": "01_translate.ipynb", "train": "02_train.ipynb", "evaluate": "03_evaluate.ipynb",
                "analyze": "04_analyze.ipynb"}
-GRID_KEYS = {"name", "description", "output_dir", "layers", "overrides", "models", "slices", "base", "prepare",
-             "resources", "same_ids_across_languages"}
-SLICE_KEYS = {"models", "languages", "methods", "sizes", "seeds", "overrides"}
+GRID_KEYS = {"name", "description", "output_dir", "layers", "overrides", "models", "slices", "default_slices", "base",
+             "prepare", "resources", "same_ids_across_languages"}
+SLICE_KEYS = {"name", "models", "languages", "methods", "sizes", "seeds", "overrides"}
 STAGE_KINDS = ("prepare", "translate", "train", "evaluate", "analyze")
 
 
@@ -253,12 +254,35 @@ def _layer_path(layer: str, grid_path: Path) -> str:
                     "params/presets/toy.yaml")
 
 
+def slices_wanted(data: dict, slices: list, path: Path, asked: list[str] | None = None) -> list[str] | None:
+    """The slice names to expand: those asked for, else the grid's default_slices; None means all."""
+    if asked:
+        return None if asked == ["all"] else asked
+    default = data.get("default_slices")
+    return _strings(default, "default_slices", "slice names", path) if default is not None else None
+
+
+def _chosen_slices(slices: list, names: list[str] | None, path: Path) -> list:
+    if names is None:
+        return slices
+    known = [piece.get("name") for piece in slices if isinstance(piece, dict) and piece.get("name")]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise GridError(f"{path}: no slice named {', '.join(map(repr, unknown))}; its slices are "
+                        f"{', '.join(known) or 'unnamed'} (or all)")
+    return [piece for piece in slices if isinstance(piece, dict) and piece.get("name") in names]
+
+
 def run_id(model: str, lang: str, method: str, size: int, seed: int) -> str:
     return f"{model}-{lang}-{method}-n{size}-s{seed}"
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read, validate and expand a grid file; every run's config is validated here, before anything runs."""
+def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
+    """Read, validate and expand a grid file; every run's config is validated here, before anything runs.
+
+    `chosen`: the names of the slices to expand (["all"]: every one); None: the grid's `default_slices`, or every
+    slice when it names none.
+    """
     path = Path(path)
     if not path.is_file():
         raise GridError(f"grid file {path} does not exist; the grids are in params/grids/")
@@ -285,6 +309,7 @@ def load_grid(path: str | Path) -> Grid:
     slices = _as_list(data.get("slices"), "slices", path)
     if not slices:
         raise GridError(f"{path}: slices is empty; expected at least one of languages x methods x sizes x seeds")
+    slices = _chosen_slices(slices, slices_wanted(data, slices, path, chosen), path)
     resources = _mapping(data.get("resources"), "resources", path)
     _check_keys(resources, set(STAGE_KINDS), "resources.", path)
     for kind, settings in resources.items():
@@ -709,12 +734,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("plan", "run", "status"))
     parser.add_argument("grid", help="grid file, e.g. params/grids/toy.yaml")
     parser.add_argument("--only", nargs="+", metavar="GLOB", help="stages to select (plus what they wait for)")
+    parser.add_argument("--slices", nargs="+", metavar="NAME",
+                        help="named slices to run (all: every one); default: the grid's default_slices, else all")
     parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="run stages made under another config again, their old outputs moved to <grid>/stale/")
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid)
+        grid = load_grid(args.grid, args.slices)
         stages = select(grid, args.only)
         if args.command == "plan":
             print(table(stages, with_state=False))

@@ -444,12 +444,39 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
             "seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
 
 
-def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
-    """World `seed` on disk: base_model/, pool.jsonl (the English SFT pool), eval_<lang>.jsonl (held-out questions)
-    and world.json. Cached per seed, epochs and WORLD_VERSION."""
+def build_tasks(out: str | Path, seed: int = 0, log=print) -> dict:
+    """World `seed`'s data without a base model: pool.jsonl (the English SFT pool), eval_<lang>.jsonl (held-out
+    questions) and tasks.json, for grids that bring their own base model (params/grids/smol.yaml). Cached per seed
+    and WORLD_VERSION; tasks.json is written last, so its presence means the files are complete."""
     import json
 
     from clo_lib.io import atomic_write_json, write_jsonl
+
+    out = Path(out)
+    summary_file = out / "tasks.json"
+    if summary_file.is_file():
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        if (summary.get("seed"), summary.get("version")) == (seed, WORLD_VERSION):
+            log(f"toy world tasks already in {out} (seed {seed}, version {WORLD_VERSION})")
+            return summary
+    for lang in TARGETS:
+        write_jsonl(out / f"eval_{lang}.jsonl", evaluation_prompts(lang, seed))
+    write_jsonl(out / "pool.jsonl", generate_english(world_seed=seed))
+    split = world(seed)
+    summary = {"version": WORLD_VERSION, "seed": seed, "sft_pool": len(split.pool()),
+               "heldout_facts": len(split.heldout_facts), "evaluation_prompts": len(evaluation_prompts("sw", seed)),
+               "heldout_phrasings": {k: sorted(v) for k, v in split.heldout_phrasings.items()},
+               "languages": list(LANGS)}
+    atomic_write_json(summary_file, summary)
+    return summary
+
+
+def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
+    """World `seed` on disk: its tasks (build_tasks), base_model/ and world.json. Cached per seed, epochs and
+    WORLD_VERSION."""
+    import json
+
+    from clo_lib.io import atomic_write_json
 
     out = Path(out)
     summary_file = out / "world.json"
@@ -458,21 +485,15 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
         if (summary.get("seed"), summary.get("epochs"), summary.get("version")) == (seed, epochs, WORLD_VERSION):
             log(f"toy world already built in {out} (seed {seed}, version {WORLD_VERSION}); delete it to rebuild")
             return summary
-    for lang in TARGETS:
-        write_jsonl(out / f"eval_{lang}.jsonl", evaluation_prompts(lang, seed))
-    write_jsonl(out / "pool.jsonl", generate_english(world_seed=seed))
-    stats = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log, world_seed=seed)
-    split = world(seed)
-    summary = {"version": WORLD_VERSION, "seed": seed, "epochs": epochs, "sft_pool": len(split.pool()),
-               "heldout_facts": len(split.heldout_facts), "evaluation_prompts": len(evaluation_prompts("sw", seed)),
-               "heldout_phrasings": {k: sorted(v) for k, v in split.heldout_phrasings.items()},
-               "languages": list(LANGS), "pretraining": stats}
+    summary = {**build_tasks(out, seed, log=lambda message: None), "epochs": epochs}
+    summary["pretraining"] = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log, world_seed=seed)
     atomic_write_json(summary_file, summary)  # written last: its presence means the world is complete
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m clo_lib.toyworld build --out outputs/toy/world [--seed 0]`: build (or reuse) the toy world."""
+    """`python -m clo_lib.toyworld build --out outputs/toy/world [--seed 0] [--tasks-only]`: build (or reuse) the
+    toy world; --tasks-only writes its SFT pool and evaluation questions without pretraining a base model."""
     import argparse
     import json
     import os
@@ -484,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/toy/world")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--tasks-only", action="store_true", help="no base model: the pool and questions only")
     args = parser.parse_args(argv)
-    print(json.dumps(build(args.out, args.seed, args.epochs)))
+    summary = build_tasks(args.out, args.seed) if args.tasks_only else build(args.out, args.seed, args.epochs)
+    print(json.dumps(summary))
     return 0
 
 
