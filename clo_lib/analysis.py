@@ -23,7 +23,7 @@ from clo_lib.io import atomic_write_text
 METHOD_ORDER = ["base", "sft_eng", "sft_tgt", "sft", "sft_dpo", "clo"]
 # Metrics the report tables lead with, when present.
 HEADLINE = ["winrate_vs_sft_tgt", "winrate_vs_sft_en", "accuracy_tgt", "accuracy_en", "fidelity_tgt", "fidelity_en",
-            "mc_acc_tgt", "mc_acc_en"]
+            "mc_acc_tgt", "mc_acc_en", "mtbench_ref_nll", "fidelity_en@mtbench"]
 
 
 def collect(grid_dir: str | Path) -> pd.DataFrame:
@@ -353,6 +353,11 @@ def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
         shared = [c for c in acc["clo"] if c in acc["sft"]]
         detail = (f"; English accuracy {sum(acc['clo'][c][0] for c in shared) / len(shared):.2f} (CLO) vs "
                   f"{sum(acc['sft'][c][0] for c in shared) / len(shared):.2f} (SFT)") if shared else ""
+        nll = {m: _cells(frame, "mtbench_ref_nll", m) for m in ("clo", "sft")}
+        both = [c for c in nll["clo"] if c in nll["sft"]]
+        if both:
+            detail += (f"; MT-bench reference NLL {sum(nll['clo'][c][0] for c in both) / len(both):.3f} (CLO) vs "
+                       f"{sum(nll['sft'][c][0] for c in both) / len(both):.3f} (SFT)")
         rows.append(("CLO keeps English (paper: English win rates 50-65 %)", "does not hold" if worse else "holds",
                      f"win rate vs SFT on English prompts worse in {len(worse)} of {len(english)} cells, mean "
                      f"{sum(r['mean'] for r in english.values()) / len(english):.2f}{detail}"))
@@ -392,6 +397,30 @@ def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
             text = f"SFT at the smallest vs the largest size, {metric} and accuracy_tgt: " + text
         rows.append((claim, said, text))
     return rows
+
+
+def english_retention(frame: pd.DataFrame) -> list[str]:
+    """MT-bench (clo_lib.mtbench) per run kind: reference-answer NLL and its change from the base model, and the
+    share of answers in English with its 95 % interval; empty when the grid did not measure it."""
+    if "mtbench_ref_nll" not in set(frame["metric"]):
+        return []
+    lines = ["| model | lang | size | method | seeds | MT-bench reference NLL | change from base | answers in English "
+             "[95 % interval] |", "|---|---|---|---|---|---|---|---|"]
+    table = summary(frame, ["mtbench_ref_nll"])
+    shares = {m: _cells(frame, "fidelity_en@mtbench", m) for m in set(table["method"])}
+    for row in table.itertuples(index=False):
+        base = _mean(frame, "mtbench_ref_nll", model=row.model, lang=row.lang, method="base")
+        size = None if pd.isna(row.size) else int(row.size)
+        cell = shares[row.method].get((row.model, row.lang, size))
+        share = _share(*cell) if cell else None
+        english = f"{share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}]" if share else "–"
+        change = "–" if row.method == "base" or pd.isna(base) else f"{row.mtbench_ref_nll - base:+.3f}"
+        lines.append(f"| {row.model} | {row.lang} | {'–' if size is None else size} | {row.method} | {row.seeds} | "
+                     f"{row.mtbench_ref_nll:.3f} | {change} | {english} |")
+    return ["## English retention on MT-bench", "",
+            "Per-token NLL of GPT-4's reference answers to MT-bench's first-turn questions (30 answers; lower = "
+            "fluent English answers are likelier to the model; a rise from the base model is English lost), and the "
+            "share of the model's own answers to the 80 first-turn questions that are in English.", ""] + lines + [""]
 
 
 def crpo_check(grid_dir: Path) -> tuple[str, str] | None:
@@ -477,6 +506,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
     if table_of_claims:
         lines += ["## The paper's claims", "", "| claim | verdict | the numbers |", "|---|---|---|"]
         lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers in table_of_claims] + [""]
+    lines += english_retention(frame)
     found = findings(frame)
     if found:
         lines += ["## What it measured", ""] + found + [""]

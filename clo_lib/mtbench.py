@@ -11,6 +11,7 @@ are template-like, so this adds real, open-ended English. Two metrics (eval.mtbe
     fidelity_en@mtbench   share of greedy answers to the 80 first-turn questions that lingua identifies as English
                           (clo_lib.evaluate.fidelity), answers cut at eval.mtbench_max_new_tokens.
     mtbench_ref_tokens    how many answer tokens the NLL averages over (so a truncated run is visible).
+    prompts@mtbench       how many questions fidelity_en@mtbench is over (80), for its interval.
 
 Only first turns are used: the second turn needs the model's own first answer in the context, which makes the
 comparison depend on that answer. Answers are cached in mtbench_generations.jsonl of the run folder.
@@ -87,4 +88,5 @@ def mtbench_metrics(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progr
     answers = generate_answers(model, tokenizer, questions(), cfg, Path(run_dir) / "mtbench_generations.jsonl",
                                progress, sides=("en",), max_new_tokens=cfg.eval.mtbench_max_new_tokens)
     metrics["fidelity_en@mtbench"] = fidelity(answers, cfg.language, cfg.eval.lid_min_confidence)["fidelity_en"]
+    metrics["prompts@mtbench"] = len(answers)  # the count behind the share's interval, as for prompt groups
     return metrics
