@@ -207,7 +207,9 @@ class EvalConfig:
         None, "Prompt file (JSONL with prompt_en and prompt_tgt, optionally answer_en and answer_tgt); {lang} is "
         "replaced by the language code. None: translated AlpacaEval."
     )
-    num_prompts: int | None = _field(None, "Evaluate on N prompts evenly spaced over the file (files are ordered by kind or source); None: all.", min=1)
+    num_prompts: int | None = _field(
+        None, "Evaluate on N prompts evenly spaced over the file (files are ordered by kind or source); None: all.",
+        min=1)
     seen_prompts: int = _field(0, "Also ask the run's first N training records (metrics @seen): a sanity check that "
                                "it learnt what it trained on; 0: none.", min=0)
     max_new_tokens: int = _field(512, "Longest generated answer in tokens.", min=1)

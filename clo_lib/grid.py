@@ -6,7 +6,8 @@
     python -m clo_lib.grid status params/grids/toy.yaml            # the same table with each stage's state
 
 A grid file names config layers, models and slices (a product of languages × methods × sizes × seeds); see
-params/grids/*.yaml. Slices may have names; `default_slices` says which run when --slices is not given. It expands into stages, each one notebook (or, for `prepare`, one command):
+params/grids/*.yaml. Slices may have names; `default_slices` says which run when --slices is not given. It
+expands into stages, each one notebook (or, for `prepare`, one command):
 
     prepare/<id>          commands that must finish first (the toy world builds its base model here)
     translate/<lang>      01_translate, once per language, for the largest size any run of it needs

@@ -88,3 +88,22 @@ def test_claims_and_the_crpo_check_say_what_the_numbers_say(tmp_path):
     assert table["SFT is sensitive to data size"][0] == "inconclusive (no significant change)"
     said, numbers = crpo_check(grid)
     assert said == "holds" and "lowering the English answer makes 90% of the margin" in numbers
+
+
+def test_english_retention_on_mtbench_is_reported_against_the_base_model(tmp_path):
+    grid = tmp_path / "grid"
+
+    def mtbench(nll, english):
+        return {"mtbench_ref_nll": nll, "fidelity_en@mtbench": english, "prompts@mtbench": 80}
+
+    run(grid, "sw-base", "sw", "base", None, extra=mtbench(0.800, 0.9625))
+    run(grid, "sw-sft", "sw", "sft", 32, extra=mtbench(0.850, 0.90))
+    run(grid, "sw-clo-s0", "sw", "clo", 32, seed=0, extra=mtbench(0.900, 0.50))
+    run(grid, "sw-clo-s1", "sw", "clo", 32, seed=1, extra=mtbench(1.000, 0.70))
+    report = (write_report(grid)["report"]).read_text()
+    section = report.split("## English retention on MT-bench")[1].split("\n## ")[0]
+    pooled = wilson(0.60, 160)  # two seeds of 80 questions each
+    assert "| toy | sw | – | base | 1 | 0.800 | – | 0.96 [" in section
+    assert "| toy | sw | 32 | sft | 1 | 0.850 | +0.050 | 0.90 [" in section
+    assert f"| toy | sw | 32 | clo | 2 | 0.950 | +0.150 | 0.60 [{pooled['low']:.2f}, {pooled['high']:.2f}] |" in section
+    assert "mtbench_ref_nll" in collect(grid)["metric"].tolist()

@@ -32,6 +32,23 @@ def write_grid(tmp_path, model_dir, **extra):
     return path
 
 
+def test_named_slices_run_by_default_or_by_name(tmp_path, tiny_llama):
+    slices = [{"name": "main", "languages": ["sw"], "methods": ["sft"], "sizes": [4]},
+              {"name": "more", "languages": ["sw"], "methods": ["sft"], "sizes": [8], "seeds": [1]}]
+    path = write_grid(tmp_path, tiny_llama, slices=slices, default_slices=["main"])
+    trains = lambda grid: sorted(s.id for s in grid.stages.values() if s.kind == "train")  # noqa: E731
+    assert trains(load_grid(path)) == ["train/tiny-sw-sft-n4-s0"]
+    assert trains(load_grid(path, ["more"])) == ["train/tiny-sw-sft-n8-s1"]
+    assert len(trains(load_grid(path, ["all"]))) == 2
+    with pytest.raises(GridError, match="no slice named 'sizes'; its slices are main, more"):
+        load_grid(path, ["sizes"])
+    smol = load_grid(REPO / "params/grids/smol.yaml")
+    assert {s.facts["method"] for s in smol.stages.values() if s.kind == "evaluate"} == {"base", "sft", "sft_dpo", "clo"}
+    every = load_grid(REPO / "params/grids/smol.yaml", ["all"])
+    assert {s.facts["size"] for s in every.stages.values() if s.kind == "train"} == {16, 32, 64}
+    assert {s.facts["seed"] for s in every.stages.values() if s.kind == "train"} == {0, 1, 2}
+
+
 def test_plan_counts_for_the_shipped_grids():
     paper = load_grid(REPO / "params/grids/paper.yaml")
     kinds = [s.kind for s in paper.stages.values()]
