@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path` (atomic on POSIX)."""
+    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path` (atomic on POSIX).
+
+    mkstemp makes its file readable by its owner only; the result gets the mode any new file gets (0644 under the
+    usual umask), so a class sharing one server can read each other's outputs."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -48,7 +58,7 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
             handle.seek(-1, os.SEEK_END)
             if handle.read(1) != b"\n":
                 text = "\n" + text
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # minus the umask, as any new file
     try:
         os.write(fd, text.encode("utf-8"))
         os.fsync(fd)

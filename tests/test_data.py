@@ -193,3 +193,22 @@ def test_appending_after_a_torn_line_keeps_the_new_rows(tmp_path):
         handle.write('{"key": "b", "v"')  # a kill in the middle of a write
     JsonlCache(path).append([{"key": "c", "v": 3}])
     assert {k: r["v"] for k, r in JsonlCache(path).rows.items()} == {"a": 1, "c": 3}
+
+
+def test_outputs_get_the_mode_any_new_file_gets(tmp_path):
+    """Atomic writes go through mkstemp (owner-only); the finished file must be readable as any new file is."""
+    import os
+
+    from clo_lib.io import append_jsonl, atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        append_jsonl(tmp_path / "b.jsonl", [{"x": 1}])
+        os.umask(0o077)
+        atomic_write_json(tmp_path / "c.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.jsonl").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o600
