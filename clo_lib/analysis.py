@@ -476,6 +476,9 @@ def failures(grid_dir: Path) -> list[dict]:
 def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> dict[str, Any]:
     """results.csv, the figures and report.md for a grid folder; returns what was written."""
     grid_dir = Path(grid_dir)
+    if not grid_dir.is_dir():
+        raise FileNotFoundError(f"grid_dir = {str(grid_dir)!r}: no such folder (looked in {grid_dir.resolve()}); "
+                                "expected a grid's output folder, e.g. outputs/toy.")
     frame = collect(grid_dir)
     figures_dir = grid_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)

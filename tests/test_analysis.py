@@ -107,3 +107,11 @@ def test_english_retention_on_mtbench_is_reported_against_the_base_model(tmp_pat
     assert "| toy | sw | 32 | sft | 1 | 0.850 | +0.050 | 0.90 [" in section
     assert f"| toy | sw | 32 | clo | 2 | 0.950 | +0.150 | 0.60 [{pooled['low']:.2f}, {pooled['high']:.2f}] |" in section
     assert "mtbench_ref_nll" in collect(grid)["metric"].tolist()
+
+
+def test_a_grid_folder_that_does_not_exist_is_refused_not_reported(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="grid_dir = '.*outptus/toy': no such folder"):
+        write_report(tmp_path / "outptus" / "toy")
+    assert not (tmp_path / "outptus").exists()
