@@ -158,8 +158,7 @@ def decoding_settings(cfg: RunConfig, max_new_tokens: int | None = None) -> dict
     """What decides a generated answer besides the model and the prompt."""
     ecfg = cfg.eval
     return {"max_new_tokens": max_new_tokens or ecfg.max_new_tokens, "temperature": ecfg.temperature,
-            "seed": cfg.seed,
-            "batch_size": ecfg.batch_size, "prompt_format": cfg.model.prompt_format,
+            "seed": cfg.seed, "batch_size": ecfg.batch_size, "prompt_format": cfg.model.prompt_format,
             "prompt_template": cfg.model.prompt_template}
 
 
@@ -215,8 +214,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
             "do_sample": False}
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=settings["max_new_tokens"],
-                                    pad_token_id=tokenizer.pad_token_id,
-                                    **sampling)
+                                    pad_token_id=tokenizer.pad_token_id, **sampling)
         answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         cache.append([{**item, "answer": answer.strip()} for item, answer in zip(batch, answers)])
         bar.update(len(batch))

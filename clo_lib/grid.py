@@ -255,22 +255,16 @@ def _layer_path(layer: str, grid_path: Path) -> str:
                     "params/presets/toy.yaml")
 
 
-def slices_wanted(data: dict, slices: list, path: Path, asked: list[str] | None = None) -> list[str] | None:
-    """The slice names to expand: those asked for, else the grid's default_slices; None means all."""
-    if asked:
-        return None if asked == ["all"] else asked
-    default = data.get("default_slices")
-    return _strings(default, "default_slices", "slice names", path) if default is not None else None
-
-
-def _chosen_slices(slices: list, names: list[str] | None, path: Path) -> list:
-    if names is None:
+def _chosen_slices(slices: list, data: dict, asked: list[str] | None, path: Path) -> list:
+    """The slices to expand: those named in `asked` (["all"]: every one), else the grid's default_slices, else all."""
+    names = asked or _strings(data.get("default_slices"), "default_slices", "slice names", path) or ["all"]
+    if names == ["all"]:
         return slices
     known = [piece.get("name") for piece in slices if isinstance(piece, dict) and piece.get("name")]
     unknown = [name for name in names if name not in known]
     if unknown:
         raise GridError(f"{path}: no slice named {', '.join(map(repr, unknown))}; its slices are "
-                        f"{', '.join(known) or 'unnamed'} (or all)")
+                        f"{', '.join(map(str, known)) or 'unnamed'} (or all)")
     return [piece for piece in slices if isinstance(piece, dict) and piece.get("name") in names]
 
 
@@ -310,7 +304,7 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
     slices = _as_list(data.get("slices"), "slices", path)
     if not slices:
         raise GridError(f"{path}: slices is empty; expected at least one of languages x methods x sizes x seeds")
-    slices = _chosen_slices(slices, slices_wanted(data, slices, path, chosen), path)
+    slices = _chosen_slices(slices, data, chosen, path)
     resources = _mapping(data.get("resources"), "resources", path)
     _check_keys(resources, set(STAGE_KINDS), "resources.", path)
     for kind, settings in resources.items():

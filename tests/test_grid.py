@@ -43,7 +43,8 @@ def test_named_slices_run_by_default_or_by_name(tmp_path, tiny_llama):
     with pytest.raises(GridError, match="no slice named 'sizes'; its slices are main, more"):
         load_grid(path, ["sizes"])
     smol = load_grid(REPO / "params/grids/smol.yaml")
-    assert {s.facts["method"] for s in smol.stages.values() if s.kind == "evaluate"} == {"base", "sft", "sft_dpo", "clo"}
+    methods = {s.facts["method"] for s in smol.stages.values() if s.kind == "evaluate"}
+    assert methods == {"base", "sft", "sft_dpo", "clo"}
     every = load_grid(REPO / "params/grids/smol.yaml", ["all"])
     assert {s.facts["size"] for s in every.stages.values() if s.kind == "train"} == {16, 32, 64}
     assert {s.facts["seed"] for s in every.stages.values() if s.kind == "train"} == {0, 1, 2}
