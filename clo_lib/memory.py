@@ -40,9 +40,12 @@ class MemoryEstimate:
         share = f"{self.trainable_params / 1e9:.2f}B of {self.total_params / 1e9:.2f}B parameters train"
         if self.total_params < 1e8:  # small models: in millions, not 0.00B
             share = f"{self.trainable_params / 1e6:.2f}M of {self.total_params / 1e6:.2f}M parameters train"
-        return (f"~{self.total_gb:.1f} GB: weights {self.weights_gb:.1f} + 16-bit casts {self.casts_gb:.1f} + "
-                f"gradients {self.gradients_gb:.1f} + optimizer {self.optimizer_gb:.1f} + activations "
-                f"{self.activations_gb:.1f} ({share})")
+        # below a gigabyte in megabytes: the toy model's "0.0 GB" said nothing
+        scale, unit = (1, "GB") if self.total_gb >= 1 else (1024, "MB")
+        parts = {"weights": self.weights_gb, "16-bit casts": self.casts_gb, "gradients": self.gradients_gb,
+                 "optimizer": self.optimizer_gb, "activations": self.activations_gb}
+        terms = " + ".join(f"{name} {value * scale:.1f}" for name, value in parts.items())
+        return f"~{self.total_gb * scale:.1f} {unit}: {terms} ({share})"
 
 
 def _shapes(model_config: Any) -> dict[str, tuple[int, int]]:

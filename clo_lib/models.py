@@ -62,9 +62,11 @@ def resolve_backend(requested: str) -> str:
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The dtype `model.dtype` loads weights in: auto is bfloat16 on GPUs that have it, float32 elsewhere."""
+    """The dtype `model.dtype` loads weights in: auto is bfloat16 on GPUs that compute in it natively (compute
+    capability 8.0 and up: A100, L4, H100), float32 elsewhere. `torch.cuda.is_bf16_supported()` is not asked: it is
+    True on a T4 (7.5), where bfloat16 is emulated and slow."""
     if name == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
             return torch.bfloat16
         return torch.float32
     return getattr(torch, name)

@@ -33,7 +33,8 @@ IGNORED = {
     "translate": _NEVER | {"data.size", "data.pool_size", "data.keep_flagged"},
     # nested subsets: a larger pool leaves a run's records unchanged (its data fingerprint says if they changed);
     # init_from is a path, the run it names counts through its own fingerprint
-    "train": _NEVER | {"data.pool_size", "train.logging_steps", "train.save_steps", "train.save", "train.init_from"},
+    "train": _NEVER | {"data.pool_size", "train.logging_steps", "train.report_to", "train.save_steps", "train.save",
+                       "train.init_from"},
     "evaluate": _NEVER,
 }
 PARALLEL_KEYS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")

@@ -125,9 +125,19 @@ class _ListDataset(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int):
-    """The Trainer's arguments. 16-bit weights train under the Trainer's autocast (bf16 / fp16), with the trained
-    weights kept in float32 (clo_lib.models.keep_trained_in_float32); fp16 also scales the loss (CUDA only)."""
+def logging_steps(cfg: RunConfig, items: int, per_device_batch: int) -> int:
+    """`train.logging_steps`, or when unset: every step for a stage of at most 200 optimizer steps (a 16-example run
+    still draws its curves), else a hundred log points per stage."""
+    if cfg.train.logging_steps:
+        return cfg.train.logging_steps
+    steps = math.ceil(math.ceil(items / per_device_batch) / cfg.train.grad_accum * cfg.train.epochs)
+    return 1 if steps <= 200 else steps // 100
+
+
+def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int, items: int):
+    """The Trainer's arguments (`items`: the stage's training items, for the logging interval). 16-bit weights
+    train under the Trainer's autocast (bf16 / fp16), with the trained weights kept in float32
+    (clo_lib.models.keep_trained_in_float32); fp16 also scales the loss (CUDA only)."""
     from transformers import TrainingArguments
 
     dtype = check_training_precision(cfg)
@@ -147,12 +157,12 @@ def training_arguments(cfg: RunConfig, out_dir: Path, per_device_batch: int):
         optim=cfg.train.optim,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        logging_steps=cfg.train.logging_steps,
+        logging_steps=logging_steps(cfg, items, per_device_batch),
         save_steps=cfg.train.save_steps,
         save_total_limit=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        report_to="none",
+        report_to=cfg.train.report_to,
         remove_unused_columns=False,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,  # tqdm progress bars rather than printed dicts
@@ -188,7 +198,7 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
         lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
         trainer = _make_trainer_class()(
             model=model,
-            args=training_arguments(cfg, out_dir, per_device_batch=max(1, cfg.train.batch_size // 2)),
+            args=training_arguments(cfg, out_dir, max(1, cfg.train.batch_size // 2), len(groups)),
             train_dataset=_ListDataset(groups),
             data_collator=lambda batch: collate_preferences(batch, pad_id),
             processing_class=tokenizer,
@@ -197,14 +207,18 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
     else:
         from transformers import Trainer
 
+        encoded = encode_sft_rows(rows, tokenizer, cfg)
         trainer = Trainer(
             model=model,
-            args=training_arguments(cfg, out_dir, per_device_batch=cfg.train.batch_size),
-            train_dataset=_ListDataset(encode_sft_rows(rows, tokenizer, cfg)),
+            args=training_arguments(cfg, out_dir, cfg.train.batch_size, len(encoded)),
+            train_dataset=_ListDataset(encoded),
             data_collator=lambda batch: with_response_labels(collate_sft(batch, pad_id)),
             processing_class=tokenizer,
             compute_loss_func=sft_response_loss,
         )
+    for callback in trainer.callback_handler.callbacks:  # TensorBoard logs beside the model (checkpoints/, its
+        if type(callback).__name__ == "TensorBoardCallback":  # default, is removed once the run is saved)
+            callback.logging_dir = str(out_dir / "runs")
     return trainer, counts
 
 
@@ -223,11 +237,11 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
     if fingerprint is not None and PartialState().is_main_process:
         atomic_write_json(checkpoints / CHECKPOINT_FINGERPRINT, {"fingerprint": fingerprint, "config": cfg.to_dict()})
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    # From the logged step losses, which a resumed run restores from its checkpoint: the Trainer's own
-    # training_loss covers only the steps of this call.
+    # The Trainer's own mean over every step; a resumed run's covers only the steps of this call, so there the
+    # mean of the logged step losses (restored from the checkpoint) stands in for it.
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {"stage": stage.kind, **counts, "resumed": resume,
-               "train_loss": sum(losses) / len(losses) if losses else result.training_loss,
+               "train_loss": sum(losses) / len(losses) if resume and losses else result.training_loss,
                "final_loss": losses[-1] if losses else result.training_loss,
                "steps": result.global_step, "log_history": trainer.state.log_history}
     return trainer, summary
@@ -249,6 +263,17 @@ def _resumable(checkpoints: Path, cfg: RunConfig, fingerprint: dict | None) -> b
     return True
 
 
+def check_report_to(cfg: RunConfig) -> None:
+    """`train.report_to` names a logger that is installed (the Trainer would fail only after the model loaded)."""
+    import importlib.util
+
+    target = cfg.train.report_to
+    if target != "none" and importlib.util.find_spec(target) is None:
+        extra = "pip install -e '.[notebooks]'" if target == "tensorboard" else "pip install wandb"
+        raise ConfigError(f"train.report_to = {target} needs the {target} package, which is not installed; "
+                          f"expected {extra} first, or train.report_to: none.")
+
+
 def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> dict[str, Any]:
     """Train `cfg.train.method` on `parallel` records; save weights, tokenizer, resolved config and training log.
 
@@ -260,6 +285,7 @@ def train_run(cfg: RunConfig, parallel: Sequence[dict], out_dir: str | Path) -> 
 
     check_parallel(parallel)  # bad records are refused before anything is written or loaded
     check_training_precision(cfg)
+    check_report_to(cfg)
     if cfg.train.init_from:
         check_model_source(cfg.train.init_from, "train.init_from")
     else:

@@ -226,7 +226,10 @@ class HFTranslator(Translator):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            from clo_lib.models import torch_dtype
+
+            # bfloat16 where the GPU computes in it natively; float16 on older GPUs (a T4 only emulates bfloat16)
+            dtype = torch_dtype("auto") if torch_dtype("auto") == torch.bfloat16 else torch.float16
         else:
             dtype = torch.float32  # half precision on CPU is slow and, for beam search, less stable
         self.device, self.dtype = device, dtype

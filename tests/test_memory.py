@@ -82,3 +82,12 @@ def test_estimate_counts_what_a_bf16_training_step_allocates(tiny_llama, tmp_pat
     estimate = estimate_memory(AutoConfig.from_pretrained(tiny_llama), cfg.train, 32, dtype_bytes=2)
     for part in ("weights", "gradients", "optimizer"):
         assert getattr(estimate, f"{part}_gb") * GB == pytest.approx(measured[part], rel=1e-9), part
+
+
+def test_the_summary_says_megabytes_below_a_gigabyte():
+    from clo_lib.memory import GB, MemoryEstimate
+
+    small = MemoryEstimate(850_000, 200_000, 3.3 / 1024, 0.0, 0.8 / 1024, 1.5 / 1024, 108 / 1024)
+    assert small.summary().startswith("~113.6 MB: weights 3.3 + ") and "0.20M of 0.85M parameters" in small.summary()
+    large = MemoryEstimate(8 * 10**9, 10**9, 16.0, 2.0, 4.0, 8.0, 10.0)
+    assert large.summary().startswith("~40.0 GB: weights 16.0 + 16-bit casts 2.0") and GB == 1024**3

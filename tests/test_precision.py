@@ -107,3 +107,14 @@ def test_a_later_stage_starts_from_the_float32_master_weights(bf16_exact_llama, 
     assert model.get_parameter("model.layers.0.mlp.up_proj.weight").dtype == torch.bfloat16
     model, _ = load_model_and_tokenizer(cfg, str(tmp_path / "sft" / "model"))
     assert model.get_parameter(q).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("capability,expected", [((7, 5), torch.float32), ((8, 0), torch.bfloat16)])
+def test_dtype_auto_picks_bfloat16_only_where_the_gpu_computes_in_it(monkeypatch, capability, expected):
+    """A T4 (7.5) says torch.cuda.is_bf16_supported() but only emulates bfloat16: auto gives float32 there."""
+    from clo_lib.models import torch_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    assert torch_dtype("auto") == expected

@@ -483,3 +483,42 @@ def test_sft_loss_is_the_models_own_causal_lm_loss(tiny_llama, tmp_path, grad_ac
     assert step_loss.item() == pytest.approx(own.item(), abs=1e-5)
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in
                zip(step_grads, [p for p in model.parameters() if p.requires_grad]))
+
+
+def test_an_unset_logging_interval_logs_every_step_of_a_small_run_and_a_hundred_points_of_a_long_one(tiny_llama):
+    from clo_lib.train import logging_steps
+
+    small = load_config({"language": "sw", "train": {"epochs": 17, "batch_size": 16}})
+    assert small.train.logging_steps is None
+    assert logging_steps(small, items=64, per_device_batch=8) == 1  # 8 steps an epoch, 136 in all
+    long = load_config({"language": "sw", "train": {"epochs": 3, "batch_size": 16}})
+    assert logging_steps(long, items=6400, per_device_batch=8) == 24  # 2,400 steps: a point every 24
+    fixed = load_config({"language": "sw", "train": {"logging_steps": 10}})
+    assert logging_steps(fixed, items=64, per_device_batch=8) == 10
+
+
+def test_train_loss_is_the_trainers_own_mean_over_every_step(tiny_llama, tmp_path):
+    log = train_run(config(tiny_llama, method="sft", epochs=2, logging_steps=3), parallel_records(16),
+                    tmp_path / "run")
+    stage = log["stages"][-1]
+    finished = next(entry for entry in stage["log_history"] if "train_loss" in entry)
+    assert stage["train_loss"] == pytest.approx(finished["train_loss"])  # not the mean of the logged points
+
+
+def test_report_to_tensorboard_writes_its_events_beside_the_model(tiny_llama, tmp_path):
+    train_run(config(tiny_llama, method="clo", epochs=1, report_to="tensorboard"), parallel_records(8),
+              tmp_path / "run")
+    assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_missing_logger_is_refused_before_the_model_loads(tiny_llama, tmp_path, monkeypatch):
+    import importlib.util
+
+    from clo_lib.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="train.report_to = wandb needs the wandb package"):
+        train_run(config(tiny_llama, report_to="wandb"), parallel_records(4), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
