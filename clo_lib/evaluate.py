@@ -212,11 +212,13 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
                            add_special_tokens=not chat).to(model.device)
         sampling = {"do_sample": True, "temperature": ecfg.temperature} if ecfg.temperature > 0 else {
             "do_sample": False}
+        started = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=settings["max_new_tokens"],
                                     pad_token_id=tokenizer.pad_token_id, **sampling)
         answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        cache.append([{**item, "answer": answer.strip()} for item, answer in zip(batch, answers)])
+        share = round((time.perf_counter() - started) / len(batch), 4)  # each answer's share of its batch's time
+        cache.append([{**item, "answer": answer.strip(), "seconds": share} for item, answer in zip(batch, answers)])
         bar.update(len(batch))
     bar.close()
     return [cache.rows[item["key"]] for item in items]
@@ -566,8 +568,11 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
 
         metrics.update(mtbench_metrics(model, tokenizer, cfg, run_dir, progress))
     del model
+    # generation time from the answers themselves: they may have been generated before this call (the notebook
+    # generates first, the cache hands them over here)
     details: dict[str, Any] = {"prompts": len(prompts), "seen_prompts": len(seen),
-                               "generation_seconds": round(time.perf_counter() - start, 2)}
+                               "generation_seconds": round(sum(row.get("seconds", 0.0) for row in every), 2),
+                               "evaluation_seconds": round(time.perf_counter() - start, 2)}
     if judge == "none":
         log("judging skipped: no judge configured (eval.judge_base_url, or eval.judge: reference with reference "
             "answers), so no win rates; none are made up")

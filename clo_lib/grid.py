@@ -419,7 +419,9 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
                                        done_file=run_dir / "train_log.json", deps=train_deps, config=cfg,
                                        facts=facts, parameters=dict(params))
         eval_deps = [f"train/{rid}"]
-        eval_params = dict(params, method=spec["method"], model_label=spec["model"])
+        # every notebook parameter that has a default for hand use is set: an empty reference_run or base_run
+        # means none (03's defaults point at the demo's runs)
+        eval_params = dict(params, method=spec["method"], model_label=spec["model"], reference_run="", base_run="")
         if spec["method"] != "sft" and sft in wanted:
             eval_deps.append(f"evaluate/{sft}")
             eval_params["reference_run"] = str(output_dir / sft)
@@ -439,7 +441,7 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
             # The base model is judged against the SFT run of the smallest size, if there is one.
             sft = run_id(label, lang, "sft", sizes[0], seed)
             params = {"language": lang, "output_dir": str(output_dir), "run_dir": str(run_dir), "method": "base",
-                      "model_path": cfg.model.name_or_path, "model_label": label}
+                      "model_path": cfg.model.name_or_path, "model_label": label, "reference_run": "", "base_run": ""}
             deps = list(prepare_of[seed])
             if sft in wanted:
                 params["reference_run"] = str(output_dir / sft)
@@ -543,11 +545,19 @@ def execute_stage(stage: Stage) -> None:
     if stage.kind == "prepare":
         # "python" means this interpreter (the kit's venv), not whatever python is first on PATH.
         command = [sys.executable if c in ("python", "python3") and i == 0 else c for i, c in enumerate(stage.command)]
-        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-        (stage.workdir / f"{stage.id.split('/')[-1]}.log").write_text(result.stdout + result.stderr)
-        if result.returncode != 0:
-            raise RuntimeError(f"command {' '.join(stage.command)} exited {result.returncode}: "
-                               f"{(result.stdout + result.stderr)[-2000:]}")
+        # Streamed line by line to the console and the stage's log: a toy world's pretraining takes minutes.
+        lines = []
+        with open(stage.workdir / f"{stage.id.split('/')[-1]}.log", "w", encoding="utf-8") as log_file, \
+                subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                lines.append(line)
+                print(f"  {stage.id} | {line.rstrip()}", flush=True)
+        if process.returncode != 0:
+            raise RuntimeError(f"command {' '.join(stage.command)} exited {process.returncode}: "
+                               f"{''.join(lines)[-2000:]}")
         return
     import papermill as pm
 
@@ -612,6 +622,9 @@ class Progress:
         self.start = time.perf_counter()
         self.log = log
 
+    def started(self, stage: Stage) -> None:
+        self.log(f"[{time.strftime('%H:%M:%S')}] {stage.id}: started")
+
     def finished(self, stage: Stage, outcome: str, seconds: float | None = None) -> None:
         self.left.pop(stage.id, None)
         if outcome == "done":
@@ -670,6 +683,7 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
                 outcome[stage.id] = "skipped"
                 progress.finished(stage, f"skipped (needs {dep})")
                 continue
+            progress.started(stage)
             state, seconds = _run_and_record(stage)
             outcome[stage.id] = state
             progress.finished(stage, state, seconds)
@@ -710,6 +724,7 @@ def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by,
             job_executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
             resources = dict(grid.resources.get(stage.kind, {}))
             job_executor.update_parameters(name=f"clo-{stage.id.replace('/', '-')}", **resources)
+            progress.started(stage)
             jobs.append((stage, job_executor.submit(_run_and_record, stage)))
         for stage, job in jobs:
             try:

@@ -436,9 +436,9 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        if (epoch + 1) % 10 == 0 or epoch == epochs - 1:
-            log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
-                f"({time.perf_counter() - start:.0f} s)")
+        took = time.perf_counter() - start  # every epoch: under load one epoch can take a minute
+        log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
+            f"({took:.0f} s, ~{took / (epoch + 1) * (epochs - epoch - 1):.0f} s left)")
     model.save_pretrained(out_dir)
     return {"documents": len(documents), "steps": steps, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
@@ -489,6 +489,17 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
     summary["pretraining"] = pretrain_base_model(out / "base_model", seed=seed, epochs=epochs, log=log, world_seed=seed)
     atomic_write_json(summary_file, summary)  # written last: its presence means the world is complete
     return summary
+
+
+def ensure_world(cfg) -> None:
+    """The toy world a toy config points at (the folder of its `base_model`), built with the defaults when it is
+    missing (about a minute on a CPU, once), so the notebooks run on Colab or a fresh clone without `make demo`.
+    A world already there is used as it is, whatever its pretraining epochs."""
+    model = Path(cfg.model.name_or_path)
+    if cfg.data.source != "toy" or model.name != "base_model" or (model.parent / "world.json").is_file():
+        return
+    print(f"building the toy world in {model.parent} (about a minute on a CPU, once)")
+    build(model.parent)
 
 
 def main(argv: list[str] | None = None) -> int:

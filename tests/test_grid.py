@@ -233,3 +233,17 @@ def test_a_toy_world_slice_runs_end_to_end_with_base_and_findings(tmp_path, smal
     for claim in ("CLO beats SFT in the target language", "CLO keeps English", "SFT is sensitive to data size",
                   "CLO with half the data matches SFT with all of it", "CRPO critique"):
         assert f"| {claim}" in report
+
+
+def test_prepare_steps_stream_their_output_and_every_stage_says_when_it_starts(tmp_path, tiny_llama, capfd):
+    marker = tmp_path / "prepared"
+    script = f"import pathlib; print('step one', flush=True); print('step two'); pathlib.Path({str(marker)!r}).touch()"
+    path = write_grid(tmp_path, tiny_llama, prepare=[{"id": "prep", "command": ["python", "-c", script],
+                                                      "done": str(marker)}],
+                      slices=[{"languages": ["sw"], "methods": ["sft"], "sizes": [4]}])
+    lines = []
+    assert run_grid(load_grid(path), only=["prepare/*"], log=lines.append) == 0
+    out = capfd.readouterr().out
+    assert "  prepare/prep | step one" in out and "  prepare/prep | step two" in out
+    assert any(line.endswith("prepare/prep: started") for line in lines)
+    assert (tmp_path / "out" / "prepare" / "prep.log").read_text() == "step one\nstep two\n"
