@@ -197,7 +197,13 @@ class TrainConfig:
         "LoRA always saves its adapter."
     )
     init_from: str | None = _field(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
-    logging_steps: int = _field(10, "Log every this many optimizer steps.", min=1)
+    logging_steps: int | None = _field(
+        None, "Log every this many optimizer steps; None: every step when a stage has at most 200 (so a small run "
+        "still draws its curves), else a hundred points per stage.", min=1)
+    report_to: Literal["none", "tensorboard", "wandb"] = _field(
+        "none", "Where the Trainer also sends its logs (train_log.json always gets them): tensorboard (writes "
+        "<run>/runs/; `pip install -e .[notebooks]`) or wandb (needs the wandb package and WANDB_API_KEY in the "
+        "environment).")
     save_steps: int = _field(200, "Checkpoint every this many optimizer steps, so a killed run resumes.", min=1)
 
 
@@ -290,28 +296,55 @@ def nest_dotted(mapping: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def notebook_config(config_files: Any, overrides: Any, **fixed: Any) -> RunConfig:
+def notebook_config(config_files: Any, overrides: Any, run_dir: str | Path | None = None, **fixed: Any) -> RunConfig:
     """The run config from a notebook's parameters, however papermill hands them over.
 
     config_files: a list of YAML paths, or the string `papermill -p` gives (one path, or a JSON/YAML list).
     overrides: a mapping of dotted keys, or a string: key=value pairs separated by commas, or a JSON/YAML mapping.
-    fixed: the notebook's own parameters (language, output_dir); empty ones are left out.
+    run_dir: a trained run's folder (03_evaluate): its own config.yaml is the base, so the run's language, size,
+      seed, name, model and prompt format are the ones it trained with; config_files and overrides add the
+      evaluation settings (`eval.*`, which training ignores) and overrides may change anything.
+    fixed: the notebook's own parameters (language, output_dir); empty ones are left out. With run_dir, a language
+      other than the run's is refused.
     Paths may be relative to the working folder, the repository root or notebooks/; a missing one names where it
     was looked for.
     """
+    files = [notebook_path(name, "config_files", "a YAML file such as params/presets/toy.yaml")
+             for name in _as_path_list(config_files)]
+    layers, pairs = _override_layers(overrides)
+    fixed = {k: v for k, v in fixed.items() if v}
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if saved is None or not saved.is_file():
+        return load_config(*files, fixed, *layers, overrides=pairs)
+    run = read_yaml(saved)
+    if fixed.get("language") and fixed["language"] != run.get("language"):
+        raise ConfigError(f"language = {fixed['language']}, but the run in {run_dir} was trained on "
+                          f"{run.get('language')} (its config.yaml); expected that language, or leave language empty.")
+    evaluation = load_config(*files, {**fixed, "language": run.get("language")}, *layers, overrides=pairs)
+    return load_config(saved, {"eval": evaluation.to_dict()["eval"]}, *layers, overrides=pairs)
+
+
+def _as_path_list(config_files: Any) -> list:
     if isinstance(config_files, str):
         parsed = yaml.safe_load(config_files) if config_files.strip().startswith("[") else config_files
         config_files = parsed if isinstance(parsed, list) else [config_files]
     if not isinstance(config_files, list) or not config_files:
         raise ConfigError(f"config_files = {config_files!r}; expected a list of YAML files (or one path).")
+    return config_files
+
+
+def notebook_path(name: Any, parameter: str, expected: str) -> Path:
+    """A path a notebook parameter names, relative to the working folder, the repository root or notebooks/."""
     places = [Path.cwd(), PARAMS_DIR.parent, PARAMS_DIR.parent / "notebooks"]
-    files = []
-    for name in config_files:
-        found = next((place / str(name) for place in places if (place / str(name)).is_file()), None)
-        if found is None:
-            raise ConfigError(f"config_files: {name} does not exist (looked in {', '.join(map(str, places))}); "
-                              "expected a YAML file such as params/presets/toy.yaml.")
-        files.append(found)
+    found = next((place / str(name) for place in places if (place / str(name)).exists()), None)
+    if found is None:
+        raise ConfigError(f"{parameter}: {name} does not exist (looked in {', '.join(map(str, places))}); "
+                          f"expected {expected}.")
+    return found
+
+
+def _override_layers(overrides: Any) -> tuple[list[dict], list[str] | None]:
+    """([a nested mapping], None) or ([], ["key=value", ...]) from the overrides parameter."""
     if isinstance(overrides, str):
         text = overrides.strip()
         parsed = yaml.safe_load(text) if text.startswith("{") else None
@@ -324,10 +357,10 @@ def notebook_config(config_files: Any, overrides: Any, **fixed: Any) -> RunConfi
             if not all("=" in pair for pair in pairs):
                 raise ConfigError(f"overrides = {overrides!r}; expected key=value pairs (train.method=sft, "
                                   "train.lam=0.3) or a mapping.")
-            return load_config(*files, {k: v for k, v in fixed.items() if v}, overrides=pairs)
+            return [], pairs
     if not isinstance(overrides, dict):
         raise ConfigError(f"overrides = {overrides!r}; expected key=value pairs or a mapping.")
-    return load_config(*files, {k: v for k, v in fixed.items() if v}, nest_dotted(overrides))
+    return [nest_dotted(overrides)], None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

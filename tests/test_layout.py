@@ -45,3 +45,21 @@ def test_committed_notebooks_are_clean_and_parameterized():
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{path} has outputs"
         tagged = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
         assert len(tagged) == 1, f"{path} needs exactly one cell tagged parameters"
+
+
+def test_every_notebook_opens_in_colab_and_sets_itself_up_the_same_way():
+    """A Colab badge naming the notebook itself, the same setup cell right after the parameters, and both naming
+    the repository that pyproject.toml names."""
+    repo_url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_name = repo_url.removeprefix("https://github.com/")
+    setups = set()
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        title = "".join(cells[0]["source"])
+        assert f"colab.research.google.com/github/{owner_name}/blob/main/notebooks/{path.name}" in title, path
+        assert "drive.mount" in title, f"{path}: the Drive note"
+        assert "parameters" in cells[1]["metadata"].get("tags", []), path
+        setup = "".join(cells[2]["source"])
+        assert '"google.colab" in sys.modules' in setup and repo_url in setup, path
+        setups.add(setup)
+    assert len(setups) == 1, "the notebooks' setup cells differ"
