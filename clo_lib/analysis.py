@@ -1,12 +1,15 @@
 """Analysis: every run's metrics.json into one tidy table, the paper's views as figures, and a report to read first.
 
     results.csv   one row per run and metric: model, lang, size, method, seed, name, metric, value
-    figures/      winrates.png  win rate against SFT per model and language (SFT+DPO and CLO; target and English)
+    figures/      winrates.png  win rate against SFT per model and language (SFT+DPO and CLO; target and English),
+                                with 95 % intervals
                   by_size_<metric>.png   a metric against data size, per language and method (the paper's sweep)
-                  fidelity_retention.png   language fidelity next to English retention, per method
-    report.md     what was run, the tables, the figures, what failed
+                  language_vs_english.png   target-language answers against English accuracy, one point per run
+    report.md     the premise, the paper's claims (a line each), the tables with intervals, example answers, the
+                  figures, a glossary, what failed
 
-Seeds are averaged; the spread (standard deviation over seeds) is shown where there is more than one.
+Seeds are averaged; the spread (standard deviation over seeds) is shown where there is more than one. Intervals are
+95 % Wilson intervals over the prompts of all seeds of a cell.
 """
 
 from __future__ import annotations
@@ -24,6 +27,35 @@ METHOD_ORDER = ["base", "sft_eng", "sft_tgt", "sft", "sft_dpo", "clo"]
 # Metrics the report tables lead with, when present.
 HEADLINE = ["winrate_vs_sft_tgt", "winrate_vs_sft_en", "accuracy_tgt", "accuracy_en", "fidelity_tgt", "fidelity_en",
             "mc_acc_tgt", "mc_acc_en", "mtbench_ref_nll", "fidelity_en@mtbench"]
+
+
+# What each metric means, for the report's glossary and the figures' labels.
+GLOSSARY = {
+    "fidelity_tgt": "share of target-language prompts answered in the target language (lingua; an answer it cannot "
+                    "place counts against)",
+    "fidelity_en": "share of English prompts answered in English",
+    "accuracy_tgt": "share of target-language prompts answered correctly (the reference answer's first line, in "
+                    "either language)",
+    "accuracy_en": "share of English prompts answered correctly",
+    "winrate_vs_sft_tgt": "pairwise judge against the SFT run of the same model, language, size and seed, on "
+                          "target-language prompts: 1 win, 0.5 tie, 0 loss, averaged; 0.5 = as good as SFT",
+    "winrate_vs_sft_en": "the same on English prompts",
+    "mc_acc_tgt": "multiple-choice accuracy (lm-evaluation-harness) on the target-language tasks",
+    "mc_acc_en": "multiple-choice accuracy on the English tasks",
+    "mtbench_ref_nll": "per-token negative log-likelihood of GPT-4's MT-bench reference answers (lower: fluent "
+                       "English is likelier; a rise from the base model is English lost)",
+    "fidelity_en@mtbench": "share of the model's answers to MT-bench's English questions that are in English",
+    "@new_phrasing / @new_fact / @seen": "the same metric on one group of prompts: known facts asked in a question "
+                                         "form no training data had / facts held out of all training data / the "
+                                         "run's own first training items (a sanity check)",
+}
+LABELS = {"fidelity_tgt": "target prompts answered in the target language",
+          "fidelity_tgt@new_phrasing": "target prompts (held-out form) answered in the target language",
+          "fidelity_en": "English prompts answered in English", "accuracy_tgt": "target prompts answered correctly",
+          "accuracy_en": "English prompts answered correctly", "winrate_vs_sft_tgt": "win rate vs SFT, target prompts",
+          "winrate_vs_sft_en": "win rate vs SFT, English prompts"}
+METHOD_NAMES = {"base": "base model", "sft": "SFT", "sft_eng": "SFT (English only)", "sft_tgt": "SFT (target only)",
+                "sft_dpo": "SFT+DPO", "clo": "CLO"}
 
 
 def collect(grid_dir: str | Path) -> pd.DataFrame:
@@ -69,28 +101,52 @@ def _plt():
 
 
 def figure_winrates(frame: pd.DataFrame, out: Path) -> Path | None:
-    """Win rate against SFT (SFT = 0.5), per model × language, for SFT+DPO and CLO, target and English prompts."""
-    import seaborn as sns
-
+    """Win rate against SFT (SFT = 0.5) with its 95 % interval, per model × language at the largest size, for
+    SFT+DPO and CLO, on target and English prompts."""
     plt = _plt()
-    data = frame[frame["metric"].isin(["winrate_vs_sft_tgt", "winrate_vs_sft_en"]) &
-                 frame["method"].isin(["sft_dpo", "clo"])]
-    if data.empty:
+    methods = [m for m in ("sft_dpo", "clo") if any(pooled_win_rates(frame, m, "tgt").values())]
+    rates = {(m, side): pooled_win_rates(frame, m, side) for m in methods for side in ("tgt", "en")}
+    cells = {key[:2] for table in rates.values() for key in table}
+    if not cells:
         return None
-    largest = data.groupby(["model", "lang"])["size"].transform("max")
-    data = data[data["size"] == largest].copy()  # the main table is at the largest size of each cell
-    data["prompts"] = data["metric"].map({"winrate_vs_sft_tgt": "target", "winrate_vs_sft_en": "English"})
-    grid = sns.catplot(data=data, x="lang", y="value", hue="method", col="prompts", row="model", kind="bar",
-                       errorbar="sd", height=2.8, aspect=1.4, hue_order=[m for m in ("sft_dpo", "clo")
-                                                                         if m in set(data["method"])])
-    for ax in grid.axes.flat:
-        ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)  # SFT itself
-        ax.set_ylim(0, 1)
-    grid.set_axis_labels("language", "win rate vs SFT")
+    models = sorted({model for model, _ in cells})
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.2 * len(models)), squeeze=False, sharey=True)
+    for row, model in enumerate(models):
+        langs = sorted({lang for m, lang in cells if m == model})
+        for col, (side, title) in enumerate((("tgt", "target-language prompts"), ("en", "English prompts"))):
+            ax = axes[row][col]
+            for offset, method in zip((-0.12, 0.12), methods):
+                points = []
+                for x, lang in enumerate(langs):
+                    found = {k: v for k, v in rates[(method, side)].items() if k[:2] == (model, lang)}
+                    if found:
+                        rate = found[max(found, key=lambda k: k[2])]  # the largest size of the cell
+                        points.append((x + offset, rate))
+                if points:
+                    ax.errorbar([x for x, _ in points], [r["mean"] for _, r in points],
+                                yerr=_error_bar([r for _, r in points]), fmt="o", capsize=4,
+                                label=METHOD_NAMES[method])
+            ax.axhline(0.5, color="grey", linestyle="--", linewidth=1)
+            ax.set_xticks(range(len(langs)), langs)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{model}: {title}")
+            ax.set_xlabel("language")
+            ax.set_ylabel("win rate vs SFT (0.5 = as good)" if col == 0 else "")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][1].legend(handles, labels, loc="lower right")
+    fig.suptitle("Win rate against SFT at the largest size (95 % intervals; ties count half)")
+    fig.tight_layout()
     path = out / "winrates.png"
-    grid.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close("all")
     return path
+
+
+def _error_bar(rates: list[dict]) -> list[list[float]]:
+    """matplotlib's [below, above] distances from intervals (at 0 or 1 a Wilson bound can differ from the mean by a
+    rounding error's worth in the wrong direction)."""
+    return [[max(0.0, r["mean"] - r["low"]) for r in rates], [max(0.0, r["high"] - r["mean"]) for r in rates]]
 
 
 def figure_by_size(frame: pd.DataFrame, metric: str, out: Path) -> Path | None:
@@ -114,32 +170,54 @@ def figure_by_size(frame: pd.DataFrame, metric: str, out: Path) -> Path | None:
     for ax in grid.axes.flat:  # label the sizes that were run, not powers of ten
         ax.set_xticks(sizes, [str(int(n)) for n in sizes])
         ax.minorticks_off()
-    grid.set_axis_labels("training examples", metric)
+    grid.set_axis_labels("training examples", LABELS.get(metric, metric))
+    grid.set_titles("{row_name} · {col_name}")
+    grid.figure.suptitle(f"{LABELS.get(metric, metric)} against data size (mean over seeds, band ± sd; dashed: "
+                         "base model)", y=1.04)
     path = out / f"by_size_{metric}.png"
     grid.savefig(path, dpi=110)
     plt.close("all")
     return path
 
 
-def figure_fidelity_retention(frame: pd.DataFrame, out: Path) -> Path | None:
-    """Per method: answers in the target language (fidelity_tgt) beside English kept (fidelity_en, accuracy_en...)."""
-    import seaborn as sns
-
+def figure_language_vs_english(frame: pd.DataFrame, out: Path) -> Path | None:
+    """One point per run kind (model, language, size, method): target-language answers (the premise's metric) on x,
+    English accuracy on y, both with 95 % intervals. Up and to the right is the paper's goal: the target language
+    learnt, English kept."""
     plt = _plt()
-    wanted = [m for m in ("fidelity_tgt", "fidelity_en", "accuracy_tgt", "accuracy_en", "mc_acc_en")
-              if m in set(frame["metric"])]
-    if not wanted:
+    x_metric = _language_metric(frame)
+    xs = {m: _cells(frame, x_metric, m) for m in METHOD_ORDER}
+    ys = {m: _cells(frame, "accuracy_en", m) for m in METHOD_ORDER}
+    points = [(m, key, _share(*xs[m][key]), _share(*ys[m][key])) for m in METHOD_ORDER for key in xs[m]
+              if key in ys[m]]
+    if not points:
         return None
-    data = frame[frame["metric"].isin(wanted)].copy()
-    largest = data.groupby(["model", "lang"])["size"].transform("max")
-    data = data[(data["size"] == largest) | (data["method"] == "base")]
-    grid = sns.catplot(data=data, x="method", y="value", hue="metric", col="lang", row="model", kind="bar",
-                       errorbar="sd", height=2.8, aspect=1.5, hue_order=wanted,
-                       order=[m for m in METHOD_ORDER if m in set(data["method"])])
-    grid.set(ylim=(0, 1))
-    grid.set_axis_labels("method", "share")
-    path = out / "fidelity_retention.png"
-    grid.savefig(path, dpi=110)
+    models = sorted({key[0] for _, key, _, _ in points})
+    langs = sorted({key[1] for _, key, _, _ in points})
+    markers = dict(zip(langs, "osD^vP*X"))
+    colours = dict(zip(METHOD_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(8 * len(models), 5.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for method, (m, lang, size), x, y in points:
+            if m != model:
+                continue
+            ax.errorbar(x["mean"], y["mean"], xerr=_error_bar([x]), yerr=_error_bar([y]), fmt=markers[lang],
+                        capsize=3, color=colours[method], alpha=0.8)
+            ax.annotate(f"{lang} {size}" if size else lang, (x["mean"], y["mean"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(LABELS.get(x_metric, x_metric))
+        ax.set_ylabel(LABELS["accuracy_en"])
+        ax.set_title(f"{model}: the target language learnt (→) and English kept (↑)")
+        handles = [plt.Line2D([], [], color=colours[m], marker="o", linestyle="", label=METHOD_NAMES.get(m, m))
+                   for m in METHOD_ORDER if any(p[0] == m for p in points)]
+        handles += [plt.Line2D([], [], color="grey", marker=markers[lang], linestyle="", label=lang) for lang in langs]
+        ax.legend(handles=handles, fontsize=8, loc="lower left")
+    fig.suptitle("One point per run kind (mean over seeds), 95 % intervals; labels: language, examples")
+    fig.tight_layout()
+    path = out / "language_vs_english.png"
+    fig.savefig(path, dpi=110)
     plt.close("all")
     return path
 
@@ -178,9 +256,11 @@ def pooled_win_rates(frame: pd.DataFrame, method: str, side: str) -> dict[tuple,
     runs = frame[(frame["method"] == method) & frame["metric"].isin([metric, f"{metric}_n", f"{metric}_ties"])]
     if runs.empty:
         return {}
-    wide = runs.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value").reset_index()
+    wide = runs.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value",
+                            dropna=False).reset_index()
     cells = {}
-    for key, group in wide.groupby(["model", "lang", "size"]):
+    for (model, lang, size), group in wide.groupby(["model", "lang", "size"], dropna=False):  # base: no size
+        key = (model, lang, None if pd.isna(size) else int(size))
         n = group[f"{metric}_n"].sum() if f"{metric}_n" in group else float("nan")
         if not n or pd.isna(n):
             continue
@@ -333,8 +413,8 @@ def _pairs_of_sizes(sizes: list[int]) -> list[tuple[int, int]]:
     return [(n, 2 * n) for n in sizes if 2 * n in sizes]
 
 
-def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
-    """(claim, verdict, the numbers) for each of the paper's claims the grid can test."""
+def claims(frame: pd.DataFrame) -> list[tuple[str, str, str, str]]:
+    """(claim, verdict, the numbers, the conclusion in one line) for each of the paper's claims the grid can test."""
     from clo_lib.languages import get_language
 
     rows = []
@@ -345,7 +425,9 @@ def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
         rows.append(("CLO beats SFT in the target language (paper: in all 30 cells)", said,
                      f"win rate vs SFT on target prompts: better in {counts['better']}, worse in {counts['worse']}, "
                      f"inconclusive in {counts['inconclusive']} of {len(target)} cells; mean "
-                     f"{sum(r['mean'] for r in target.values()) / len(target):.2f}"))
+                     f"{sum(r['mean'] for r in target.values()) / len(target):.2f}",
+                     f"CLO answered target-language prompts clearly better than SFT in {counts['better']} of "
+                     f"{len(target)} cells and clearly worse in {counts['worse']}."))
     english = pooled_win_rates(frame, "clo", "en")
     if english:
         worse = [cell for cell, rate in english.items() if verdict(rate) == "worse"]
@@ -360,7 +442,8 @@ def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
                        f"{sum(nll['sft'][c][0] for c in both) / len(both):.3f} (SFT)")
         rows.append(("CLO keeps English (paper: English win rates 50-65 %)", "does not hold" if worse else "holds",
                      f"win rate vs SFT on English prompts worse in {len(worse)} of {len(english)} cells, mean "
-                     f"{sum(r['mean'] for r in english.values()) / len(english):.2f}{detail}"))
+                     f"{sum(r['mean'] for r in english.values()) / len(english):.2f}{detail}",
+                     f"On English prompts CLO was clearly worse than SFT in {len(worse)} of {len(english)} cells."))
     metric = _language_metric(frame)
     for claim, method_small, method_large in (
             ("CLO with half the data matches SFT with all of it in low-resource languages", "clo", "sft"),
@@ -391,11 +474,15 @@ def claims(frame: pd.DataFrame) -> list[tuple[str, str, str]]:
             below = any(_below(x, y) for *_, shares in found for x, y in shares.values())
             said = "does not hold" if below else "holds (no significant gap)"
             text = f"CLO at n vs SFT at 2n, {metric} and accuracy_tgt: " + text
+            line = ("CLO with n examples fell clearly below SFT with 2n in at least one low-resource cell."
+                    if below else "CLO with n examples was never clearly below SFT with 2n (intervals overlap).")
         else:
             moved = any(_below(x, y) or _below(y, x) for *_, shares in found for x, y in shares.values())
             said = "holds" if moved else "inconclusive (no significant change)"
             text = f"SFT at the smallest vs the largest size, {metric} and accuracy_tgt: " + text
-        rows.append((claim, said, text))
+            line = ("SFT's target-language fidelity or accuracy changed clearly between the smallest and largest "
+                    "size." if moved else "SFT did not change clearly with data size here.")
+        rows.append((claim, said, text, line))
     return rows
 
 
@@ -423,7 +510,7 @@ def english_retention(frame: pd.DataFrame) -> list[str]:
             "share of the model's own answers to the 80 first-turn questions that are in English.", ""] + lines + [""]
 
 
-def crpo_check(grid_dir: Path) -> tuple[str, str] | None:
+def crpo_check(grid_dir: Path) -> tuple[str, str, str] | None:
     """The CRPO critique (CLO mostly suppresses the English answer rather than raising the target one), from the
     rewards the CLO runs logged on target-language prompts at the end of training: the share of the reward margin
     that comes from lowering the rejected (English) answer."""
@@ -446,21 +533,90 @@ def crpo_check(grid_dir: Path) -> tuple[str, str] | None:
     mean_share = sum(shares) / len(shares) if shares else float("nan")
     said = "holds" if mean_share > 0.5 else "does not hold"
     mean_chosen, mean_rejected = sum(chosen) / len(chosen), sum(rejected) / len(rejected)
+    line = (f"{mean_share:.0%} of CLO's preference for the target answer comes from pushing the English answer down"
+            + (", most of it." if said == "holds" else "; the rest from raising the target answer."))
     return said, (f"at the end of training, on target prompts, the reward of the chosen (target) answer is "
                   f"{mean_chosen:+.2f} and of the rejected (English) answer {mean_rejected:+.2f} on average over "
-                  f"{len(chosen)} CLO runs; lowering the English answer makes {mean_share:.0%} of the margin")
+                  f"{len(chosen)} CLO runs; lowering the English answer makes {mean_share:.0%} of the margin"), line
 
 
-def _with_spread(table: pd.DataFrame) -> pd.DataFrame:
-    """The summary with each metric as one "mean ± sd" cell (just the mean for a single seed)."""
+def _interval_of(frame: pd.DataFrame, metric: str, method: str, key: tuple) -> dict | None:
+    """The 95 % interval of a share metric for one cell, pooled over seeds; None where there is none (MT-bench NLL,
+    multiple-choice accuracy, whose item counts are not recorded)."""
+    if metric.startswith("winrate_vs_sft_"):
+        return pooled_win_rates(frame, method, metric.rsplit("_", 1)[1]).get(key)
+    if metric.startswith(("fidelity_", "accuracy_")):
+        cell = _cells(frame, metric, method).get(key)
+        return _share(*cell) if cell and cell[1] else None
+    return None
+
+
+def _with_intervals(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each metric as one cell: mean, its 95 % interval where the metric is a share, and ± the
+    standard deviation over seeds where there are several."""
     if table.empty:
         return table
     shown = table[["model", "lang", "size", "method", "seeds"]].copy()
     for metric in [m for m in HEADLINE if m in table.columns]:
         spread = table[f"{metric}_sd"] if f"{metric}_sd" in table.columns else [float("nan")] * len(table)
-        shown[metric] = [("–" if pd.isna(m) else f"{m:.3f}" if pd.isna(sd) else f"{m:.3f} ± {sd:.3f}")
-                         for m, sd in zip(table[metric], spread)]
+        cells = []
+        for row, mean, sd in zip(table.itertuples(index=False), table[metric], spread):
+            if pd.isna(mean):
+                cells.append("–")
+                continue
+            key = (row.model, row.lang, None if pd.isna(row.size) else int(row.size))
+            rate = _interval_of(frame, metric, row.method, key)
+            text = f"{mean:.2f}" + (f" [{rate['low']:.2f}, {rate['high']:.2f}]" if rate else "")
+            cells.append(text + ("" if pd.isna(sd) else f" ± {sd:.2f}"))
+        shown[metric] = cells
     return shown
+
+
+def example_answers(grid_dir: Path, frame: pd.DataFrame, per_language: int = 2) -> list[str]:
+    """A few prompts per language at the largest size, asked in both languages, with the base model's, SFT's and
+    CLO's answers (language detected, right or wrong) and the expected answer: what the numbers are made of."""
+    from clo_lib import views
+    from clo_lib.config import load_config
+    from clo_lib.evaluate import load_prompts
+
+    lines = []
+    for (model, lang), part in frame.groupby(["model", "lang"]):
+        sized = part[part["method"] == "clo"]["size"].dropna()
+        if sized.empty:
+            continue
+        size = int(sized.max())
+        names = {}
+        for method in ("base", "sft", "clo"):
+            rows = part[(part["method"] == method) & ((part["size"] == size) if method != "base" else True)]
+            if not rows.empty:
+                names[METHOD_NAMES[method]] = sorted(set(rows["name"]))[0]
+        clo_dir = grid_dir / names["CLO"]
+        config_file = next((f for f in (clo_dir / "config.yaml", clo_dir / "run.yaml") if f.is_file()), None)
+        try:
+            cfg = load_config(config_file)
+            prompts = load_prompts(cfg)
+        except (TypeError, OSError, ValueError):  # a grid copied without its prompt files: no examples, no error
+            continue
+        answers = {label: views.run_answers(grid_dir / name, cfg) for label, name in names.items()}
+        table = views.side_by_side(prompts, answers, cfg, per_language)
+        labels = [label for label in names if label in table.columns]
+        lines += [f"**{model}, {lang}, {size} examples** ({table.attrs['caption']})", "",
+                  "| prompt | expected | " + " | ".join(labels) + " |", "|---" * (2 + len(labels)) + "|"]
+        for row in table.to_dict("records"):
+            cells = [_escaped(row["prompt"]), _escaped(row["expected"])]
+            for label in labels:
+                if not isinstance(row.get(label), str):
+                    cells.append("–")
+                    continue
+                mark = f", {row[label + ' ok']}" if row[label + " ok"] else ""
+                cells.append(f"{_escaped(row[label])} ({row[label + ' lang']}{mark})")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _escaped(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")[:120]
 
 
 def failures(grid_dir: Path) -> list[dict]:
@@ -482,7 +638,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
     frame = collect(grid_dir)
     figures_dir = grid_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    figures = [figure_winrates(frame, figures_dir), figure_fidelity_retention(frame, figures_dir)]
+    figures = [figure_winrates(frame, figures_dir), figure_language_vs_english(frame, figures_dir)]
     for metric in ("winrate_vs_sft_tgt", "accuracy_tgt", "fidelity_tgt", "accuracy_en"):
         if metric in set(frame["metric"]):
             figures.append(figure_by_size(frame, metric, figures_dir))
@@ -507,15 +663,26 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
         table_of_claims.append(("CRPO critique: CLO mostly suppresses English rather than raising the target answer",
                                 *crpo))
     if table_of_claims:
-        lines += ["## The paper's claims", "", "| claim | verdict | the numbers |", "|---|---|---|"]
-        lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers in table_of_claims] + [""]
+        lines += ["## The paper's claims", "", "In one line each:", ""]
+        lines += [f"- **{claim.split(' (')[0]}: {said}.** {line}" for claim, said, _, line in table_of_claims]
+        lines += ["", "| claim | verdict | the numbers |", "|---|---|---|"]
+        lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers, _ in table_of_claims] + [""]
     lines += english_retention(frame)
     found = findings(frame)
     if found:
         lines += ["## What it measured", ""] + found + [""]
-    lines += ["## Summary (mean ± standard deviation over seeds)", "", _markdown_table(_with_spread(table)), ""]
+    lines += ["## Summary", "", "Mean over seeds, [95 % interval] for shares (pooled over the prompts of all seeds), "
+              "± standard deviation over seeds where there are several. The metrics are explained in the glossary "
+              "below.", "", _markdown_table(_with_intervals(frame, table)), ""]
+    examples = example_answers(grid_dir, frame)
+    if examples:
+        lines += ["## Example answers", ""] + examples
     if figures:
         lines += ["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]
+    lines += ["## Glossary", ""] + [f"- `{name}`: {meaning}." for name, meaning in GLOSSARY.items()
+                                    if name.startswith("@") or name in set(frame["metric"])]
+    lines += ["- verdicts: a cell is better or worse than SFT only when its 95 % interval excludes 0.5; otherwise "
+              "inconclusive. Holds / does not hold / inconclusive for a claim follow from its cells.", ""]
     failed = failures(grid_dir)
     if failed:
         lines += ["## Failed stages", ""] + [f"- `{f['stage']}`: {f['error'].strip().splitlines()[-1][:200]}"

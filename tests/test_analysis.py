@@ -80,14 +80,17 @@ def test_claims_and_the_crpo_check_say_what_the_numbers_say(tmp_path):
         rewards = {"tgt/rewards_chosen": 0.2, "tgt/rewards_rejected": -1.8}
         log = {"method": "clo", "stages": [{"log_history": [rewards]}]}
         (grid / f"sw-clo-{size}" / "train_log.json").write_text(json.dumps(log))
-    table = {claim.split(" (")[0]: (said, numbers) for claim, said, numbers in claims(collect(grid))}
+    table = {claim.split(" (")[0]: (said, numbers, line) for claim, said, numbers, line in claims(collect(grid))}
     assert table["CLO beats SFT in the target language"][0] == "inconclusive"  # better at 32, not clearly at 64
     assert "better in 1, worse in 0, inconclusive in 1 of 2" in table["CLO beats SFT in the target language"][1]
     half = table["CLO with half the data matches SFT with all of it in low-resource languages"]
     assert half[0] == "holds (no significant gap)" and "sw 32 vs 64: fidelity 0.80 vs 0.62" in half[1]
     assert table["SFT is sensitive to data size"][0] == "inconclusive (no significant change)"
-    said, numbers = crpo_check(grid)
+    assert table["CLO beats SFT in the target language"][2] == ("CLO answered target-language prompts clearly better "
+                                                                "than SFT in 1 of 2 cells and clearly worse in 0.")
+    said, numbers, line = crpo_check(grid)
     assert said == "holds" and "lowering the English answer makes 90% of the margin" in numbers
+    assert line.startswith("90% of CLO's preference for the target answer comes from pushing the English answer")
 
 
 def test_english_retention_on_mtbench_is_reported_against_the_base_model(tmp_path):
@@ -115,3 +118,21 @@ def test_a_grid_folder_that_does_not_exist_is_refused_not_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="grid_dir = '.*outptus/toy': no such folder"):
         write_report(tmp_path / "outptus" / "toy")
     assert not (tmp_path / "outptus").exists()
+
+
+def test_the_report_gives_intervals_a_glossary_and_the_english_against_target_scatter(tmp_path):
+    grid = tmp_path / "grid"
+    shares = {"accuracy_en": 0.90, "prompts": 100}
+    run(grid, "sw-base", "sw", "base", None, extra={**shares, "fidelity_tgt": 0.05})
+    run(grid, "sw-sft", "sw", "sft", 32, extra={**shares, "fidelity_tgt": 0.70})
+    run(grid, "sw-clo", "sw", "clo", 32, rate=0.58, n=100, extra={**shares, "fidelity_tgt": 0.80})
+    written = write_report(grid)
+    report = written["report"].read_text()
+    fidelity, rate = wilson(0.80, 100), wilson(0.58, 100)
+    row = next(line for line in report.splitlines() if line.startswith("| toy | sw | 32 | clo |"))
+    assert f"0.58 [{rate['low']:.2f}, {rate['high']:.2f}]" in row  # win rate with its interval
+    assert f"0.80 [{fidelity['low']:.2f}, {fidelity['high']:.2f}]" in row  # a share with its Wilson interval
+    assert "## Glossary" in report and "- `fidelity_tgt`: share of target-language prompts" in report
+    assert "- **CLO beats SFT in the target language: inconclusive.**" in report  # 0.58 [0.48, 0.67]: a tie
+    names = {path.name for path in written["figures"]}
+    assert {"winrates.png", "language_vs_english.png"} <= names and "fidelity_retention.png" not in names
