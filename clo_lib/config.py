@@ -335,7 +335,7 @@ def _as_path_list(config_files: Any) -> list:
 
 def notebook_path(name: Any, parameter: str, expected: str) -> Path:
     """A path a notebook parameter names, relative to the working folder, the repository root or notebooks/."""
-    places = [Path.cwd(), PARAMS_DIR.parent, PARAMS_DIR.parent / "notebooks"]
+    places = list(dict.fromkeys([Path.cwd(), PARAMS_DIR.parent, PARAMS_DIR.parent / "notebooks"]))
     found = next((place / str(name) for place in places if (place / str(name)).exists()), None)
     if found is None:
         raise ConfigError(f"{parameter}: {name} does not exist (looked in {', '.join(map(str, places))}); "

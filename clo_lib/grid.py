@@ -635,7 +635,9 @@ class Progress:
             self.blocked += 1
         if seconds is not None and outcome == "done":
             self.durations.setdefault(stage.kind, []).append(seconds)
-        everything = [d for ds in self.durations.values() for d in ds]
+        # stages of a kind not seen yet are estimated from the others, never from prepare steps (a toy world's
+        # pretraining would make every training run look like a minute and a half)
+        everything = [d for kind, ds in self.durations.items() if kind != "prepare" for d in ds]
         fallback = sum(everything) / len(everything) if everything else 0.0
         eta = sum((sum(self.durations[k]) / len(self.durations[k])) if self.durations.get(k) else fallback
                   for k in self.left.values())

@@ -65,8 +65,9 @@ def plot_training(log: dict, title: str = ""):
     if frame.empty:
         return None
     panels = list(dict.fromkeys(frame["panel"]))
+    dots = "o" if frame["step"].nunique() <= 40 else None  # each logged step marked while they can be told apart
     grid = sns.relplot(data=frame, x="step", y="value", hue="curve", col="panel", col_order=panels, kind="line",
-                       marker="o", height=3.2, aspect=1.3, facet_kws={"sharey": False}, col_wrap=min(3, len(panels)))
+                       marker=dots, height=3.2, aspect=1.3, facet_kws={"sharey": False}, col_wrap=min(3, len(panels)))
     grid.set_titles("{col_name}")
     grid.set_axis_labels("optimizer step", "")
     for axis in grid.axes.flat:
