@@ -44,7 +44,7 @@ smol: $(STAMP)
 # teacher's guide). Run `make demo` first: the notebooks' defaults read the toy world and the demo's runs.
 notebooks: $(STAMP)
 	$(PY) -m pip install -q -e ".[notebooks]"
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # containers often run as root
 
 clean-venv:
 	rm -rf $(VENV)
