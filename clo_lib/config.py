@@ -144,6 +144,19 @@ class TranslationConfig:
     lid_min_confidence: float = _field(
         0.5, "Language-ID confidence needed to flag a translation as being in the wrong language.", min=0.0, max=1.0
     )
+    mode: Literal["separate", "joint"] = _field(
+        "separate", "separate: prompt and response translated apart (the CLO paper); joint: one MT input per record "
+        "with a Catalyst Statement and Indicator Tokens, split back after (Moon et al. 2024; clo_lib.joint).")
+    catalyst: Literal["none", "concat", "relation"] = _field(
+        "relation", "Joint mode's Catalyst Statement: none (plain concatenation), concat or relation (assumed: the "
+        "paper's best kind is not public).")
+    catalyst_texts: dict[str, str] = _field(
+        {"concat": "The following texts are joined together.",
+         "relation": "The following is a question followed by its answer."},
+        "The Catalyst Statement of each kind, in English (assumed: the paper's sentences are not public).")
+    indicator: str = _field(
+        "[{i}]", "Joint mode's Indicator Token, a template with {i} (0: the Catalyst Statement, 1..n: the parts); "
+        "assumed: the paper's strings are not public.")
 
 
 @dataclass
@@ -594,6 +607,13 @@ def _check_consistency(config: RunConfig, origin: dict) -> None:
             raise _fail(origin, f"eval.mc_tasks.{lang}", config.eval.mc_tasks[lang], "a known language code as key")
     if config.eval.judge == "llm" and not config.eval.judge_base_url:
         raise _fail(origin, "eval.judge_base_url", None, "the judge's endpoint URL when eval.judge is llm")
+    indicator = config.translation.indicator
+    if indicator.count("{i}") != 1 or not indicator.replace("{i}", "").strip() or "{" in indicator.replace("{i}", ""):
+        raise _fail(origin, "translation.indicator", indicator, "a marker template with one {i} and other "
+                    "characters around it, such as [{i}] or <{i}>")
+    if config.translation.catalyst != "none" and config.translation.catalyst not in config.translation.catalyst_texts:
+        raise _fail(origin, "translation.catalyst_texts", config.translation.catalyst_texts,
+                    f"a sentence for translation.catalyst = {config.translation.catalyst}")
     if "{prompt}" not in config.model.prompt_template:
         raise _fail(origin, "model.prompt_template", config.model.prompt_template, "a template with a {prompt} slot")
     train = config.train

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from clo_lib import joint
 from clo_lib.config import ConfigError, RunConfig, TranslationConfig, load_config
 from clo_lib.data import corpus_dir
 from clo_lib.endpoint import EndpointError
@@ -198,15 +199,32 @@ class Translator:
 
 
 class ToyTranslator(Translator):
-    """The toy world's exact translator, sentence by sentence."""
+    """The toy world's exact translator, sentence by sentence. In joint mode it keeps the indicator markers and
+    translates the text between them; the Catalyst Statement, which is not in the world, passes unchanged."""
 
     backend = "toy"
 
+    def __init__(self, model: str, indicator: str | None = None, catalysts: Sequence[str] = ()):
+        super().__init__(model)
+        self.markers = joint.marker_pattern(indicator) if indicator else None
+        self.catalysts = set(catalysts)
+
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        return [self._translate(text, src, tgt) for text in texts]
+
+    def _translate(self, text: str, src: str, tgt: str) -> str:
         from clo_lib import toyworld
 
-        return [" ".join(toyworld.translate(s, src, tgt) for s in re.split(r"(?<=[.?!。？])\s*", text) if s.strip())
-                for text in texts]
+        if self.markers is not None and self.markers.search(text):
+            pieces, position = [], 0
+            for match in self.markers.finditer(text):
+                pieces += [self._translate(text[position: match.start()], src, tgt), match.group(0)]
+                position = match.end()
+            pieces.append(self._translate(text[position:], src, tgt))
+            return " ".join(piece for piece in pieces if piece)
+        if text.strip() in self.catalysts:
+            return text.strip()
+        return " ".join(toyworld.translate(s, src, tgt) for s in re.split(r"(?<=[.?!。？])\s*", text) if s.strip())
 
 
 class HFTranslator(Translator):
@@ -275,6 +293,11 @@ TRANSLATOR_SYSTEM_PROMPT = (
     "You are a professional translator. Translate the user's text from {src} into {tgt}. Keep the meaning, tone, "
     "formatting, numbers, names and code exactly. Reply with the translation only, no notes."
 )
+# Joint mode with an LLM translator: the Catalyst Statement can be an instruction (SIBLINGS.md 1).
+JOINT_INSTRUCTION = (
+    " The text is one data point in parts, each behind a marker such as {marker}: keep every marker exactly once, "
+    "in the same order, and translate the text after each one."
+)
 
 
 class OpenAITranslator(Translator):
@@ -283,19 +306,24 @@ class OpenAITranslator(Translator):
     backend = "openai"
 
     def __init__(self, model: str, base_url: str | None, api_key_env: str, concurrency: int = 8,
-                 max_new_tokens: int = 1024):
+                 max_new_tokens: int = 1024, indicator: str | None = None):
         from clo_lib.endpoint import ChatEndpoint
 
         super().__init__(model)
         self.endpoint = ChatEndpoint(base_url or "https://api.openai.com/v1", model, api_key_env)
         self.endpoint.check()
         self.concurrency, self.max_new_tokens = concurrency, max_new_tokens
+        self.markers = joint.marker_pattern(indicator) if indicator else None
+        self.indicator = indicator
 
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
         system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
+        joint_system = system + JOINT_INSTRUCTION.format(marker=joint.marker(self.indicator or "[{i}]", 1))
 
         def one(text: str) -> str:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+            marked = self.markers is not None and self.markers.search(text)
+            messages = [{"role": "system", "content": joint_system if marked else system},
+                        {"role": "user", "content": text}]
             return self.endpoint.chat(messages, temperature=0.0, max_tokens=self.max_new_tokens).strip()
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -322,11 +350,12 @@ def check_pair(cfg: TranslationConfig, src: str, tgt: str) -> None:
 
 def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
     check_pair(cfg, src, tgt)
+    indicator = cfg.indicator if cfg.mode == "joint" else None
     if cfg.backend == "toy":
-        return ToyTranslator("toy")
+        return ToyTranslator("toy", indicator, cfg.catalyst_texts.values())
     if cfg.backend == "openai":
         return OpenAITranslator(cfg.model, cfg.api_base_url, cfg.api_key_env, concurrency=cfg.batch_size,
-                                max_new_tokens=cfg.max_new_tokens)
+                                max_new_tokens=cfg.max_new_tokens, indicator=indicator)
     return HFTranslator(cfg.model, src, tgt, cfg.num_beams, cfg.max_input_tokens, cfg.max_new_tokens, cfg.device,
                         cfg.revision)
 
@@ -337,7 +366,7 @@ def translation_settings(cfg: TranslationConfig) -> dict[str, Any]:
         from clo_lib import toyworld
 
         return {"generator": toyworld.WORLD_VERSION}
-    if cfg.backend == "openai":
+    if cfg.backend == "openai":  # a joint input's own instruction is keyed by its text (it holds the markers)
         return {"max_new_tokens": cfg.max_new_tokens, "system_prompt": TRANSLATOR_SYSTEM_PROMPT}
     return {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens, "revision": cfg.revision}
 
@@ -501,11 +530,27 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
     for record in records:
         for name in ("prompt_en", "response_en"):
             pieces[record[name]] = segment(record[name], count, cfg.max_input_tokens)
-    chunks = [piece for parts in pieces.values() for to_translate, piece in parts if to_translate]
-    stats = translate_chunks(chunks, translator, cache, src, tgt, cfg.batch_size, progress)
-    done = {chunk: cache.entries[cache.key(chunk)] for chunk in set(chunks)}
+    stats: Counter = Counter()
+
+    def translated(texts: list[str]) -> dict[str, str]:  # cached, batched, longest first
+        took = translate_chunks(texts, translator, cache, src, tgt, cfg.batch_size, progress)
+        stats.update({key: took[key] for key in ("chunks", "translated", "cached", "seconds")})
+        return {text: cache.entries[cache.key(text)] for text in set(texts)}
+
+    def chunks_of(text: str) -> list[str]:
+        return [piece for to_translate, piece in pieces[text] if to_translate]
+
+    if cfg.mode == "joint":
+        result = joint.translate_jointly([(chunks_of(r["prompt_en"]), chunks_of(r["response_en"])) for r in records],
+                                         cfg, count, translated)
+        done_per_record, fallback = result.translations, result.fallback
+        stats.update({"joint_inputs": result.inputs, "joint_split": result.split})
+    else:
+        done = translated([chunk for record in records for name in ("prompt_en", "response_en")
+                           for chunk in chunks_of(record[name])])
+        done_per_record, fallback = [done] * len(records), [None] * len(records)
     parallel = []
-    for record in records:
+    for record, done, fell_back in zip(records, done_per_record, fallback):
         prompt_tgt, response_tgt = join(pieces[record["prompt_en"]], done), join(pieces[record["response_en"]], done)
         flags = [f"prompt:{f}" for f in quality_flags(record["prompt_en"], prompt_tgt, tgt, cfg.max_length_ratio,
                                                        cfg.lid_min_confidence)]
@@ -514,7 +559,9 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
         parallel.append({"id": record["id"], "lang": tgt, "prompt_en": record["prompt_en"],
                          "response_en": record["response_en"], "prompt_tgt": prompt_tgt,
                          "response_tgt": response_tgt, "flags": flags})
-    return parallel, stats
+        if fell_back is not None:  # joint mode: translated part by part because the joint output did not split
+            parallel[-1]["joint_fallback"] = fell_back
+    return parallel, dict(stats)
 
 
 def cache_dir(cfg: RunConfig) -> Path:
@@ -555,7 +602,8 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         part, stats = translate_records(order[len(parallel): len(parallel) + batch], translator, cache, tgt, tcfg,
                                         progress)
         parallel += part
-        totals.update({k: v for k, v in stats.items() if k in ("chunks", "translated", "cached", "seconds")})
+        totals.update({k: v for k, v in stats.items() if k in ("chunks", "translated", "cached", "seconds",
+                                                               "joint_inputs", "joint_split")})
         usable = len(usable_records(parallel, cfg.data.keep_flagged))
         if usable >= needed or len(parallel) == len(order):
             break
@@ -572,7 +620,15 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         "cache_corrupt_lines_redone": corrupt, **totals, "seconds": round(totals["seconds"], 3),
         "chunks_per_s": round(totals["translated"] / totals["seconds"], 2) if totals["seconds"] else None,
         "fingerprint": config_fingerprint(cfg, "translate"),
+        "mode": tcfg.mode,
     }
+    if tcfg.mode == "joint":
+        report.pop("joint_inputs", None), report.pop("joint_split", None)
+        split_records = sum(not r["joint_fallback"] for r in parallel)
+        report["joint"] = {"catalyst": tcfg.catalyst, "indicator": tcfg.indicator,
+                           "inputs": totals["joint_inputs"], "inputs_split": totals["joint_split"],
+                           "records_split": split_records, "fallback_records": len(parallel) - split_records,
+                           "reversibility": round(split_records / len(parallel), 4) if parallel else None}
     write_parallel(out_dir, parallel)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", report_markdown(report, parallel))
@@ -618,7 +674,14 @@ def report_markdown(report: dict, parallel: Sequence[dict], examples: int = 3) -
              f"data.keep_flagged); usable: {report['usable_records']} of the {report['needed_records']} needed",
              f"- chunks: {report['chunks']} distinct, {report['translated']} translated now, {report['cached']} "
              f"from the cache, {report['seconds']} s" + (f", {report['chunks_per_s']} chunks/s"
-                                                         if report["chunks_per_s"] else ""), ""]
+                                                         if report["chunks_per_s"] else "")]
+    if report.get("joint"):
+        j = report["joint"]
+        lines.append(f"- joint translation (catalyst {j['catalyst']}, indicator {j['indicator']}): "
+                     f"{j['records_split']} of {report['records']} records split back cleanly (reversibility "
+                     f"{j['reversibility']:.1%}); {j['fallback_records']} translated part by part instead "
+                     f"(joint_fallback); {j['inputs_split']} of {j['inputs']} joint inputs split")
+    lines.append("")
     if report["flags"]:
         lines += ["| flag | records |", "|---|---|"] + [f"| {k} | {v} |" for k, v in report["flags"].items()] + [""]
     lines += ["## Examples", ""]

@@ -1,0 +1,147 @@
+"""Joint translation (Moon et al. 2024): one MT input per record, split back at the indicators, or translated part by
+part when the output cannot be split. Stub translators keep, drop, repeat, move or add markers."""
+
+import json
+import re
+
+import pytest
+
+from clo_lib import joint
+from clo_lib.config import load_config
+from clo_lib.io import read_jsonl
+from clo_lib.translate import Translator, run_translation
+
+MARKER = re.compile(r"\[\d+\]")
+
+
+class Stub(Translator):
+    """Upper-cases the text between markers (a "translation" whose source is easy to see); `damage` then edits the
+    marked output of a joint input. Records every input it was given."""
+
+    backend = "stub"
+
+    def __init__(self, damage=None):
+        super().__init__("stub")
+        self.damage, self.seen = damage, []
+
+    def translate_batch(self, texts, src, tgt):
+        self.seen += texts
+        out = []
+        for text in texts:
+            upper = MARKER.sub(lambda m: m.group(0), text.upper())
+            out.append(self.damage(upper) if self.damage and MARKER.search(text) else upper)
+        return out
+
+
+def joint_config(tmp_path, **translation):
+    # the stub's "translations" are upper-case English: flagged wrong_language, kept for these checks
+    return load_config({"preset": "toy", "language": "sw", "output_dir": str(tmp_path),
+                        "data": {"size": 6, "keep_flagged": True},
+                        "translation": {"mode": "joint", "batch_size": 4, **translation}})
+
+
+def run_with(tmp_path, monkeypatch, stub, **translation):
+    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: stub)
+    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
+    report = run_translation(joint_config(tmp_path, **translation), progress=False)
+    return report, list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
+
+
+def test_compose_and_split_round_trip_and_the_catalyst_goes_by_its_own_marker():
+    text = joint.compose(["What is 2 plus 2?", "It is 4."], "[{i}]", "A question and its answer.")
+    assert text == "[0] A question and its answer. [1] What is 2 plus 2? [2] It is 4."
+    assert joint.split("[0] Swali na jibu. [1] 2 jumlisha 2 ni ngapi? [2] Ni 4.", 2, "[{i}]", True) == [
+        "2 jumlisha 2 ni ngapi?", "Ni 4."]
+    # the catalyst leaking into the first part's place is not taken by position: marker 0 must be there
+    assert joint.split("[1] Swali na jibu. 2 jumlisha 2? [2] Ni 4.", 2, "[{i}]", True) is None
+    assert joint.split("<1> a <2> b", 2, "<{i}>", False) == ["a", "b"]
+
+
+@pytest.mark.parametrize("output,why", [
+    ("[0] cs [1] a", "a marker dropped"),
+    ("[0] cs [1] a [1] b [2] c", "a marker repeated"),
+    ("[0] cs [2] b [1] a", "markers reordered"),
+    ("[0] cs [1] a [2] b [3] c", "a spurious extra marker"),
+    ("[0] cs [1] a [2] a", "a part repeating another"),
+    ("[0] cs [1] a [2] ", "an empty part"),
+    ("extra [0] cs [1] a [2] b", "text before the first marker"),
+])
+def test_outputs_that_cannot_be_split_safely_are_refused(output, why):
+    assert joint.split(output, 2, "[{i}]", True) is None, why
+
+
+@pytest.mark.parametrize("damage", [
+    lambda out: out.replace("[2]", ""),  # drops a marker
+    lambda out: out.replace("[1]", "[1] [1]"),  # repeats one
+    lambda out: re.sub(r"\[1\](.*)\[2\](.*)", r"[2]\2[1]\1", out),  # moves one
+    lambda out: out + " [3] MORE",  # adds one
+])
+def test_a_record_that_cannot_be_split_is_translated_part_by_part_and_says_so(tmp_path, monkeypatch, damage):
+    report, rows = run_with(tmp_path, monkeypatch, Stub(damage))
+    assert len(rows) == 6 and all(row["joint_fallback"] for row in rows)  # nothing dropped
+    for row in rows:  # exactly what separate mode gives: each part on its own
+        assert row["prompt_tgt"] == row["prompt_en"].upper() and row["response_tgt"] == row["response_en"].upper()
+    assert report["joint"]["reversibility"] == 0.0 and report["joint"]["fallback_records"] == 6
+    assert "reversibility 0.0%" in (tmp_path / "data" / "sw" / "report.md").read_text()
+
+
+def test_a_marker_preserving_translator_round_trips_every_record_jointly(tmp_path, monkeypatch):
+    stub = Stub()
+    report, rows = run_with(tmp_path, monkeypatch, stub)
+    assert report["joint"] == {"catalyst": "relation", "indicator": "[{i}]", "inputs": 6, "inputs_split": 6,
+                               "records_split": 6, "fallback_records": 0, "reversibility": 1.0}
+    assert all(not row["joint_fallback"] for row in rows)
+    assert all(text.startswith("[0] The following is a question followed by its answer. [1] ") for text in stub.seen)
+    assert len(stub.seen) == 6  # one input per record, no part sent alone
+    assert rows[0]["prompt_tgt"] == rows[0]["prompt_en"].upper()
+
+
+def test_a_long_response_is_chunked_with_the_prompt_kept_beside_its_first_part(tmp_path, monkeypatch):
+    stub = Stub()
+    long_answer = " ".join(f"Sentence number {n} says something." for n in range(12))
+    source = tmp_path / "english.jsonl"
+    source.write_text(json.dumps({"id": "a", "instruction": "Say twelve things, please.", "output": long_answer,
+                                  }) + "\n" + json.dumps({"id": "b", "instruction": "Run `ls` at https://x.org now.",
+                                                          "output": "Use:\n```\nls -la\n```\nDone."}) + "\n")
+    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: stub)
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path),
+                       "data": {"source": "jsonl", "path": str(source), "size": 2, "keep_flagged": True},
+                       "translation": {"backend": "toy", "mode": "joint", "max_input_tokens": 24, "catalyst": "none"}})
+    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
+    run_translation(cfg, progress=False)
+    rows = {row["id"]: row for row in read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl")}
+    first = next(text for text in stub.seen if "SAY" in text.upper() and "[1] Say" in text)
+    assert first.startswith("[1] Say twelve things, please. [2] Sentence number 0")  # the prompt with part one
+    assert sum("Sentence number" in text for text in stub.seen) >= 3  # the rest in further joint inputs
+    assert all(len(text.split()) <= 24 for text in stub.seen if text is not first)
+    assert rows["a"]["response_tgt"] == long_answer.upper() and not rows["a"]["joint_fallback"]
+    # protected spans never reach the model and come back as they were
+    assert "`ls`" in rows["b"]["prompt_tgt"] and "https://x.org" in rows["b"]["prompt_tgt"]
+    assert "```\nls -la\n```" in rows["b"]["response_tgt"] and not any("ls -la" in t for t in stub.seen)
+
+
+def test_the_toy_translator_gives_the_same_corpus_jointly_and_separately(tmp_path):
+    reports, corpora = {}, {}
+    for mode in ("separate", "joint"):
+        cfg = load_config({"preset": "toy", "language": "ko", "output_dir": str(tmp_path / mode),
+                           "data": {"size": 24}, "translation": {"mode": mode}})
+        reports[mode] = run_translation(cfg, progress=False)
+        rows = read_jsonl(tmp_path / mode / "data" / "ko" / "parallel.jsonl")
+        corpora[mode] = [(row["prompt_tgt"], row["response_tgt"]) for row in rows]
+    assert corpora["joint"] == corpora["separate"] and reports["joint"]["joint"]["reversibility"] == 1.0
+
+
+def test_joint_settings_are_checked_and_change_the_corpus_fingerprint():
+    from clo_lib.config import ConfigError
+    from clo_lib.provenance import config_fingerprint
+
+    with pytest.raises(ConfigError, match="translation.indicator"):
+        load_config({"language": "sw", "translation": {"indicator": "[i]"}})
+    base = {"language": "sw", "translation": {"mode": "joint"}}
+    prints = {config_fingerprint(load_config(base), "translate"),
+              config_fingerprint(load_config({**base, "translation": {"mode": "joint", "catalyst": "concat"}}),
+                                 "translate"),
+              config_fingerprint(load_config({**base, "translation": {"mode": "joint", "indicator": "<{i}>"}}),
+                                 "translate"),
+              config_fingerprint(load_config({"language": "sw"}), "translate")}
+    assert len(prints) == 4
