@@ -619,6 +619,29 @@ def _escaped(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")[:120]
 
 
+def translation_summary(grid_dir: Path) -> list[str]:
+    """One row per corpus the grid translated (data/<lang>/report.json): mode, records, flagged, and for joint
+    translation the reversibility rate (share of records whose joint output split back cleanly)."""
+    rows = []
+    for path in sorted(Path(grid_dir).glob("data/*/report.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        joint = report.get("joint") or {}
+        reversible = (f"{joint['reversibility']:.1%} ({joint['records_split']} of {report['records']}; "
+                      f"catalyst {joint['catalyst']}, indicator `{joint['indicator']}`)") if joint else "–"
+        translator = report.get("backend") if report.get("backend") == report.get("model") else \
+            f"{report.get('backend')}: {report.get('model')}"
+        rows.append(f"| {path.parent.name} | {translator} | "
+                    f"{report.get('mode', 'separate')} | {report['records']} | {report['flagged_records']} | "
+                    f"{reversible} |")
+    if not rows:
+        return []
+    return ["## Translation", "", "Each corpus the grid trained on (`data/<language>/report.md` has the details). "
+            "Reversibility: in joint mode, the share of records whose joint translation split back at its "
+            "indicators; the others were translated part by part (`joint_fallback`).", "",
+            "| corpus | translator | mode | records | flagged | reversibility |", "|---|---|---|---|---|---|",
+            *rows, ""]
+
+
 def failures(grid_dir: Path) -> list[dict]:
     found = []
     for path in sorted(grid_dir.glob("**/*.failed.json")):
@@ -668,6 +691,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
         lines += ["", "| claim | verdict | the numbers |", "|---|---|---|"]
         lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers, _ in table_of_claims] + [""]
     lines += english_retention(frame)
+    lines += translation_summary(grid_dir)
     found = findings(frame)
     if found:
         lines += ["## What it measured", ""] + found + [""]

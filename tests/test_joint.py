@@ -145,3 +145,51 @@ def test_joint_settings_are_checked_and_change_the_corpus_fingerprint():
                                  "translate"),
               config_fingerprint(load_config({"language": "sw"}), "translate")}
     assert len(prints) == 4
+
+
+def test_a_base_causal_lm_is_prompted_few_shot_with_marked_examples_in_joint_mode(tiny_llama):
+    from clo_lib.translate import CausalTranslator
+
+    translator = CausalTranslator(str(tiny_llama), "en", "de", max_new_tokens=4)
+    translator.chat = False  # the tiny model has a chat template; a base model has none
+    assert translator.few_shot("Hello there.", "en", "de") == (
+        "English: What color is the banana?\nGerman: Welche Farbe hat die Banane?\n\n"
+        "English: The banana is yellow.\nGerman: Die Banane ist gelb.\n\nEnglish: Hello there.\nGerman:")
+    translator.use_markers("<{i}>", "A question and its answer.")
+    prompt = translator.few_shot("<0> A question and its answer. <1> Hi? <2> Yes.", "en", "de")
+    assert prompt.startswith("English: <0> A question and its answer. <1> What color is the banana? <2> The banana "
+                             "is yellow.\nGerman: <0> A question and its answer. <1> Welche Farbe hat die Banane? <2> "
+                             "Die Banane ist gelb.\n\n")
+    outputs = translator.translate_batch(["Hello there.", "A second, longer line to translate."], "en", "de")
+    assert len(outputs) == 2 and all("\n" not in out for out in outputs)
+
+
+def test_a_chat_model_gets_the_joint_instruction_only_for_marked_inputs(tiny_llama):
+    from clo_lib.translate import CausalTranslator
+
+    translator = CausalTranslator(str(tiny_llama), "en", "sw", indicator="[{i}]", catalyst=None)
+    assert translator.chat
+    assert "keep every marker exactly once" in translator.prompt("[1] Hi? [2] Yes.", "en", "sw")
+    assert "keep every marker" not in translator.prompt("Hi?", "en", "sw")
+
+
+def test_a_real_but_random_causal_translator_falls_back_and_drops_nothing(tmp_path, tiny_llama):
+    """The tiny model writes noise: no joint output splits, every record is translated part by part."""
+    cfg = load_config({"preset": "toy", "language": "sw", "output_dir": str(tmp_path),
+                       "data": {"size": 4, "keep_flagged": True},
+                       "translation": {"backend": "hf_causal", "model": str(tiny_llama), "mode": "joint",
+                                       "max_new_tokens": 6}})
+    report = run_translation(cfg, progress=False)
+    rows = list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
+    assert len(rows) == 4 and report["joint"]["records_split"] + report["joint"]["fallback_records"] == 4
+    assert all(row["joint_fallback"] for row in rows) and report["joint"]["reversibility"] == 0.0
+
+
+def test_consistency_counts_terms_carried_across_prompt_and_response():
+    rows = [{"prompt_en": "Describe the lighthouse.", "response_en": "The lighthouse is tall.",
+             "prompt_tgt": "Beschreibe den Leuchtturm.", "response_tgt": "Der Leuchtturm ist hoch."},
+            {"prompt_en": "Describe the lighthouse.", "response_en": "The lighthouse is tall.",
+             "prompt_tgt": "Beschreibe den Leuchtturm.", "response_tgt": "Das Feuerschiff ist hoch."},
+            {"prompt_en": "Count to two.", "response_en": "One, two.",  # no shared term of 5+ letters
+             "prompt_tgt": "Zähle bis drei.", "response_tgt": "Eins, zwei, drei."}]
+    assert joint.consistency(rows) == {"consistent": 1, "with_shared_terms": 2, "consistency": 0.5}
