@@ -207,3 +207,28 @@ def test_the_study_reads_mtbench_pairs_and_tabulates_its_rows():
            "fallback_records": 15, "unflagged": 12, "echoes_example": 3, "consistent": 5, "with_shared_terms": 8,
            "wrong_language": 10, "ngram_loop": 2, "numbers_changed": 11, "seconds": 74.1}
     assert "| de | joint | none | `[{i}]` | 50% | 15 | 12 | 3 | 5/8 | 10 | 2 | 11 |" in joint.study_markdown([row])
+
+
+def test_an_llm_endpoint_gets_the_marker_instruction_and_its_kept_markers_split(tmp_path, chat_stub, monkeypatch):
+    """The openai backend in joint mode: a stub endpoint that upper-cases the user's text keeps the markers."""
+    url, requests = chat_stub(lambda body: body["messages"][-1]["content"].upper())
+    monkeypatch.setenv("CLO_TEST_KEY", "sk-test")
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": {"source": "toy", "size": 3,
+                                                                             "keep_flagged": True},
+                       "translation": {"backend": "openai", "model": "m", "api_base_url": url,
+                                       "api_key_env": "CLO_TEST_KEY", "mode": "joint"}})
+    report = run_translation(cfg, progress=False)
+    assert report["joint"]["reversibility"] == 1.0 and len(requests) == 3
+    system = requests[0]["body"]["messages"][0]["content"]
+    assert "into Swahili" in system and "keep every marker exactly once" in system and "[1]" in system
+
+
+def test_a_seq2seq_model_runs_joint_mode_and_falls_back_when_its_output_does_not_split(tmp_path, tiny_model_dir):
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path),
+                       "data": {"source": "toy", "size": 3, "keep_flagged": True},
+                       "translation": {"backend": "hf", "model": str(tiny_model_dir("m2m100")), "mode": "joint",
+                                       "num_beams": 1, "max_new_tokens": 5}})
+    report = run_translation(cfg, progress=False)
+    rows = list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
+    assert len(rows) == 3 and report["joint"]["records_split"] + report["joint"]["fallback_records"] == 3
+    assert all(row["joint_fallback"] for row in rows)  # a random tiny model keeps no marker
