@@ -1,0 +1,201 @@
+"""Vocabulary transfer: SALT (S. Lee et al., Findings of ACL 2025, arXiv 2505.10945; SIBLINGS.md 2) and baselines.
+
+The LLM's vocabulary V_s is replaced by a small target-language PLM's V_t. Each new token's input embedding is made
+from what the two models and some auxiliary vectors know:
+
+    shared token (in both vocabularies)   the LLM's own row, E_s[shared[v]]
+    other token v with an auxiliary vector
+        neighbours K: sparsemax over cos(aux[v], aux[u]) for the shared tokens u; K = the u with non-zero weight
+        salt     E_t[v] · X_v,  X_v = pinv(E_t[K]) · E_s[K]   (per-token least squares, h_t × h_s)
+        focus    Σ_k w_k E_s[K_k]   (FOCUS: the sparsemax weights average the neighbours' LLM rows)
+    token with no auxiliary vector          a draw from a normal with E_s's per-dimension mean and std (the paper's
+                                            rule for SALT; used for focus too)
+    baselines for every non-shared token    mean: the mean row of E_s; multivariate: a draw from a normal fitted
+                                            to E_s (mean and full covariance)
+
+Shared tokens are copied by every method (assumed for mean and multivariate, whose papers initialise the new
+vocabulary as a whole). `ridge` adds λ·I to the least squares (off by default: the paper mentions no
+regularisation); with nearly collinear neighbours the plain pseudo-inverse can give large coefficients.
+Computation is in float64; the result has E_s's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Method = Literal["salt", "focus", "mean", "multivariate"]
+METHODS = ("salt", "focus", "mean", "multivariate")
+
+
+def sparsemax(scores: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the last dimension (Martins & Astudillo 2016), as FOCUS uses it, from the entmax package."""
+    from entmax import sparsemax as _sparsemax
+
+    return _sparsemax(scores, dim=-1)
+
+
+def neighbour_weights(aux: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the cosine similarities of `aux` rows (n × d) to `candidates` rows (c × d): n × c weights,
+    most of them zero; a token's neighbours are the candidates it gives a non-zero weight."""
+    a = torch.nn.functional.normalize(aux, dim=-1)
+    c = torch.nn.functional.normalize(candidates, dim=-1)
+    return sparsemax(a @ c.T)
+
+
+def _normal_rows(source: torch.Tensor, count: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Rows drawn from a normal with the per-dimension mean and standard deviation of `source`."""
+    mean, std = source.mean(0), source.std(0)
+    return mean + std * torch.randn(count, source.shape[1], dtype=source.dtype, generator=generator)
+
+
+def init_embeddings(method: Method, source_embeddings: torch.Tensor, donor_embeddings: torch.Tensor | None,
+                    aux_embeddings: torch.Tensor | None, shared: dict[int, int], ridge: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The new vocabulary's input embeddings (V_t × h_s) by `method` (see the module docstring).
+
+    source_embeddings: E_s (V_s × h_s), the LLM's. donor_embeddings: E_t (V_t × h_t), the PLM's, by new id (salt).
+    aux_embeddings: V_t × d auxiliary vectors by new id, a row of NaN where a token has none (salt, focus).
+    shared: new id -> LLM id for the tokens both vocabularies hold. The number of new tokens is taken from
+    donor_embeddings, else aux_embeddings.
+    """
+    if method not in METHODS:
+        raise ValueError(f"vocabulary init method = {method!r}; expected one of {', '.join(METHODS)}")
+    sizes = [t.shape[0] for t in (donor_embeddings, aux_embeddings) if t is not None]
+    if not sizes:
+        raise ValueError("init_embeddings needs donor_embeddings or aux_embeddings to know the new vocabulary's size")
+    if method == "salt" and (donor_embeddings is None or aux_embeddings is None):
+        raise ValueError("salt needs both the donor PLM's embeddings and auxiliary vectors")
+    if method == "focus" and aux_embeddings is None:
+        raise ValueError("focus needs auxiliary vectors")
+    source = source_embeddings.detach().to(torch.float64)
+    size, width = sizes[0], source.shape[1]
+    out = torch.empty(size, width, dtype=torch.float64)
+    done = torch.zeros(size, dtype=torch.bool)
+    for new_id, llm_id in shared.items():
+        out[new_id] = source[llm_id]
+        done[new_id] = True
+    todo = (~done).nonzero().flatten()
+    if method == "mean":
+        out[todo] = source.mean(0)
+    elif method == "multivariate":
+        distribution = torch.distributions.MultivariateNormal(
+            source.mean(0), covariance_matrix=torch.cov(source.T) + 1e-8 * torch.eye(width, dtype=torch.float64))
+        if generator is not None:  # MultivariateNormal.sample takes no generator: draw the normal ourselves
+            z = torch.randn(len(todo), width, dtype=torch.float64, generator=generator)
+            out[todo] = distribution.loc + z @ distribution.scale_tril.T
+        else:
+            out[todo] = distribution.sample((len(todo),))
+    else:
+        out[todo] = _transfer(method, source, donor_embeddings, aux_embeddings, shared, todo, ridge, generator)
+    return out.to(source_embeddings.dtype)
+
+
+def _transfer(method: str, source: torch.Tensor, donor: torch.Tensor | None, aux: torch.Tensor,
+              shared: dict[int, int], todo: torch.Tensor, ridge: float,
+              generator: torch.Generator | None) -> torch.Tensor:
+    aux = aux.detach().to(torch.float64)
+    has_aux = ~torch.isnan(aux).any(dim=1)
+    anchors = torch.tensor([new for new in sorted(shared) if has_aux[new]], dtype=torch.long)
+    if len(anchors) == 0:
+        raise ValueError("no shared token has an auxiliary vector, so no token has neighbours to start from")
+    anchor_rows = source[torch.tensor([shared[int(new)] for new in anchors])]
+    rows = torch.empty(len(todo), source.shape[1], dtype=torch.float64)
+    with_aux = has_aux[todo]
+    missing = (~with_aux).nonzero().flatten()
+    rows[missing] = _normal_rows(source, len(missing), generator)
+    chosen = with_aux.nonzero().flatten()
+    if len(chosen) == 0:
+        return rows
+    weights = neighbour_weights(aux[todo[chosen]], aux[anchors])
+    if method == "focus":
+        rows[chosen] = weights @ anchor_rows
+        return rows
+    donor = donor.detach().to(torch.float64)
+    for row, token, w in zip(chosen.tolist(), todo[chosen].tolist(), weights):
+        k = w.nonzero().flatten()
+        rows[row] = donor[token] @ salt_map(donor[anchors[k]], anchor_rows[k], ridge)
+    return rows
+
+
+def salt_map(donor_rows: torch.Tensor, source_rows: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """X (h_t × h_s) with donor_rows · X ≈ source_rows in least squares: pinv(E_t[K]) · E_s[K], or with `ridge` > 0
+    (E_t[K]ᵀ E_t[K] + λI)⁻¹ E_t[K]ᵀ E_s[K]."""
+    if ridge <= 0:
+        return torch.linalg.pinv(donor_rows) @ source_rows
+    gram = donor_rows.T @ donor_rows + ridge * torch.eye(donor_rows.shape[1], dtype=donor_rows.dtype)
+    return torch.linalg.solve(gram, donor_rows.T @ source_rows)
+
+
+def salt_embeddings(source_embeddings: torch.Tensor, donor_embeddings: torch.Tensor, aux_embeddings: torch.Tensor,
+                    shared: dict[int, int], ridge: float = 0.0,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """SALT's initialisation of the new vocabulary's input embeddings (V_t × h_s); DESIGN.md's public name for
+    `init_embeddings("salt", ...)`."""
+    return init_embeddings("salt", source_embeddings, donor_embeddings, aux_embeddings, shared, ridge, generator)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Which tokens the two vocabularies share: surfaces compared across tokenizer conventions
+
+def _byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's bytes_to_unicode), reversed."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = printable[:], 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(code): byte for byte, code in zip(printable, codes)}
+
+
+def token_style(vocab: dict[str, int]) -> str:
+    """wordpiece (`##` continuations), byte_bpe (`Ġ` word starts), sentencepiece (`▁` word starts) or plain."""
+    tokens = list(vocab)
+    share = {style: sum(t.startswith(mark) for t in tokens) / max(len(tokens), 1)
+             for style, mark in (("wordpiece", "##"), ("byte_bpe", "Ġ"), ("sentencepiece", "▁"))}
+    style = max(share, key=share.get)
+    return style if share[style] > 0.01 else "plain"
+
+
+def canonical(token: str, style: str) -> str | None:
+    """A token's text with its tokenizer's convention normalised: a word-initial token gets one leading space
+    (BPE's `Ġ`, SentencePiece's `▁`, a WordPiece token without `##`), a continuation none. Byte-level BPE symbols
+    are decoded to UTF-8; a token that is part of a character (no valid UTF-8 alone) gives None."""
+    if style == "wordpiece":
+        return token[2:] if token.startswith("##") else " " + token
+    if style == "sentencepiece":
+        return token.replace("▁", " ")
+    if style == "byte_bpe":
+        decoder = _BYTE_DECODER
+        if any(ch not in decoder for ch in token):
+            return token
+        try:
+            return bytes(decoder[ch] for ch in token).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return token
+
+
+_BYTE_DECODER = _byte_decoder()
+
+
+def shared_tokens(new_tokenizer, llm_tokenizer) -> dict[int, int]:
+    """new id -> LLM id for the ordinary tokens whose canonical text is the same in both vocabularies (special
+    tokens are mapped on their own, by role). Assumed rule: the paper's exact overlap rules are in an appendix we
+    could not read; this matches after normalising `Ġ`, `▁` and `##` and byte-level encoding, case kept."""
+    def by_text(tokenizer) -> dict[str, int]:
+        vocab = tokenizer.get_vocab()
+        style, special = token_style(vocab), set(tokenizer.all_special_tokens)
+        found: dict[str, int] = {}
+        for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+            text = canonical(token, style) if token not in special else None
+            if text and text not in found:
+                found[text] = index
+        return found
+
+    llm = by_text(llm_tokenizer)
+    return {index: llm[text] for text, index in by_text(new_tokenizer).items() if text in llm}
