@@ -21,6 +21,7 @@ Computation is in float64; the result has E_s's dtype.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -199,3 +200,51 @@ def shared_tokens(new_tokenizer, llm_tokenizer) -> dict[int, int]:
 
     llm = by_text(llm_tokenizer)
     return {index: llm[text] for text, index in by_text(new_tokenizer).items() if text in llm}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Auxiliary vectors: fastText, built from subwords, so a token that is no whole word still gets one
+
+def train_fasttext(text_file: str, dim: int = 100, epochs: int = 5, seed: int = 0):
+    """fastText vectors (gensim's implementation: maintained, pip-installable) trained on a target-language text
+    file, one sentence or paragraph per line. One worker thread, so the vectors are the same on every run."""
+    from gensim.models import FastText
+
+    from clo_lib.data import _read_text
+
+    lines = [line.split() for line in _read_text(Path(text_file), "a target-language text file").splitlines()
+             if line.strip()]
+    if not lines:
+        raise ValueError(f"{text_file} holds no text; expected target-language text, one sentence or paragraph a line")
+    model = FastText(vector_size=dim, window=5, min_count=1, sg=1, epochs=epochs, seed=seed, workers=1)
+    model.build_vocab(corpus_iterable=lines)
+    model.train(corpus_iterable=lines, total_examples=len(lines), epochs=epochs)
+    return model.wv
+
+
+def load_fasttext(path: str):
+    """Published fastText vectors from a Facebook-format .bin (e.g. cc.de.300.bin), with their subword buckets."""
+    from gensim.models.fasttext import load_facebook_vectors
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; expected a fastText .bin file (e.g. cc.<lang>.300.bin)")
+    return load_facebook_vectors(path)
+
+
+def aux_embeddings(tokenizer, vectors) -> torch.Tensor:
+    """One auxiliary vector per token of `tokenizer` (V_t × d, by id): the fastText vector of the token's text
+    without its word-start space, NaN for special tokens, empty texts and texts none of whose subwords fastText
+    knows."""
+    vocab = tokenizer.get_vocab()
+    style, special = token_style(vocab), set(tokenizer.all_special_tokens)
+    out = torch.full((max(vocab.values()) + 1, vectors.vector_size), float("nan"), dtype=torch.float64)
+    for token, index in vocab.items():
+        text = canonical(token, style) if token not in special else None
+        text = text.strip() if text else ""
+        if not text:
+            continue
+        try:
+            out[index] = torch.tensor(vectors[text], dtype=torch.float64)
+        except KeyError:  # no known subword at all
+            continue
+    return out

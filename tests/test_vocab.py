@@ -150,3 +150,34 @@ def test_shared_tokens_match_words_across_tokenizer_conventions():
             assert shared[new_id] == llm_id, word
         assert not set(shared) & {new.convert_tokens_to_ids(t) for t in new.all_special_tokens}  # by role only
     assert canonical("ĠcafÃ©", "byte_bpe") == " café" and canonical("Ã", "byte_bpe") is None
+
+
+def test_auxiliary_vectors_come_from_fasttext_by_token_text_and_are_reproducible(tmp_path):
+    from clo_lib import toyworld
+    from clo_lib.vocab import aux_embeddings, canonical, train_fasttext
+
+    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in toyworld.evaluation_prompts("de")]
+    corpus = tmp_path / "de.txt"
+    corpus.write_text("\n".join(texts))
+    tokenizer = _tokenizer("wordpiece", texts)
+    vectors = train_fasttext(str(corpus), dim=16, epochs=3)
+    aux = aux_embeddings(tokenizer, vectors)
+    assert aux.shape == (len(tokenizer.get_vocab()), 16)
+    sep = tokenizer.convert_tokens_to_ids("[SEP]")
+    assert torch.isnan(aux[sep]).all()  # a special token has none
+    for token, index in list(tokenizer.get_vocab().items())[:20]:  # the vector of the token's text, no marks
+        if token != "[SEP]":
+            text = canonical(token, "wordpiece").strip()
+            assert aux[index].numpy() == pytest.approx(vectors[text].astype(np.float64))
+    again = aux_embeddings(tokenizer, train_fasttext(str(corpus), dim=16, epochs=3))
+    assert torch.equal(torch.nan_to_num(aux), torch.nan_to_num(again))
+
+
+def test_a_missing_or_empty_text_file_is_one_clear_error(tmp_path):
+    from clo_lib.vocab import load_fasttext, train_fasttext
+
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no text"):
+        train_fasttext(str(tmp_path / "empty.txt"))
+    with pytest.raises(FileNotFoundError, match="expected a fastText .bin file"):
+        load_fasttext(str(tmp_path / "cc.de.300.bin"))

@@ -1,0 +1,56 @@
+"""The transfer stage's assembly (clo_lib.transfer): an LLM given a target-language PLM's vocabulary."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from clo_lib import tiny, toyworld
+from clo_lib.transfer import tokens_per_word, transfer_model
+from clo_lib.vocab import aux_embeddings, shared_tokens, train_fasttext
+
+
+@pytest.fixture(scope="module")
+def german(tmp_path_factory):
+    """The toy world's German sentences, a donor decoder whose tokenizer learnt them, and fastText vectors."""
+    root = tmp_path_factory.mktemp("transfer")
+    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in toyworld.evaluation_prompts("de")]
+    (root / "de.txt").write_text("\n".join(texts))
+    donor = tiny.make_tiny_causal_lm(root / "donor", "llama", corpus=texts, vocab_size=400, hidden_size=16)
+    return texts, donor, train_fasttext(str(root / "de.txt"), dim=16, epochs=3)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_llm_gets_the_donors_vocabulary_with_shared_rows_copied(tiny_llama, german, tied):
+    texts, donor_dir, vectors = german
+    if tied:  # the saved tiny model is untied; a tied one is built from its config
+        torch.manual_seed(0)
+        llm = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama, tie_word_embeddings=True))
+    else:
+        llm = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    llm_tokenizer, new_tokenizer = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(donor_dir)
+    before_inputs = llm.get_input_embeddings().weight.detach().clone()
+    before_head = llm.get_output_embeddings().weight.detach().clone()
+    donor = AutoModelForCausalLM.from_pretrained(donor_dir).get_input_embeddings().weight.detach()
+    stats = transfer_model(llm, llm_tokenizer, donor, new_tokenizer, aux_embeddings(new_tokenizer, vectors))
+    size = len(new_tokenizer)
+    assert llm.get_input_embeddings().weight.shape[0] == size == llm.config.vocab_size == stats["vocab_after"]
+    shared = shared_tokens(new_tokenizer, llm_tokenizer)
+    assert len(shared) > 20 and stats["tied_head"] == tied
+    for new_id, llm_id in shared.items():
+        assert torch.equal(llm.get_input_embeddings().weight[new_id], before_inputs[llm_id])
+        if not tied:  # an untied head keeps its own rows for shared tokens
+            assert torch.equal(llm.get_output_embeddings().weight[new_id], before_head[llm_id])
+    if tied:
+        assert llm.get_output_embeddings().weight.data_ptr() == llm.get_input_embeddings().weight.data_ptr()
+    eos = new_tokenizer.eos_token_id
+    assert torch.equal(llm.get_input_embeddings().weight[eos], before_inputs[llm_tokenizer.eos_token_id])  # by role
+    assert llm.config.eos_token_id == eos and torch.isfinite(llm.get_input_embeddings().weight).all()
+    ids = new_tokenizer(texts[:2], return_tensors="pt", padding=True)
+    assert llm(**ids).logits.shape[-1] == size
+
+
+def test_the_donors_tokenizer_cuts_the_target_language_into_fewer_tokens(tiny_llama, german):
+    texts, donor_dir, _ = german
+    before = tokens_per_word(AutoTokenizer.from_pretrained(tiny_llama), texts)
+    after = tokens_per_word(AutoTokenizer.from_pretrained(donor_dir), texts)
+    assert after < before
