@@ -8,7 +8,11 @@ gets a small target-language PLM's vocabulary, its new embeddings made by clo_li
          LLM's output rows (assumed: the paper's models tie them and it says nothing of untied heads)
       ─► the LLM with the donor's tokenizer
 
-This module holds the assembly; continued pretraining on target text and the stage's CLI come next (issue 19).
+    ─► language-adaptive continued pretraining on target-language text (the causal-LM objective), the held-out
+       loss logged from step 0
+
+This module holds the assembly and the continued pretraining; the stage's config keys, CLI and notebook, and the
+toy-world study come next (issue 19).
 """
 
 from __future__ import annotations
@@ -79,3 +83,63 @@ def tokens_per_word(tokenizer, texts: Sequence[str]) -> float:
     words = sum(len(text.split()) for text in texts)
     tokens = sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
     return tokens / words if words else float("nan")
+
+
+def mean_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 128) -> float:
+    """Token-weighted causal-LM loss of `model` on `texts` (each with the tokenizer's EOS appended)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for begin in range(0, len(texts), batch_size):
+            batch = [text + (tokenizer.eos_token or "") for text in texts[begin: begin + batch_size]]
+            encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                                add_special_tokens=False).to(model.device)
+            labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+            logits = model(**encoded).logits[:, :-1]
+            target = labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            total += float(loss)
+            tokens += int((target != -100).sum())
+    return total / tokens if tokens else float("nan")
+
+
+def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequence[str], steps: int,
+                          learning_rate: float = 1e-3, batch_size: int = 16, trainable: str = "embeddings",
+                          seed: int = 0, max_length: int = 128, eval_every: int = 10) -> list[dict]:
+    """Language-adaptive continued pretraining: the causal-LM objective on target-language `texts` for `steps`
+    optimizer steps, training the embeddings (input and output rows) or everything. Returns the held-out loss at
+    step 0 and every `eval_every` steps: [{step, loss}]. (Which parts train, the rate and the steps are not in the
+    paper: parameters, assumed.)"""
+    import random
+
+    if trainable not in ("embeddings", "all"):
+        raise ValueError(f"trainable = {trainable!r}; expected embeddings or all")
+    torch.manual_seed(seed)
+    for parameter in model.parameters():
+        parameter.requires_grad = trainable == "all"
+    if trainable == "embeddings":
+        model.get_input_embeddings().weight.requires_grad = True
+        if model.get_output_embeddings() is not None:
+            model.get_output_embeddings().weight.requires_grad = True
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    order, rng = list(range(len(texts))), random.Random(seed)
+    curve = [{"step": 0, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)}]
+    position = len(order)
+    for step in range(1, steps + 1):
+        if position + batch_size > len(order):
+            rng.shuffle(order)
+            position = 0
+        batch = [texts[i] + (tokenizer.eos_token or "") for i in order[position: position + batch_size]]
+        position += batch_size
+        model.train()
+        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
+                            add_special_tokens=False).to(model.device)
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        loss = model(**encoded, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % eval_every == 0 or step == steps:
+            curve.append({"step": step, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)})
+    return curve

@@ -54,3 +54,23 @@ def test_the_donors_tokenizer_cuts_the_target_language_into_fewer_tokens(tiny_ll
     before = tokens_per_word(AutoTokenizer.from_pretrained(tiny_llama), texts)
     after = tokens_per_word(AutoTokenizer.from_pretrained(donor_dir), texts)
     assert after < before
+
+
+def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_is_told(tiny_llama, german):
+    from clo_lib.transfer import continued_pretraining, mean_loss
+
+    texts, donor_dir, vectors = german
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    llm_tokenizer, new_tokenizer = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(donor_dir)
+    donor = AutoModelForCausalLM.from_pretrained(donor_dir).get_input_embeddings().weight.detach()
+    transfer_model(llm, llm_tokenizer, donor, new_tokenizer, aux_embeddings(new_tokenizer, vectors))
+    attention = llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    curve = continued_pretraining(llm, new_tokenizer, texts[:240], texts[240:], steps=30,
+                                  learning_rate=3e-3, eval_every=10)
+    assert [point["step"] for point in curve] == [0, 10, 20, 30]
+    assert curve[-1]["loss"] < curve[0]["loss"]
+    # the held-out loss is the model's own causal-LM loss, token-weighted: one text gives transformers' mean
+    encoded = new_tokenizer([texts[-1] + new_tokenizer.eos_token], return_tensors="pt", add_special_tokens=False)
+    own = llm(**encoded, labels=encoded["input_ids"]).loss
+    assert mean_loss(llm, new_tokenizer, [texts[-1]]) == pytest.approx(float(own), rel=1e-5)
+    assert torch.equal(llm.model.layers[0].self_attn.q_proj.weight, attention)  # embeddings only
