@@ -72,5 +72,5 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
     # the held-out loss is the model's own causal-LM loss, token-weighted: one text gives transformers' mean
     encoded = new_tokenizer([texts[-1] + new_tokenizer.eos_token], return_tensors="pt", add_special_tokens=False)
     own = llm(**encoded, labels=encoded["input_ids"]).loss
-    assert mean_loss(llm, new_tokenizer, [texts[-1]]) == pytest.approx(float(own), rel=1e-5)
+    assert mean_loss(llm, new_tokenizer, [texts[-1]]) == pytest.approx(float(own.detach()), rel=1e-5)
     assert torch.equal(llm.model.layers[0].self_attn.q_proj.weight, attention)  # embeddings only
