@@ -261,6 +261,32 @@ class EvalConfig:
 
 
 @dataclass
+class TransferConfig:
+    """Vocabulary transfer before training (clo_lib.transfer; SALT, SIBLINGS.md 2). Unused unless the stage runs."""
+
+    method: Literal["salt", "focus", "mean", "multivariate"] = _field(
+        "salt", "How the new vocabulary's embeddings start: SALT, FOCUS, the LLM rows' mean, or a multivariate "
+        "normal fitted to them.")
+    donor: str | None = _field(None, "The target-language PLM (folder or hub id) whose tokenizer and input "
+                               "embeddings the LLM takes.")
+    aux_vectors: str | None = _field(None, "A fastText .bin of the target language (e.g. cc.<lang>.300.bin).")
+    aux_text: str | None = _field(None, "Without aux_vectors: a target-language text file to train fastText on.")
+    aux_dim: int = _field(100, "fastText dimensions when trained here (assumed).", min=2)
+    aux_epochs: int = _field(5, "fastText epochs when trained here (assumed).", min=1)
+    ridge: float = _field(0.0, "λ added to SALT's least squares; 0: the plain pseudo-inverse, as the paper.", min=0.0)
+    pretrain_text: str | None = _field(None, "Target-language text for continued pretraining, one text a line.")
+    pretrain_steps: int = _field(0, "Continued-pretraining steps (assumed; the paper does not say); 0: none.",
+                                 min=0)
+    pretrain_learning_rate: float = _field(1e-3, "Continued-pretraining learning rate (assumed).", min=0.0,
+                                           min_exclusive=True)
+    pretrain_batch_size: int = _field(16, "Texts a continued-pretraining step.", min=1)
+    trainable: Literal["embeddings", "all"] = _field(
+        "embeddings", "What continued pretraining trains: the input and output embeddings, or everything "
+        "(assumed default).")
+    held_out: int = _field(64, "Lines of pretrain_text kept out of training to measure the loss on.", min=1)
+
+
+@dataclass
 class RunConfig:
     language: str = _required("Target language code (zh, de, ko, id, sw, yo, ...): one per trained model.")
     name: str = _field("run", "Run label, used in output folder names.")
@@ -271,6 +297,8 @@ class RunConfig:
     translation: TranslationConfig = field(default_factory=TranslationConfig, metadata={"help": "Machine translation."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training method and hyper-parameters."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    transfer: TransferConfig = field(default_factory=TransferConfig,
+                                     metadata={"help": "Vocabulary transfer (SALT) before training."})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,8 +11,10 @@ gets a small target-language PLM's vocabulary, its new embeddings made by clo_li
     ─► language-adaptive continued pretraining on target-language text (the causal-LM objective), the held-out
        loss logged from step 0
 
-This module holds the assembly and the continued pretraining; the stage's config keys, CLI and notebook, and the
-toy-world study come next (issue 19).
+    python -m clo_lib.transfer RUN.yaml --out DIR      (config keys: transfer.*, params/REFERENCE.md)
+
+writes DIR/model, a base model for `model.name_or_path`, and DIR/transfer.json. Still to come (issue 19): the grid
+listing transferred models next to plain ones, the notebook, and the toy-world study.
 """
 
 from __future__ import annotations
@@ -143,3 +145,93 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
         if step % eval_every == 0 or step == steps:
             curve.append({"step": step, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)})
     return curve
+
+
+def run_transfer(cfg, out_dir, log=print) -> dict:
+    """The stage: the config's LLM (`model.*`) given the donor's vocabulary by `transfer.method`, optionally
+    pretrained further on target text; written to <out_dir>/model (a base model for `model.name_or_path`) with
+    transfer.json (the counts, tokens per word before and after, the loss curve)."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from clo_lib.data import _read_text
+    from clo_lib.io import atomic_write_json
+    from clo_lib.models import load_model_and_tokenizer
+    from clo_lib.vocab import aux_embeddings, load_fasttext, train_fasttext
+
+    tcfg = cfg.transfer
+    if not tcfg.donor:
+        raise ValueError("transfer.donor is not set; expected the target-language PLM (a folder or hub id) whose "
+                         "vocabulary the LLM takes")
+    needs_aux = tcfg.method in ("salt", "focus")
+    if needs_aux and not (tcfg.aux_vectors or tcfg.aux_text):
+        raise ValueError(f"transfer.method = {tcfg.method} needs auxiliary vectors; expected transfer.aux_vectors "
+                         "(a fastText .bin) or transfer.aux_text (a target-language text file to train them on)")
+    lines = []
+    if tcfg.pretrain_steps:
+        if not tcfg.pretrain_text:
+            raise ValueError("transfer.pretrain_steps > 0 needs transfer.pretrain_text, a target-language text file")
+        lines = [line for line in _read_text(Path(tcfg.pretrain_text), "transfer.pretrain_text").splitlines()
+                 if line.strip()]
+        if len(lines) <= tcfg.held_out:
+            raise ValueError(f"transfer.pretrain_text has {len(lines)} lines, not more than transfer.held_out = "
+                             f"{tcfg.held_out}; expected more text or a smaller held_out")
+    out = Path(out_dir)
+    new_tokenizer = AutoTokenizer.from_pretrained(tcfg.donor)
+    donor = AutoModel.from_pretrained(tcfg.donor) if tcfg.method == "salt" else None
+    donor_rows = donor_input_embeddings(donor, new_tokenizer) if donor is not None else None
+    aux = None
+    if needs_aux:
+        vectors = load_fasttext(tcfg.aux_vectors) if tcfg.aux_vectors else \
+            train_fasttext(tcfg.aux_text, tcfg.aux_dim, tcfg.aux_epochs, cfg.seed)
+        aux = aux_embeddings(new_tokenizer, vectors)
+    model, llm_tokenizer = load_model_and_tokenizer(cfg, backend="hf")
+    sample = lines[-tcfg.held_out:] if lines else []
+    report = {"before_tokens_per_word": tokens_per_word(llm_tokenizer, sample) if sample else None}
+    log(f"transferring {cfg.model.name_or_path} to the vocabulary of {tcfg.donor} by {tcfg.method}")
+    report.update(transfer_model(model, llm_tokenizer, donor_rows, new_tokenizer, aux, tcfg.method, tcfg.ridge,
+                                 cfg.seed))
+    report["after_tokens_per_word"] = tokens_per_word(new_tokenizer, sample) if sample else None
+    if tcfg.pretrain_steps:
+        if new_tokenizer.pad_token is None:
+            new_tokenizer.pad_token = new_tokenizer.eos_token
+        report["curve"] = continued_pretraining(model, new_tokenizer, lines[:-tcfg.held_out], sample,
+                                                tcfg.pretrain_steps, tcfg.pretrain_learning_rate,
+                                                tcfg.pretrain_batch_size, tcfg.trainable, cfg.seed,
+                                                cfg.model.max_length)
+        log(f"held-out loss {report['curve'][0]['loss']:.3f} at step 0, {report['curve'][-1]['loss']:.3f} at step "
+            f"{report['curve'][-1]['step']}")
+    model.save_pretrained(out / "model")
+    new_tokenizer.save_pretrained(out / "model")
+    report["config"] = json.loads(json.dumps(cfg.to_dict()["transfer"]))
+    atomic_write_json(out / "transfer.json", report)  # written last: the stage is done when it exists
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clo_lib.transfer RUN.yaml --out DIR [--set key=value ...]`: the LLM of RUN.yaml (model.*) with the
+    vocabulary of transfer.donor, written to DIR/model; DIR/transfer.json says what was done."""
+    import argparse
+    import os
+    import sys
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from clo_lib.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m clo_lib.transfer", description=main.__doc__)
+    parser.add_argument("config")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        run_transfer(load_config(args.config, overrides=args.set), args.out)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -74,3 +74,40 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
     own = llm(**encoded, labels=encoded["input_ids"]).loss
     assert mean_loss(llm, new_tokenizer, [texts[-1]]) == pytest.approx(float(own.detach()), rel=1e-5)
     assert torch.equal(llm.model.layers[0].self_attn.q_proj.weight, attention)  # embeddings only
+
+
+def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from clo_lib.config import load_config
+    from clo_lib.train import train_run
+    from clo_lib.transfer import main
+
+    texts, donor_dir, _ = german
+    (tmp_path / "de.txt").write_text("\n".join(texts))
+    run = tmp_path / "run.yaml"
+    text = str(tmp_path / "de.txt")
+    transfer = {"donor": str(donor_dir), "aux_text": text, "aux_dim": 16, "aux_epochs": 2, "pretrain_text": text,
+                "pretrain_steps": 10, "held_out": 40, "pretrain_learning_rate": 3e-3}
+    model = {"name_or_path": str(tiny_llama), "dtype": "float32", "max_length": 64}
+    run.write_text(yaml.safe_dump({"language": "de", "model": model, "transfer": transfer}))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert report["after_tokens_per_word"] < report["before_tokens_per_word"] and report["method"] == "salt"
+    assert report["curve"][-1]["loss"] < report["curve"][0]["loss"] and report["curve"][-1]["step"] == 10
+    base = str(tmp_path / "out" / "model")
+    records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
+                "prompt_tgt": f"Was ist {i} plus {i}?", "response_tgt": f"Es ist {2 * i}."} for i in range(4)]
+    cfg = load_config({"language": "de", "model": {"name_or_path": base, "backend": "hf", "dtype": "float32",
+                                                   "max_length": 64},
+                       "train": {"method": "clo", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3}})
+    log = train_run(cfg, records, tmp_path / "clo")
+    assert log["stages"][-1]["steps"] == 2 and (tmp_path / "clo" / "model" / "config.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "clo_lib.transfer", str(run), "--out", str(tmp_path / "x"),
+                          "--set", "transfer.donor=null"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "transfer.donor is not set" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
