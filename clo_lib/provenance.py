@@ -58,11 +58,19 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Keys added after outputs were made under fingerprints without them: left out while they hold the value that
+# reproduces the behaviour from before they existed, so adding a key never makes finished work stale.
+NEUTRAL = {"translation.mode": "separate", "translation.gguf_file": None}
+JOINT_ONLY = ("translation.catalyst", "translation.catalyst_texts", "translation.indicator")  # unused when separate
+
+
 def relevant_settings(cfg: RunConfig | dict, kind: str) -> dict[str, Any]:
     """The dotted settings a `kind` stage's result depends on."""
     flat = _flatten(cfg if isinstance(cfg, dict) else cfg.to_dict())
+    unused = set(JOINT_ONLY) if flat.get("translation.mode", "separate") == "separate" else set()
+    unused |= {key for key, neutral in NEUTRAL.items() if flat.get(key, neutral) == neutral}
     return {key: value for key, value in flat.items()
-            if key.split(".")[0] in DEPENDS_ON[kind] and key not in IGNORED[kind]}
+            if key.split(".")[0] in DEPENDS_ON[kind] and key not in IGNORED[kind] and key not in unused}
 
 
 def config_fingerprint(cfg: RunConfig | dict, kind: str) -> str:

@@ -232,3 +232,16 @@ def test_a_seq2seq_model_runs_joint_mode_and_falls_back_when_its_output_does_not
     rows = list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
     assert len(rows) == 3 and report["joint"]["records_split"] + report["joint"]["fallback_records"] == 3
     assert all(row["joint_fallback"] for row in rows)  # a random tiny model keeps no marker
+
+
+def test_the_joint_keys_leave_separate_mode_corpora_fingerprinted_as_before_they_existed():
+    """Outputs made before translation.mode existed stay done: in separate mode the new keys are not part of the
+    fingerprint, and the joint-only ones do not matter."""
+    from clo_lib.provenance import config_fingerprint
+
+    now = load_config({"language": "sw"}).to_dict()
+    before = {**now, "translation": {k: v for k, v in now["translation"].items()
+                                     if k not in ("mode", "catalyst", "catalyst_texts", "indicator", "gguf_file")}}
+    assert config_fingerprint(now, "translate") == config_fingerprint(before, "translate")
+    other = load_config({"language": "sw", "translation": {"catalyst": "concat", "indicator": "<{i}>"}})
+    assert config_fingerprint(other, "translate") == config_fingerprint(now, "translate")
