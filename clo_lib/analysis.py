@@ -540,22 +540,26 @@ def crpo_check(grid_dir: Path) -> tuple[str, str, str] | None:
                   f"{len(chosen)} CLO runs; lowering the English answer makes {mean_share:.0%} of the margin"), line
 
 
-def _interval_of(frame: pd.DataFrame, metric: str, method: str, key: tuple) -> dict | None:
-    """The 95 % interval of a share metric for one cell, pooled over seeds; None where there is none (MT-bench NLL,
-    multiple-choice accuracy, whose item counts are not recorded)."""
-    if metric.startswith("winrate_vs_sft_"):
-        return pooled_win_rates(frame, method, metric.rsplit("_", 1)[1]).get(key)
-    if metric.startswith(("fidelity_", "accuracy_")):
-        cell = _cells(frame, metric, method).get(key)
-        return _share(*cell) if cell and cell[1] else None
-    return None
-
-
 def _with_intervals(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
-    """The summary with each metric as one cell: mean, its 95 % interval where the metric is a share, and ± the
-    standard deviation over seeds where there are several."""
+    """The summary with each metric as one cell: mean, its 95 % interval where the metric is a share (win rates
+    pooled as pooled_win_rates does, fidelity and accuracy from their prompt counts; not MT-bench NLL or
+    multiple-choice accuracy, whose item counts are not recorded), and ± the standard deviation over seeds where
+    there are several."""
     if table.empty:
         return table
+    intervals: dict[tuple, dict] = {}  # (metric, method) -> {(model, lang, size): interval}, each computed once
+
+    def interval(metric: str, method: str, key: tuple) -> dict | None:
+        if (metric, method) not in intervals:
+            if metric.startswith("winrate_vs_sft_"):
+                intervals[metric, method] = pooled_win_rates(frame, method, metric.rsplit("_", 1)[1])
+            elif metric.startswith(("fidelity_", "accuracy_")):
+                intervals[metric, method] = {cell: _share(*value) for cell, value in
+                                             _cells(frame, metric, method).items() if value[1]}
+            else:
+                intervals[metric, method] = {}
+        return intervals[metric, method].get(key)
+
     shown = table[["model", "lang", "size", "method", "seeds"]].copy()
     for metric in [m for m in HEADLINE if m in table.columns]:
         spread = table[f"{metric}_sd"] if f"{metric}_sd" in table.columns else [float("nan")] * len(table)
@@ -564,8 +568,7 @@ def _with_intervals(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
             if pd.isna(mean):
                 cells.append("–")
                 continue
-            key = (row.model, row.lang, None if pd.isna(row.size) else int(row.size))
-            rate = _interval_of(frame, metric, row.method, key)
+            rate = interval(metric, row.method, (row.model, row.lang, None if pd.isna(row.size) else int(row.size)))
             text = f"{mean:.2f}" + (f" [{rate['low']:.2f}, {rate['high']:.2f}]" if rate else "")
             cells.append(text + ("" if pd.isna(sd) else f" ± {sd:.2f}"))
         shown[metric] = cells

@@ -201,8 +201,7 @@ def study(cfg_translation: TranslationConfig, languages: Sequence[str], records:
     for lang in languages:
         for mode, catalyst, indicator in STUDY_SETTINGS:
             tcfg = dataclasses.replace(cfg_translation, mode=mode, catalyst=catalyst, indicator=indicator)
-            if hasattr(translator, "use_markers"):
-                translator.use_markers(indicator if mode == "joint" else None, catalyst_text(tcfg))
+            translator.use_markers(indicator if mode == "joint" else None, catalyst_text(tcfg))
             cache = TranslationCache(out_dir / "cache", tcfg.backend, f"{tcfg.model}/{tcfg.gguf_file}", "en", lang,
                                      translation_settings(tcfg))
             start = time.perf_counter()

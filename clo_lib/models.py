@@ -135,16 +135,16 @@ def gguf_location(name_or_path: str | Path, gguf_file: str) -> tuple[str, str]:
     return str(name_or_path), gguf_file
 
 
-def check_gguf(name_or_path: str | Path, gguf_file: str) -> str:
+def check_gguf(name_or_path: str | Path, gguf_file: str, key: str = "model.gguf_file") -> str:
     """The GGUF file's architecture, once it is known that transformers can load it; else one clear sentence."""
     folder, name = gguf_location(name_or_path, gguf_file)
     path = Path(folder) / name
     if not path.is_file():
-        raise ConfigError(f"model.gguf_file = {gguf_file!r}: no such file (looked for {path}); expected a .gguf file "
-                          "inside model.name_or_path or a path to one.", key="model.gguf_file")
+        raise ConfigError(f"{key} = {gguf_file!r}: no such file (looked for {path}); expected a .gguf file "
+                          "inside the model folder or a path to one.", key=key)
     if importlib.util.find_spec("gguf") is None:
-        raise ConfigError(f"model.gguf_file = {gguf_file!r} needs the gguf package, which transformers reads GGUF "
-                          "files with: pip install 'gguf>=0.17'.", key="model.gguf_file")
+        raise ConfigError(f"{key} = {gguf_file!r} needs the gguf package, which transformers reads GGUF "
+                          "files with: pip install 'gguf>=0.17'.", key=key)
     import gguf
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
@@ -152,12 +152,12 @@ def check_gguf(name_or_path: str | Path, gguf_file: str) -> str:
         field = gguf.GGUFReader(str(path)).fields["general.architecture"]
         arch = bytes(field.parts[field.data[0]]).decode("utf-8")
     except (KeyError, ValueError, IndexError) as err:
-        raise ConfigError(f"model.gguf_file = {path}: not a readable GGUF file with a general.architecture "
-                          f"({err}).", key="model.gguf_file") from err
+        raise ConfigError(f"{key} = {path}: not a readable GGUF file with a general.architecture "
+                          f"({err}).", key=key) from err
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
         supported = ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-        raise ConfigError(f"model.gguf_file = {path}: its architecture {arch!r} is not one transformers loads from "
-                          f"GGUF ({supported}); convert it to an HF folder another way.", key="model.gguf_file")
+        raise ConfigError(f"{key} = {path}: its architecture {arch!r} is not one transformers loads from "
+                          f"GGUF ({supported}); convert it to an HF folder another way.", key=key)
     return arch
 
 
@@ -234,11 +234,11 @@ def _load_base(cfg: RunConfig, path: str, revision: str | None, backend: str, gg
     return model, tokenizer
 
 
-def load_gguf(name_or_path: str | Path, gguf_file: str, dtype: torch.dtype):
+def load_gguf(name_or_path: str | Path, gguf_file: str, dtype: torch.dtype, key: str = "model.gguf_file"):
     """Model and tokenizer (with its chat template) of a GGUF checkpoint, dequantised into `dtype`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    check_gguf(name_or_path, gguf_file)
+    check_gguf(name_or_path, gguf_file, key)
     folder, name = gguf_location(name_or_path, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)

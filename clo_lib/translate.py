@@ -190,6 +190,24 @@ class Translator:
 
     def __init__(self, model: str):
         self.model = model
+        self.use_markers(None, None)
+
+    def use_markers(self, indicator: str | None, catalyst: str | None) -> None:
+        """Joint mode's Indicator Token template and Catalyst Statement (None: separate mode), for the backends
+        whose prompt depends on them (few-shot examples, an LLM's instruction, the toy translator's splitting)."""
+        self.indicator, self.catalyst = indicator, catalyst
+        self.markers = joint.marker_pattern(indicator) if indicator else None
+
+    def marked(self, text: str) -> bool:
+        """Whether `text` is a joint input (it holds the markers)."""
+        return self.markers is not None and self.markers.search(text) is not None
+
+    def instruction(self, text: str, src: str, tgt: str) -> str:
+        """An LLM translator's system prompt for `text`: the plain one, plus keeping the markers for a joint input
+        (the Catalyst Statement as an instruction, SIBLINGS.md 1)."""
+        system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
+        return system + JOINT_INSTRUCTION.format(marker=joint.marker(self.indicator, 1)) if self.marked(text) \
+            else system
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -206,7 +224,7 @@ class ToyTranslator(Translator):
 
     def __init__(self, model: str, indicator: str | None = None, catalysts: Sequence[str] = ()):
         super().__init__(model)
-        self.markers = joint.marker_pattern(indicator) if indicator else None
+        self.use_markers(indicator, None)
         self.catalysts = set(catalysts)
 
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
@@ -215,7 +233,7 @@ class ToyTranslator(Translator):
     def _translate(self, text: str, src: str, tgt: str) -> str:
         from clo_lib import toyworld
 
-        if self.markers is not None and self.markers.search(text):
+        if self.marked(text):
             pieces, position = [], 0
             for match in self.markers.finditer(text):
                 pieces += [self._translate(text[position: match.start()], src, tgt), match.group(0)]
@@ -225,6 +243,13 @@ class ToyTranslator(Translator):
         if text.strip() in self.catalysts:
             return text.strip()
         return " ".join(toyworld.translate(s, src, tgt) for s in re.split(r"(?<=[.?!。？])\s*", text) if s.strip())
+
+
+def _device(device: str) -> str:
+    """`translation.device`: auto is CUDA when there is one."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 class HFTranslator(Translator):
@@ -241,8 +266,7 @@ class HFTranslator(Translator):
         self.family = model_family(model)
         self.src_code, self.tgt_code = language_code(self.family, src), language_code(self.family, tgt)
         path = model_for_pair(model, src, tgt) if self.family == "marian" else model
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device(device)
         if device == "cuda":
             from clo_lib.models import torch_dtype
 
@@ -319,11 +343,10 @@ class CausalTranslator(Translator):
         from clo_lib.models import load_gguf
 
         super().__init__(model)
-        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" \
-            else device
+        self.device = _device(device)
         with hub_errors(f"translation model {model!r}"):
             if gguf_file:
-                self.net, self.tokenizer = load_gguf(model, gguf_file, torch.float32)
+                self.net, self.tokenizer = load_gguf(model, gguf_file, torch.float32, key="translation.gguf_file")
             else:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -346,11 +369,6 @@ class CausalTranslator(Translator):
                         f"which have no {get_language(lang).name}; expected a chat model or one of "
                         f"{', '.join(toyworld.LANGS)}")
 
-    def use_markers(self, indicator: str | None, catalyst: str | None) -> None:
-        """Joint mode's markers and Catalyst Statement, for the examples and the chat instruction (None: off)."""
-        self.indicator, self.catalyst = indicator, catalyst
-        self.markers = joint.marker_pattern(indicator) if indicator else None
-
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -364,7 +382,7 @@ class CausalTranslator(Translator):
         english = toyworld.evaluation_prompts(tgt if tgt != SOURCE_LANGUAGE else src)[0]
         sides[SOURCE_LANGUAGE] = (english["prompt_en"], english["answer_en"])
         (q_src, a_src), (q_tgt, a_tgt) = sides[src], sides[tgt]
-        if self.markers is not None and self.markers.search(text):
+        if self.marked(text):
             examples = [(joint.compose([q_src, a_src], self.indicator, self.catalyst),
                          joint.compose([q_tgt, a_tgt], self.indicator, self.catalyst))]
         else:
@@ -375,10 +393,7 @@ class CausalTranslator(Translator):
     def prompt(self, text: str, src: str, tgt: str) -> str:
         if not self.chat:
             return self.few_shot(text, src, tgt)
-        system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
-        if self.markers is not None and self.markers.search(text):
-            system += JOINT_INSTRUCTION.format(marker=joint.marker(self.indicator, 1))
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        messages = [{"role": "system", "content": self.instruction(text, src, tgt)}, {"role": "user", "content": text}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
@@ -408,16 +423,11 @@ class OpenAITranslator(Translator):
         self.endpoint = ChatEndpoint(base_url or "https://api.openai.com/v1", model, api_key_env)
         self.endpoint.check()
         self.concurrency, self.max_new_tokens = concurrency, max_new_tokens
-        self.markers = joint.marker_pattern(indicator) if indicator else None
-        self.indicator = indicator
+        self.use_markers(indicator, None)
 
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
-        system = TRANSLATOR_SYSTEM_PROMPT.format(src=get_language(src).name, tgt=get_language(tgt).name)
-        joint_system = system + JOINT_INSTRUCTION.format(marker=joint.marker(self.indicator or "[{i}]", 1))
-
         def one(text: str) -> str:
-            marked = self.markers is not None and self.markers.search(text)
-            messages = [{"role": "system", "content": joint_system if marked else system},
+            messages = [{"role": "system", "content": self.instruction(text, src, tgt)},
                         {"role": "user", "content": text}]
             return self.endpoint.chat(messages, temperature=0.0, max_tokens=self.max_new_tokens).strip()
 
@@ -433,7 +443,7 @@ def check_pair(cfg: TranslationConfig, src: str, tgt: str) -> None:
     elif cfg.backend == "hf_causal" and cfg.gguf_file:
         from clo_lib.models import check_gguf
 
-        check_gguf(cfg.model, cfg.gguf_file)  # a missing file or an architecture transformers cannot read
+        check_gguf(cfg.model, cfg.gguf_file, key="translation.gguf_file")  # missing, or not loadable
     elif cfg.backend == "toy":
         from clo_lib import toyworld
 
@@ -722,13 +732,13 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         "records": len(parallel), "usable_records": usable, "needed_records": needed,
         "flagged_records": sum(bool(r["flags"]) for r in parallel),
         "flags": dict(sorted(flag_counts.items())), "cache_file": str(cache.path),
-        "cache_corrupt_lines_redone": corrupt, **totals, "seconds": round(totals["seconds"], 3),
+        "cache_corrupt_lines_redone": corrupt, **{k: v for k, v in totals.items() if not k.startswith("joint_")},
+        "seconds": round(totals["seconds"], 3),
         "chunks_per_s": round(totals["translated"] / totals["seconds"], 2) if totals["seconds"] else None,
         "fingerprint": config_fingerprint(cfg, "translate"),
         "mode": tcfg.mode,
     }
     if tcfg.mode == "joint":
-        report.pop("joint_inputs", None), report.pop("joint_split", None)
         split_records = sum(not r["joint_fallback"] for r in parallel)
         report["joint"] = {"catalyst": tcfg.catalyst, "indicator": tcfg.indicator,
                            "inputs": totals["joint_inputs"], "inputs_split": totals["joint_split"],

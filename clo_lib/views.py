@@ -107,6 +107,16 @@ def run_folder(template: str, cfg: RunConfig) -> Path | None:
     return Path(template.format(lang=cfg.language, size=cfg.data.size, seed=cfg.seed, name=cfg.name))
 
 
+def evaluated_run(template: str, cfg: RunConfig, what: str) -> Path | None:
+    """The run folder `template` names for `cfg` (run_folder) when it holds evaluated answers; else None, saying
+    that `what` is left out (a notebook run before `make demo`, or a misspelt folder)."""
+    folder = run_folder(template, cfg)
+    if folder is not None and not (folder / "generations.jsonl").is_file():
+        print(f"{what}: {folder} holds no evaluated run, so they are left out (`make demo` evaluates one)")
+        return None
+    return folder
+
+
 def run_answers(run_dir: str | Path, cfg: RunConfig) -> list[dict] | None:
     """A run folder's cached answers made with `cfg`'s decoding settings, or None when it has none yet."""
     from clo_lib.evaluate import reference_answers
