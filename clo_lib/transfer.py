@@ -59,10 +59,10 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     inputs = llm.get_input_embeddings().weight
     head = llm.get_output_embeddings()
     tied = head is not None and head.weight.data_ptr() == inputs.data_ptr()
-    new_inputs = init_embeddings(method, inputs, donor_embeddings, aux, mapped, ridge, generator)
+    new_inputs = init_embeddings(method, inputs, donor_embeddings, aux, mapped, ridge, generator, size)
     new_head = None
     if head is not None and not tied:
-        new_head = init_embeddings(method, head.weight, donor_embeddings, aux, mapped, ridge, generator)
+        new_head = init_embeddings(method, head.weight, donor_embeddings, aux, mapped, ridge, generator, size)
     before = inputs.shape[0]
     llm.resize_token_embeddings(size, mean_resizing=False)
     with torch.no_grad():
@@ -106,44 +106,75 @@ def mean_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_
     return total / tokens if tokens else float("nan")
 
 
+class _TextDataset(torch.utils.data.Dataset):
+    """Target-language texts for the Trainer: each tokenised with the tokenizer's EOS appended, labels = ids
+    (DataCollatorForSeq2Seq pads the labels with -100, so padding never counts, even where pad = EOS)."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], max_length: int):
+        eos = tokenizer.eos_token or ""
+        self.items = [tokenizer(text + eos, truncation=True, max_length=max_length, add_special_tokens=False)
+                      for text in texts]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        return {"input_ids": item["input_ids"], "attention_mask": item["attention_mask"],
+                "labels": list(item["input_ids"])}
+
+
 def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequence[str], steps: int,
                           learning_rate: float = 1e-3, batch_size: int = 16, trainable: str = "embeddings",
-                          seed: int = 0, max_length: int = 128, eval_every: int = 10) -> list[dict]:
-    """Language-adaptive continued pretraining: the causal-LM objective on target-language `texts` for `steps`
-    optimizer steps, training the embeddings (input and output rows) or everything. Returns the held-out loss at
-    step 0 and every `eval_every` steps: [{step, loss}]. (Which parts train, the rate and the steps are not in the
-    paper: parameters, assumed.)"""
-    import random
+                          seed: int = 0, max_length: int = 128, eval_every: int = 10, out_dir=None) -> list[dict]:
+    """Language-adaptive continued pretraining with the transformers Trainer: the causal-LM objective on
+    target-language `texts` for `steps` optimizer steps (AdamW, constant rate, no weight decay), training the
+    embeddings (input and output rows) or everything. 16-bit weights train as float32 master weights under the
+    Trainer's autocast, as the kit's training does. Returns the token-weighted held-out loss (mean_loss) at step 0
+    and every `eval_every` steps: [{step, loss}]. (Which parts train, the rate, the schedule and the steps are not in
+    the paper: parameters, assumed.)"""
+    import tempfile
+
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from clo_lib.models import keep_trained_in_float32, training_autocast
 
     if trainable not in ("embeddings", "all"):
         raise ValueError(f"trainable = {trainable!r}; expected embeddings or all")
-    torch.manual_seed(seed)
+    dtype = model.get_input_embeddings().weight.dtype
     for parameter in model.parameters():
         parameter.requires_grad = trainable == "all"
     if trainable == "embeddings":
         model.get_input_embeddings().weight.requires_grad = True
         if model.get_output_embeddings() is not None:
             model.get_output_embeddings().weight.requires_grad = True
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-    order, rng = list(range(len(texts))), random.Random(seed)
-    curve = [{"step": 0, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)}]
-    position = len(order)
-    for step in range(1, steps + 1):
-        if position + batch_size > len(order):
-            rng.shuffle(order)
-            position = 0
-        batch = [texts[i] + (tokenizer.eos_token or "") for i in order[position: position + batch_size]]
-        position += batch_size
-        model.train()
-        encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
-                            add_special_tokens=False).to(model.device)
-        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-        loss = model(**encoded, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % eval_every == 0 or step == steps:
-            curve.append({"step": step, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)})
+    keep_trained_in_float32(model)
+    curve: list[dict] = []
+
+    class HeldOutLoss(TrainerCallback):
+        def measure(self, step: int, model) -> None:
+            # under the training autocast: 16-bit frozen weights meet float32 trained ones
+            with training_autocast(dtype, model.device):
+                curve.append({"step": step, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)})
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.measure(0, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % eval_every == 0 or state.global_step == steps:
+                self.measure(state.global_step, model)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        arguments = TrainingArguments(
+            output_dir=str(out_dir or scratch), max_steps=steps, per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, seed=seed, data_seed=seed,
+            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
+            save_strategy="no", report_to="none", logging_steps=eval_every, disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(), remove_unused_columns=False)
+        trainer = Trainer(model=model, args=arguments, train_dataset=_TextDataset(tokenizer, texts, max_length),
+                          data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+                          callbacks=[HeldOutLoss()])
+        trainer.train()
     return curve
 
 
@@ -158,7 +189,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
 
     from clo_lib.data import _read_text
     from clo_lib.io import atomic_write_json
-    from clo_lib.models import load_model_and_tokenizer
+    from clo_lib.models import check_training_precision, load_model_and_tokenizer
     from clo_lib.vocab import aux_embeddings, load_fasttext, train_fasttext
 
     tcfg = cfg.transfer
@@ -178,6 +209,8 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
         if len(lines) <= tcfg.held_out:
             raise ValueError(f"transfer.pretrain_text has {len(lines)} lines, not more than transfer.held_out = "
                              f"{tcfg.held_out}; expected more text or a smaller held_out")
+    if tcfg.pretrain_steps:
+        check_training_precision(cfg)  # before anything loads: float16 trains on CUDA only
     out = Path(out_dir)
     new_tokenizer = AutoTokenizer.from_pretrained(tcfg.donor)
     donor = AutoModel.from_pretrained(tcfg.donor) if tcfg.method == "salt" else None

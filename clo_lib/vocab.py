@@ -53,19 +53,20 @@ def _normal_rows(source: torch.Tensor, count: int, generator: torch.Generator | 
 
 def init_embeddings(method: Method, source_embeddings: torch.Tensor, donor_embeddings: torch.Tensor | None,
                     aux_embeddings: torch.Tensor | None, shared: dict[int, int], ridge: float = 0.0,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+                    generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
     """The new vocabulary's input embeddings (V_t × h_s) by `method` (see the module docstring).
 
     source_embeddings: E_s (V_s × h_s), the LLM's. donor_embeddings: E_t (V_t × h_t), the PLM's, by new id (salt).
     aux_embeddings: V_t × d auxiliary vectors by new id, a row of NaN where a token has none (salt, focus).
-    shared: new id -> LLM id for the tokens both vocabularies hold. The number of new tokens is taken from
-    donor_embeddings, else aux_embeddings.
+    shared: new id -> LLM id for the tokens both vocabularies hold. size: the number of new tokens V_t; by default
+    the rows of donor_embeddings, else of aux_embeddings (mean and multivariate need neither).
     """
     if method not in METHODS:
         raise ValueError(f"vocabulary init method = {method!r}; expected one of {', '.join(METHODS)}")
-    sizes = [t.shape[0] for t in (donor_embeddings, aux_embeddings) if t is not None]
+    sizes = [size] if size is not None else [t.shape[0] for t in (donor_embeddings, aux_embeddings) if t is not None]
     if not sizes:
-        raise ValueError("init_embeddings needs donor_embeddings or aux_embeddings to know the new vocabulary's size")
+        raise ValueError("init_embeddings needs size, donor_embeddings or aux_embeddings to know the new "
+                         "vocabulary's size")
     if method == "salt" and (donor_embeddings is None or aux_embeddings is None):
         raise ValueError("salt needs both the donor PLM's embeddings and auxiliary vectors")
     if method == "focus" and aux_embeddings is None:

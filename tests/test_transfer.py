@@ -76,6 +76,22 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
     assert torch.equal(llm.model.layers[0].self_attn.q_proj.weight, attention)  # embeddings only
 
 
+def test_continued_pretraining_of_bfloat16_weights_keeps_float32_master_rows(tiny_llama, german):
+    """The bf16 defect's shape: 16-bit rows updated in place lose small steps. Trained rows become float32 (the
+    frozen layers stay bf16) and the held-out loss, measured under the same autocast, still falls."""
+    from clo_lib.transfer import continued_pretraining
+
+    texts, donor_dir, vectors = german
+    llm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    llm_tokenizer, new_tokenizer = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(donor_dir)
+    transfer_model(llm, llm_tokenizer, None, new_tokenizer, None, method="mean")
+    curve = continued_pretraining(llm, new_tokenizer, texts[:240], texts[240:], steps=20, learning_rate=3e-3,
+                                  eval_every=20)
+    assert llm.get_input_embeddings().weight.dtype == torch.float32
+    assert llm.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert curve[-1]["loss"] < curve[0]["loss"]
+
+
 def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, tmp_path):
     import json
     import subprocess
