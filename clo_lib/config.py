@@ -264,11 +264,12 @@ class EvalConfig:
 class TransferConfig:
     """Vocabulary transfer before training (clo_lib.transfer; SALT, SIBLINGS.md 2). Unused unless the stage runs."""
 
-    method: Literal["salt", "focus", "mean", "multivariate"] = _field(
+    method: Literal["salt", "focus", "mean", "multivariate", "none"] = _field(
         "salt", "How the new vocabulary's embeddings start: SALT, FOCUS, the LLM rows' mean, or a multivariate "
-        "normal fitted to them.")
+        "normal fitted to them; none keeps the LLM's vocabulary and only pretrains further (a control).")
     donor: str | None = _field(None, "The target-language PLM (folder or hub id) whose tokenizer and input "
-                               "embeddings the LLM takes.")
+                               "embeddings the LLM takes. In a grid, a model with a donor (or with pretrain_steps) "
+                               "is transferred before its runs.")
     aux_vectors: str | None = _field(None, "A fastText .bin of the target language (e.g. cc.<lang>.300.bin).")
     aux_text: str | None = _field(None, "Without aux_vectors: a target-language text file to train fastText on.")
     aux_dim: int = _field(100, "fastText dimensions when trained here (assumed).", min=2)

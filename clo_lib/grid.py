@@ -10,6 +10,9 @@ params/grids/*.yaml. Slices may have names; `default_slices` says which run when
 expands into stages, each one notebook (or, for `prepare`, one command):
 
     prepare/<id>          commands that must finish first (the toy world builds its base model here)
+    transfer/<model>-<lang>-s<seed>   for a model with transfer.donor (or transfer.pretrain_steps) set:
+                          python -m clo_lib.transfer gives it the donor's vocabulary; that model's runs train and
+                          evaluate <output_dir>/transfer/<model>-<lang>-s<seed>/model
     translate/<lang>      01_translate, once per language, for the largest size any run of it needs
     train/<run>           02_train; sft_dpo starts from the SFT run of the same model, language, size and seed
     evaluate/<run>        03_evaluate; waits for the SFT run's evaluation, which it is judged against
@@ -25,6 +28,7 @@ and the exit code is 1.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import fnmatch
 import json
@@ -54,7 +58,7 @@ NOTEBOOK_OF = {"translate": "01_translate.ipynb", "train": "02_train.ipynb", "ev
 GRID_KEYS = {"name", "description", "output_dir", "layers", "overrides", "models", "slices", "default_slices", "base",
              "prepare", "resources", "same_ids_across_languages"}
 SLICE_KEYS = {"name", "models", "languages", "methods", "sizes", "seeds", "overrides"}
-STAGE_KINDS = ("prepare", "translate", "train", "evaluate", "analyze")
+STAGE_KINDS = ("prepare", "transfer", "translate", "train", "evaluate", "analyze")
 
 
 class GridError(ValueError):
@@ -98,8 +102,8 @@ class Stage:
     def expected_fingerprint(self) -> Any:
         """What this stage's marker must record to count as done under the grid file as it is now."""
         cfg = self.config
-        if self.kind == "translate":
-            return config_fingerprint(cfg, "translate")
+        if self.kind in ("translate", "transfer"):
+            return config_fingerprint(cfg, self.kind)
         if self.kind == "train":
             return train_fingerprint(cfg, _training_records_now(cfg))
         trained = self.workdir if self.facts.get("method") != "base" else None
@@ -107,7 +111,7 @@ class Stage:
 
     def outputs(self) -> list[Path]:
         """What this stage wrote, moved aside when it is run again as stale."""
-        if self.kind in ("translate", "train"):
+        if self.kind in ("translate", "train", "transfer"):
             return [self.workdir]  # the corpus; the run folder (its evaluation depends on it and is stale too)
         if self.kind == "evaluate":
             return [self.workdir / name for name in ("metrics.json", "generations.jsonl", "judgments.jsonl",
@@ -198,14 +202,17 @@ def _as_list(value: Any, where: str, path: Path) -> list:
     raise GridError(f"{path}: {where} = {value!r}; expected a list")
 
 
-def _with_seed(value: Any, seed: int) -> Any:
-    """`value` with "{seed}" filled in every string (a whole "{seed}" becomes the number itself)."""
+def _with_seed(value: Any, seed: int, lang: str | None = None) -> Any:
+    """`value` with "{seed}" (and, given `lang`, "{lang}") filled in every string (a whole "{seed}" becomes the
+    number itself)."""
     if isinstance(value, dict):
-        return {k: _with_seed(v, seed) for k, v in value.items()}
+        return {k: _with_seed(v, seed, lang) for k, v in value.items()}
     if isinstance(value, list):
-        return [_with_seed(v, seed) for v in value]
+        return [_with_seed(v, seed, lang) for v in value]
     if value == "{seed}":
         return seed
+    if isinstance(value, str) and lang is not None:
+        value = value.replace("{lang}", lang)
     return value.replace("{seed}", str(seed)) if isinstance(value, str) else value
 
 
@@ -351,7 +358,7 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
                  "train": {"method": spec.get("method_for_config", spec["method"])}}
         overrides = [nest_dotted(common), nest_dotted(models[spec["model"]] or {}), nest_dotted(spec["overrides"])]
         try:
-            return load_config(*layers, *(_with_seed(o, spec["seed"]) for o in overrides), layer)
+            return load_config(*layers, *(_with_seed(o, spec["seed"], spec["lang"]) for o in overrides), layer)
         except ConfigError as err:
             raise GridError(f"{path}: run {label_for_error}: {err}") from None
 
@@ -400,16 +407,38 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
             deps=waits, config=cfg, facts={"lang": lang, "size": pool},
             parameters={"language": lang, "output_dir": str(output_dir)})
 
+    # 3. vocabulary transfers: a model whose settings name transfer.donor (or transfer.pretrain_steps, for method
+    # none) is transferred once per language and seed (clo_lib.transfer), and its runs train from the result
+    transfer_of: dict[tuple[str, str, int], str] = {}
+
+    def transferred(cfg: RunConfig, spec: dict) -> list[str]:
+        """Point `cfg` at its model's transfer (made a stage the first time); the stages it must wait for."""
+        if not (cfg.transfer.donor or cfg.transfer.pretrain_steps):
+            return []
+        key = (spec["model"], spec["lang"], spec["seed"])
+        if key not in transfer_of:
+            name = f"{spec['model']}-{spec['lang']}-s{spec['seed']}"
+            workdir = (output_dir / "transfer" / name).resolve()  # the command runs in the repository
+            transfer_of[key] = f"transfer/{name}"
+            stages[transfer_of[key]] = Stage(
+                id=transfer_of[key], kind="transfer", workdir=workdir, done_file=workdir / "transfer.json",
+                deps=list(prepare_of[spec["seed"]]), config=copy.deepcopy(cfg),
+                command=["python", "-m", "clo_lib.transfer", str(workdir / "transfer.yaml"), "--out", str(workdir)],
+                facts={"model": spec["model"], "lang": spec["lang"], "seed": spec["seed"]})
+        cfg.model.name_or_path = str(stages[transfer_of[key]].workdir / "model")
+        return [transfer_of[key]]
+
     evaluate_ids = []
     for rid, spec in wanted.items():
         cfg = configs[rid]
+        before_training = transferred(cfg, spec)
         run_dir = output_dir / rid
         facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed")}
         sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
         # with same_ids_across_languages, every language's corpus of this seed must be there first
         shared = [corpus_stage[other] for other, o in wanted.items() if o["seed"] == spec["seed"]
                   and o["model"] == spec["model"] and o["lang"] in shared_languages]
-        train_deps = sorted({corpus_stage[rid], *shared}) + prepare_of[spec["seed"]]
+        train_deps = sorted({corpus_stage[rid], *shared}) + prepare_of[spec["seed"]] + before_training
         if spec["method"] == "sft_dpo" and sft in wanted and cfg.train.trainable != "lora":
             # SFT+DPO's first stage is exactly the SFT run: start from its weights instead of training it again.
             cfg.train.init_from = str(output_dir / sft / "model")
@@ -435,6 +464,7 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
             rid = f"{label}-{lang}-base-s{seed}"
             spec = {"model": label, "lang": lang, "method": "sft", "size": 1, "seed": seed, "overrides": {}}
             cfg = resolve(spec, rid)
+            before_evaluating = transferred(cfg, spec)
             run_dir = output_dir / rid
             sizes = sorted({s["size"] for s in wanted.values() if (s["model"], s["lang"], s["seed"]) ==
                             (label, lang, seed)})
@@ -442,7 +472,7 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
             sft = run_id(label, lang, "sft", sizes[0], seed)
             params = {"language": lang, "output_dir": str(output_dir), "run_dir": str(run_dir), "method": "base",
                       "model_path": cfg.model.name_or_path, "model_label": label, "reference_run": "", "base_run": ""}
-            deps = list(prepare_of[seed])
+            deps = list(prepare_of[seed]) + before_evaluating
             if sft in wanted:
                 params["reference_run"] = str(output_dir / sft)
                 deps.append(f"evaluate/{sft}")
@@ -542,7 +572,9 @@ def _error_tail(err: BaseException, limit: int = 3000) -> str:
 def execute_stage(stage: Stage) -> None:
     """Run one stage in a fresh process or kernel; raise on failure. Used by every executor."""
     stage.workdir.mkdir(parents=True, exist_ok=True)
-    if stage.kind == "prepare":
+    if stage.command is not None:  # prepare, transfer
+        if stage.config is not None:  # a transfer's command reads the model's resolved config
+            save_config(stage.config, stage.workdir / "transfer.yaml")
         # "python" means this interpreter (the kit's venv), not whatever python is first on PATH.
         command = [sys.executable if c in ("python", "python3") and i == 0 else c for i, c in enumerate(stage.command)]
         # Streamed line by line to the console and the stage's log: a toy world's pretraining takes minutes.

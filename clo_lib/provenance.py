@@ -24,6 +24,7 @@ DEPENDS_ON = {
     "translate": ("language", "data", "translation"),
     "train": ("language", "seed", "model", "data", "translation", "train"),
     "evaluate": ("language", "seed", "model", "translation", "eval"),
+    "transfer": ("seed", "model", "transfer"),
 }
 _NEVER = {"translation.cache_dir", "translation.device", "translation.api_key_env", "eval.judge_api_key_env",
           "data.corpus_dir"}
@@ -36,6 +37,7 @@ IGNORED = {
     "train": _NEVER | {"data.pool_size", "train.logging_steps", "train.report_to", "train.save_steps", "train.save",
                        "train.init_from"},
     "evaluate": _NEVER,
+    "transfer": _NEVER,
 }
 PARALLEL_KEYS = ("id", "lang", "prompt_en", "response_en", "prompt_tgt", "response_tgt")
 # Written beside a training stage's checkpoints: the fingerprint (and config) they were made under.
@@ -51,7 +53,8 @@ def digest(value: Any) -> str:
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value and key in ("model", "data", "translation", "train", "eval"):
+        if isinstance(value, dict) and value and key in ("model", "data", "translation", "train", "eval",
+                                                                "transfer"):
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
@@ -105,20 +108,36 @@ def init_run_dir(cfg: RunConfig) -> Path | None:
     return folder.parent if (folder.parent / "train_log.json").is_file() or folder.name == "model" else None
 
 
+def transferred_fingerprint(cfg: RunConfig) -> str | None:
+    """A digest of the transfer that made `model.name_or_path` (a transfer stage's DIR/model beside its
+    transfer.json), or None for any other model: the path stays the same when the transfer is made again."""
+    marker = Path(cfg.model.name_or_path).parent / "transfer.json"
+    if Path(cfg.model.name_or_path).name != "model" or not marker.is_file():
+        return None
+    return digest(json.loads(marker.read_text(encoding="utf-8")).get("fingerprint"))
+
+
+def _with_base(fingerprint: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    # only for transferred models, so the fingerprints of everything made before transfers existed still match
+    base = transferred_fingerprint(cfg)
+    return {**fingerprint, "base": base} if base else fingerprint
+
+
 def train_fingerprint(cfg: RunConfig, records: Sequence[dict] | None) -> dict[str, Any]:
-    """{config, data, init}: the settings, the training records (None: not known yet) and the run it starts from."""
+    """{config, data, init[, base]}: the settings, the training records (None: not known yet), the run it starts
+    from, and for a transferred base model the transfer that made it."""
     init_dir = init_run_dir(cfg)
-    return {"config": config_fingerprint(cfg, "train"),
-            "data": records_fingerprint(records) if records is not None else None,
-            "init": run_fingerprint(init_dir) if init_dir else None}
+    return _with_base({"config": config_fingerprint(cfg, "train"),
+                       "data": records_fingerprint(records) if records is not None else None,
+                       "init": run_fingerprint(init_dir) if init_dir else None}, cfg)
 
 
 def evaluate_fingerprint(cfg: RunConfig, run_dir: str | Path | None, reference_run: str | Path | None) -> dict:
-    """{config, model, reference}: the evaluation settings, the evaluated run's weights (None for a base model)
-    and the SFT run it is judged against."""
-    return {"config": config_fingerprint(cfg, "evaluate"),
-            "model": run_fingerprint(run_dir) if run_dir else None,
-            "reference": run_fingerprint(reference_run) if reference_run else None}
+    """{config, model, reference[, base]}: the evaluation settings, the evaluated run's weights (None for a base
+    model), the SFT run it is judged against, and for a transferred base model the transfer that made it."""
+    return _with_base({"config": config_fingerprint(cfg, "evaluate"),
+                       "model": run_fingerprint(run_dir) if run_dir else None,
+                       "reference": run_fingerprint(reference_run) if reference_run else None}, cfg)
 
 
 def matches(stored: Any, expected: dict[str, Any] | str) -> bool:

@@ -491,6 +491,63 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
     return summary
 
 
+def target_text(lang: str, seed: int = 0, world_seed: int = WORLD_SEED) -> list[str]:
+    """The world's plain text in `lang` for vocabulary transfer: each SFT-pool item's question and answer (known
+    facts in training phrasings, nothing held out from evaluation), one line each, in an order set by `seed`."""
+    _check_lang(lang)
+    facts = all_facts()
+    lines = [" ".join(render(*facts[fact], lang, phrasing)) for fact, phrasing in world(world_seed).pool()]
+    random.Random(seed).shuffle(lines)
+    return lines
+
+
+# The vocabulary-transfer study's donor (params/grids/toy_salt.yaml), fixed before any transfer was compared: a
+# small target-language decoder (half the base model's width and layers), as SALT's donors are small PLMs next to
+# the LLM, with as many tokens as the base model's vocabulary spent on one language instead of seven, as a
+# monolingual PLM's are (the base model's 1024 already cut the world's Swahili at 1.7 tokens a word; a donor of
+# 384 tokens cut it no finer).
+DONOR_VOCAB, DONOR_HIDDEN, DONOR_LAYERS, DONOR_STEPS, HELD_OUT_LINES = 1024, 64, 2, 300, 32
+
+
+def build_donor(out: str | Path, lang: str, seed: int = 0, world_seed: int = WORLD_SEED, log=print) -> dict:
+    """A target-language PLM built locally (SIBLINGS.md 2's donor): a byte-level BPE tokenizer trained on
+    `target_text(lang)` and a tiny decoder pretrained on it (clo_lib.transfer.continued_pretraining, everything
+    trained). Writes <out>/model, <out>/text.txt (its last HELD_OUT_LINES lines never trained on: the held-out text
+    of the transfer's loss curve; set transfer.held_out to the same) and <out>/donor.json, written last."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clo_lib.io import atomic_write_json, atomic_write_text
+    from clo_lib.tiny import make_tiny_causal_lm
+    from clo_lib.transfer import continued_pretraining
+
+    out = Path(out)
+    summary_file = out / "donor.json"
+    wanted = {"lang": lang, "seed": seed, "world_seed": world_seed, "version": WORLD_VERSION}
+    if summary_file.is_file() and all(json.loads(summary_file.read_text(encoding="utf-8")).get(k) == v
+                                      for k, v in wanted.items()):
+        log(f"donor already built in {out}; delete it to rebuild")
+        return json.loads(summary_file.read_text(encoding="utf-8"))
+    lines = target_text(lang, seed, world_seed)
+    train, held_out = lines[:-HELD_OUT_LINES], lines[-HELD_OUT_LINES:]
+    atomic_write_text(out / "text.txt", "\n".join(lines) + "\n")
+    make_tiny_causal_lm(out / "model", "llama", corpus=train, seed=seed, hidden_size=DONOR_HIDDEN,
+                        num_layers=DONOR_LAYERS, vocab_size=DONOR_VOCAB)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    log(f"pretraining the {lang} donor on {len(train)} lines for {DONOR_STEPS} steps")
+    curve = continued_pretraining(model, tokenizer, train, held_out, DONOR_STEPS, PRETRAIN_LEARNING_RATE,
+                                  trainable="all", seed=seed, eval_every=100)
+    model.save_pretrained(out / "model")
+    summary = {**wanted, "lines": len(lines), "held_out_lines": HELD_OUT_LINES, "vocab": len(tokenizer),
+               "parameters": sum(p.numel() for p in model.parameters()), "curve": curve}
+    log(f"donor held-out loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}")
+    atomic_write_json(summary_file, summary)
+    return summary
+
+
 def ensure_world(cfg) -> None:
     """The toy world a toy config points at (the folder of its `base_model`), built with the defaults when it is
     missing (about a minute on a CPU, once), so the notebooks run on Colab or a fresh clone without `make demo`.
@@ -504,7 +561,9 @@ def ensure_world(cfg) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m clo_lib.toyworld build --out outputs/toy/world [--seed 0] [--tasks-only]`: build (or reuse) the
-    toy world; --tasks-only writes its SFT pool and evaluation questions without pretraining a base model."""
+    toy world; --tasks-only writes its SFT pool and evaluation questions without pretraining a base model.
+    `python -m clo_lib.toyworld donor --lang sw --out DIR [--seed 0]`: a target-language donor PLM for vocabulary
+    transfer (build_donor)."""
     import argparse
     import json
     import os
@@ -512,13 +571,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(prog="python -m clo_lib.toyworld", description=main.__doc__)
-    parser.add_argument("command", choices=["build"])
+    parser.add_argument("command", choices=["build", "donor"])
+    parser.add_argument("--lang", default="sw", choices=TARGETS, help="donor: its language")
     parser.add_argument("--out", default="outputs/toy/world")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--tasks-only", action="store_true", help="no base model: the pool and questions only")
     args = parser.parse_args(argv)
-    summary = build_tasks(args.out, args.seed) if args.tasks_only else build(args.out, args.seed, args.epochs)
+    if args.command == "donor":
+        summary = build_donor(args.out, args.lang, args.seed)
+        summary.pop("curve")
+    elif args.tasks_only:
+        summary = build_tasks(args.out, args.seed)
+    else:
+        summary = build(args.out, args.seed, args.epochs)
     print(json.dumps(summary))
     return 0
 

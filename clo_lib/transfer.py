@@ -87,8 +87,9 @@ def tokens_per_word(tokenizer, texts: Sequence[str]) -> float:
     return tokens / words if words else float("nan")
 
 
-def mean_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 128) -> float:
-    """Token-weighted causal-LM loss of `model` on `texts` (each with the tokenizer's EOS appended)."""
+def held_out_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 128) -> dict:
+    """The causal-LM loss of `model` on `texts` (each with the tokenizer's EOS appended): {loss: nats per predicted
+    token, loss_per_word: the same nats per whitespace-separated word, which compares tokenizers}."""
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
@@ -103,7 +104,9 @@ def mean_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_
                                                      ignore_index=-100, reduction="sum")
             total += float(loss)
             tokens += int((target != -100).sum())
-    return total / tokens if tokens else float("nan")
+    words = sum(len(text.split()) for text in texts)
+    return {"loss": total / tokens if tokens else float("nan"), "loss_per_word": total / words if words else
+            float("nan")}
 
 
 class _TextDataset(torch.utils.data.Dataset):
@@ -130,8 +133,8 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
     """Language-adaptive continued pretraining with the transformers Trainer: the causal-LM objective on
     target-language `texts` for `steps` optimizer steps (AdamW, constant rate, no weight decay), training the
     embeddings (input and output rows) or everything. 16-bit weights train as float32 master weights under the
-    Trainer's autocast, as the kit's training does. Returns the token-weighted held-out loss (mean_loss) at step 0
-    and every `eval_every` steps: [{step, loss}]. (Which parts train, the rate, the schedule and the steps are not in
+    Trainer's autocast, as the kit's training does. Returns the held-out loss (held_out_loss: per token and per
+    word) at step 0 and every `eval_every` steps: [{step, loss, loss_per_word}]. (Which parts train, the rate, the schedule and the steps are not in
     the paper: parameters, assumed.)"""
     import tempfile
 
@@ -155,7 +158,7 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
         def measure(self, step: int, model) -> None:
             # under the training autocast: 16-bit frozen weights meet float32 trained ones
             with training_autocast(dtype, model.device):
-                curve.append({"step": step, "loss": mean_loss(model, tokenizer, held_out, batch_size, max_length)})
+                curve.append({"step": step, **held_out_loss(model, tokenizer, held_out, batch_size, max_length)})
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             self.measure(0, model)
@@ -169,7 +172,7 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
             output_dir=str(out_dir or scratch), max_steps=steps, per_device_train_batch_size=batch_size,
             learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, seed=seed, data_seed=seed,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
-            save_strategy="no", report_to="none", logging_steps=eval_every, disable_tqdm=True,
+            save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(), remove_unused_columns=False)
         trainer = Trainer(model=model, args=arguments, train_dataset=_TextDataset(tokenizer, texts, max_length),
                           data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
@@ -190,16 +193,21 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     from clo_lib.data import _read_text
     from clo_lib.io import atomic_write_json
     from clo_lib.models import check_training_precision, load_model_and_tokenizer
+    from clo_lib.provenance import config_fingerprint
     from clo_lib.vocab import aux_embeddings, load_fasttext, train_fasttext
 
     tcfg = cfg.transfer
-    if not tcfg.donor:
+    replace = tcfg.method != "none"
+    if replace and not tcfg.donor:
         raise ValueError("transfer.donor is not set; expected the target-language PLM (a folder or hub id) whose "
                          "vocabulary the LLM takes")
     needs_aux = tcfg.method in ("salt", "focus")
     if needs_aux and not (tcfg.aux_vectors or tcfg.aux_text):
         raise ValueError(f"transfer.method = {tcfg.method} needs auxiliary vectors; expected transfer.aux_vectors "
                          "(a fastText .bin) or transfer.aux_text (a target-language text file to train them on)")
+    if not replace and not tcfg.pretrain_steps:
+        raise ValueError("transfer.method = none keeps the vocabulary, so it needs transfer.pretrain_steps > 0 to do "
+                         "anything")
     lines = []
     if tcfg.pretrain_steps:
         if not tcfg.pretrain_text:
@@ -209,23 +217,26 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
         if len(lines) <= tcfg.held_out:
             raise ValueError(f"transfer.pretrain_text has {len(lines)} lines, not more than transfer.held_out = "
                              f"{tcfg.held_out}; expected more text or a smaller held_out")
-    if tcfg.pretrain_steps:
         check_training_precision(cfg)  # before anything loads: float16 trains on CUDA only
     out = Path(out_dir)
-    new_tokenizer = AutoTokenizer.from_pretrained(tcfg.donor)
-    donor = AutoModel.from_pretrained(tcfg.donor) if tcfg.method == "salt" else None
-    donor_rows = donor_input_embeddings(donor, new_tokenizer) if donor is not None else None
-    aux = None
-    if needs_aux:
-        vectors = load_fasttext(tcfg.aux_vectors) if tcfg.aux_vectors else \
-            train_fasttext(tcfg.aux_text, tcfg.aux_dim, tcfg.aux_epochs, cfg.seed)
-        aux = aux_embeddings(new_tokenizer, vectors)
     model, llm_tokenizer = load_model_and_tokenizer(cfg, backend="hf")
     sample = lines[-tcfg.held_out:] if lines else []
     report = {"before_tokens_per_word": tokens_per_word(llm_tokenizer, sample) if sample else None}
-    log(f"transferring {cfg.model.name_or_path} to the vocabulary of {tcfg.donor} by {tcfg.method}")
-    report.update(transfer_model(model, llm_tokenizer, donor_rows, new_tokenizer, aux, tcfg.method, tcfg.ridge,
-                                 cfg.seed))
+    new_tokenizer = llm_tokenizer
+    if replace:
+        new_tokenizer = AutoTokenizer.from_pretrained(tcfg.donor)
+        donor = AutoModel.from_pretrained(tcfg.donor) if tcfg.method == "salt" else None
+        donor_rows = donor_input_embeddings(donor, new_tokenizer) if donor is not None else None
+        aux = None
+        if needs_aux:
+            vectors = load_fasttext(tcfg.aux_vectors) if tcfg.aux_vectors else \
+                train_fasttext(tcfg.aux_text, tcfg.aux_dim, tcfg.aux_epochs, cfg.seed)
+            aux = aux_embeddings(new_tokenizer, vectors)
+        log(f"transferring {cfg.model.name_or_path} to the vocabulary of {tcfg.donor} by {tcfg.method}")
+        report.update(transfer_model(model, llm_tokenizer, donor_rows, new_tokenizer, aux, tcfg.method, tcfg.ridge,
+                                     cfg.seed))
+    else:
+        report["method"] = "none"
     report["after_tokens_per_word"] = tokens_per_word(new_tokenizer, sample) if sample else None
     if tcfg.pretrain_steps:
         if new_tokenizer.pad_token is None:
@@ -239,6 +250,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     model.save_pretrained(out / "model")
     new_tokenizer.save_pretrained(out / "model")
     report["config"] = json.loads(json.dumps(cfg.to_dict()["transfer"]))
+    report["fingerprint"] = config_fingerprint(cfg, "transfer")  # what the grid and the runs built on it check
     atomic_write_json(out / "transfer.json", report)  # written last: the stage is done when it exists
     return report
 

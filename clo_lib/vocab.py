@@ -188,15 +188,20 @@ _BYTE_DECODER = _byte_decoder()
 def shared_tokens(new_tokenizer, llm_tokenizer) -> dict[int, int]:
     """new id -> LLM id for the ordinary tokens whose canonical text is the same in both vocabularies (special
     tokens are mapped on their own, by role). Assumed rule: the paper's exact overlap rules are in an appendix we
-    could not read; this matches after normalising `Ġ`, `▁` and `##` and byte-level encoding, case kept."""
-    def by_text(tokenizer) -> dict[str, int]:
+    could not read; this matches after normalising `Ġ`, `▁` and `##` and byte-level encoding, case kept. A
+    byte-level token that is part of a character (no text of its own) matches the same bytes in another byte-level
+    vocabulary: both tokenizers hold the same 256-symbol alphabet."""
+    def by_text(tokenizer) -> dict[str | tuple, int]:
         vocab = tokenizer.get_vocab()
         style, special = token_style(vocab), set(tokenizer.all_special_tokens)
-        found: dict[str, int] = {}
+        found: dict[str | tuple, int] = {}
         for token, index in sorted(vocab.items(), key=lambda item: item[1]):
-            text = canonical(token, style) if token not in special else None
-            if text and text not in found:
-                found[text] = index
+            if token in special:
+                continue
+            text = canonical(token, style)
+            key = text if text is not None else (("bytes", token) if style == "byte_bpe" else None)
+            if key and key not in found:
+                found[key] = index
         return found
 
     llm = by_text(llm_tokenizer)

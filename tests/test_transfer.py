@@ -57,7 +57,7 @@ def test_the_donors_tokenizer_cuts_the_target_language_into_fewer_tokens(tiny_ll
 
 
 def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_is_told(tiny_llama, german):
-    from clo_lib.transfer import continued_pretraining, mean_loss
+    from clo_lib.transfer import continued_pretraining, held_out_loss
 
     texts, donor_dir, vectors = german
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -72,7 +72,11 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
     # the held-out loss is the model's own causal-LM loss, token-weighted: one text gives transformers' mean
     encoded = new_tokenizer([texts[-1] + new_tokenizer.eos_token], return_tensors="pt", add_special_tokens=False)
     own = llm(**encoded, labels=encoded["input_ids"]).loss
-    assert mean_loss(llm, new_tokenizer, [texts[-1]]) == pytest.approx(float(own.detach()), rel=1e-5)
+    measured = held_out_loss(llm, new_tokenizer, [texts[-1]])
+    assert measured["loss"] == pytest.approx(float(own.detach()), rel=1e-5)
+    # per word: the same nats over the words (transformers' mean times the predicted tokens, one fewer than the ids)
+    predicted, words = encoded["input_ids"].shape[1] - 1, len(texts[-1].split())
+    assert measured["loss_per_word"] == pytest.approx(float(own.detach()) * predicted / words, rel=1e-5)
     assert torch.equal(llm.model.layers[0].self_attn.q_proj.weight, attention)  # embeddings only
 
 

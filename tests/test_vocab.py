@@ -150,6 +150,11 @@ def test_shared_tokens_match_words_across_tokenizer_conventions():
             assert shared[new_id] == llm_id, word
         assert not set(shared) & {new.convert_tokens_to_ids(t) for t in new.all_special_tokens}  # by role only
     assert canonical("ĠcafÃ©", "byte_bpe") == " café" and canonical("Ã", "byte_bpe") is None
+    # two byte-level vocabularies share their alphabet, parts of characters included (Ã: the byte 0xC3)
+    other = _tokenizer("byte_bpe", ["ein ganz anderer text"] * 20)
+    both = shared_tokens(other, tokenizers["byte_bpe"])
+    assert both[other.convert_tokens_to_ids("Ã")] == tokenizers["byte_bpe"].convert_tokens_to_ids("Ã")
+    assert "Ã" not in {t for t in tokenizers["wordpiece"].get_vocab()}  # no other style has it to match
 
 
 def test_auxiliary_vectors_come_from_fasttext_by_token_text_and_are_reproducible(tmp_path):
