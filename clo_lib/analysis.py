@@ -5,6 +5,7 @@
                                 with 95 % intervals
                   by_size_<metric>.png   a metric against data size, per language and method (the paper's sweep)
                   language_vs_english.png   target-language answers against English accuracy, one point per run
+                  transfer_curves.png   held-out loss of continued pretraining per vocabulary-transfer init
     report.md     the premise, the paper's claims (a line each), the tables with intervals, example answers, the
                   figures, a glossary, what failed
 
@@ -645,6 +646,114 @@ def translation_summary(grid_dir: Path) -> list[str]:
             *rows, ""]
 
 
+def transfer_runs(grid_dir: Path) -> pd.DataFrame:
+    """One row per vocabulary transfer the grid made (transfer/<model>-<lang>-s<seed>/transfer.json): model, lang,
+    seed, method, tokens per word before and after, and the held-out loss curve."""
+    rows = []
+    for path in sorted(Path(grid_dir).glob("transfer/*/transfer.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        model, lang, seed = path.parent.name.rsplit("-", 2)
+        rows.append({"model": model, "lang": lang, "seed": int(seed[1:]), "method": report["method"],
+                     "ridge": report.get("config", {}).get("ridge", 0.0),
+                     "before": report.get("before_tokens_per_word"), "after": report.get("after_tokens_per_word"),
+                     "curve": report.get("curve") or []})
+    return pd.DataFrame(rows)
+
+
+def steps_to(curve: list[dict], threshold: float, key: str = "loss_per_word") -> int | None:
+    """The first logged step whose held-out loss is at or below `threshold`; None if none is."""
+    return next((point["step"] for point in curve if point[key] <= threshold), None)
+
+
+def _spread(values: list[float], digits: int = 2) -> str:
+    """mean ± sd over seeds (the sd only where there are several)."""
+    values = [v for v in values if v is not None and not pd.isna(v)]
+    if not values:
+        return "–"
+    series = pd.Series(values, dtype=float)
+    sd = f" ± {series.std():.{digits}f}" if len(values) > 1 else ""
+    return f"{series.mean():.{digits}f}{sd}"
+
+
+def figure_transfer_curves(runs: pd.DataFrame, out: Path) -> Path | None:
+    """The held-out loss during continued pretraining, per word (comparable across vocabularies), one line per
+    transferred model (mean over seeds, shaded from the lowest to the highest seed), a panel per language."""
+    runs = runs[runs["curve"].map(len) > 0]
+    if runs.empty:
+        return None
+    plt = _plt()
+    langs = sorted(set(runs["lang"]))
+    fig, axes = plt.subplots(1, len(langs), figsize=(7 * len(langs), 4.8), squeeze=False)
+    for ax, lang in zip(axes[0], langs):
+        for model, group in runs[runs["lang"] == lang].groupby("model"):
+            table = pd.DataFrame([{"seed": seed, **point} for seed, curve in zip(group["seed"], group["curve"])
+                                  for point in curve]).groupby("step")["loss_per_word"]
+            line = ax.plot(table.mean().index, table.mean().values, label=model)[0]
+            ax.fill_between(table.min().index, table.min().values, table.max().values, alpha=0.15,
+                            color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_xlabel("continued-pretraining step")
+        ax.set_ylabel("held-out loss (nats per word, log scale)")
+        ax.set_title(f"{lang}: continued pretraining from each init")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "transfer_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close("all")
+    return path
+
+
+def transfer_summary(grid_dir: Path, frame: pd.DataFrame, figures_dir: Path) -> tuple[list[str], Path | None]:
+    """The report's vocabulary-transfer section: per transferred model, tokens per word, the held-out loss at step
+    0, the steps to reach the `mean` init's final loss and the final loss (mean ± sd over seeds), then each model
+    before and after CLO with 95 % intervals; and the loss-curve figure."""
+    runs = transfer_runs(grid_dir)
+    if runs.empty:
+        return [], None
+    figure = figure_transfer_curves(runs, figures_dir)
+    # the threshold, per language and seed: where the least informed init (every new row the same) ends
+    ends = {(r.lang, r.seed): r.curve[-1]["loss_per_word"] for r in runs.itertuples() if r.method == "mean" and r.curve}
+    rows = []
+    for (model, lang), group in runs.groupby(["model", "lang"], sort=False):
+        curves = [c for c in group["curve"] if c]
+        reach = [steps_to(c, ends[(lang, seed)]) for seed, c in zip(group["seed"], group["curve"])
+                 if c and (lang, seed) in ends]
+        reached = [r for r in reach if r is not None]
+        steps = _spread(reached, 0) if reached else "–"
+        if len(reached) < len(reach):
+            steps += f" ({len(reach) - len(reached)} of {len(reach)} never)"
+        method = group["method"].iloc[0] + (f" (ridge {group['ridge'].iloc[0]:g})" if group["ridge"].iloc[0] else "")
+        rows.append(f"| {model} | {lang} | {method} | {len(group)} | {_spread(list(group['before']))} → "
+                    f"{_spread(list(group['after']))} | {_spread([c[0]['loss_per_word'] for c in curves])} | "
+                    f"{_spread([c[0]['loss'] for c in curves])} | {steps} | "
+                    f"{_spread([c[-1]['loss_per_word'] for c in curves])} | "
+                    f"{_spread([c[-1]['loss'] for c in curves])} |")
+    lines = ["## Vocabulary transfer", "",
+             "Each transferred model (`transfer/<model>-<language>-s<seed>/transfer.json`): tokens per word of the "
+             "held-out text under the LLM's vocabulary and under the new one, then the held-out loss of continued "
+             "pretraining, in nats per word (comparable across vocabularies) and per token (comparable between "
+             "inits of the same vocabulary). *Steps to mean's end*: the first logged step at which the loss per word "
+             "reaches the final loss of the `mean` init of the same language and seed. Mean ± sd over seeds.", "",
+             "| model | lang | init | seeds | tokens/word before → after | loss/word at step 0 | loss/token at "
+             "step 0 | steps to mean's end | final loss/word | final loss/token |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    models = list(dict.fromkeys(list(runs["model"]) + sorted(set(frame["model"]) - set(runs["model"]))))
+    metrics = [m for m in ("accuracy_tgt", "fidelity_tgt", "accuracy_en") if m in set(frame["metric"])]
+    rows = []
+    for method in ("base", "clo"):  # each model before CLO, then after
+        per_metric = {m: _cells(frame, m, method) for m in metrics}
+        for key in sorted({k for cells in per_metric.values() for k in cells},
+                          key=lambda k: (k[1], models.index(k[0]) if k[0] in models else len(models), k[2] or 0)):
+            shares = [_share(*per_metric[m][key]) if key in per_metric[m] else None for m in metrics]
+            rows.append(f"| {key[0]} | {key[1]} | {METHOD_NAMES.get(method, method)} | {key[2] or '–'} | " + " | ".join(
+                f"{x['mean']:.2f} [{x['low']:.2f}, {x['high']:.2f}]" if x else "–" for x in shares) + " |")
+    if rows:
+        lines += ["Each model before CLO (base model) and after it, pooled over seeds, with 95 % intervals:", "",
+                  "| model | lang | method | size | " + " | ".join(metrics) + " |",
+                  "|---|---|---|---|" + "---|" * len(metrics), *rows, ""]
+    return lines, figure
+
+
 def failures(grid_dir: Path) -> list[dict]:
     found = []
     for path in sorted(grid_dir.glob("**/*.failed.json")):
@@ -695,6 +804,9 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
         lines += [f"| {claim} | {said} | {numbers} |" for claim, said, numbers, _ in table_of_claims] + [""]
     lines += english_retention(frame)
     lines += translation_summary(grid_dir)
+    transfer_lines, transfer_figure = transfer_summary(grid_dir, frame, figures_dir)
+    lines += transfer_lines
+    figures += [transfer_figure] if transfer_figure else []
     found = findings(frame)
     if found:
         lines += ["## What it measured", ""] + found + [""]

@@ -13,8 +13,10 @@ gets a small target-language PLM's vocabulary, its new embeddings made by clo_li
 
     python -m clo_lib.transfer RUN.yaml --out DIR      (config keys: transfer.*, params/REFERENCE.md)
 
-writes DIR/model, a base model for `model.name_or_path`, and DIR/transfer.json. Still to come (issue 19): the grid
-listing transferred models next to plain ones, the notebook, and the toy-world study.
+writes DIR/model, a base model for `model.name_or_path`, and DIR/transfer.json (counts, tokens per word, the loss
+curve, the fingerprint). In a grid, a model whose settings name transfer.donor (or transfer.pretrain_steps, for
+method none: continued pretraining only, a control) gets a transfer stage and its runs train from DIR/model
+(clo_lib.grid); params/grids/toy_salt.yaml is the toy-world study, notebooks/05_transfer.ipynb the lesson.
 """
 
 from __future__ import annotations
@@ -129,13 +131,13 @@ class _TextDataset(torch.utils.data.Dataset):
 
 def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequence[str], steps: int,
                           learning_rate: float = 1e-3, batch_size: int = 16, trainable: str = "embeddings",
-                          seed: int = 0, max_length: int = 128, eval_every: int = 10, out_dir=None) -> list[dict]:
+                          seed: int = 0, max_length: int = 128, eval_every: int = 10) -> list[dict]:
     """Language-adaptive continued pretraining with the transformers Trainer: the causal-LM objective on
     target-language `texts` for `steps` optimizer steps (AdamW, constant rate, no weight decay), training the
     embeddings (input and output rows) or everything. 16-bit weights train as float32 master weights under the
     Trainer's autocast, as the kit's training does. Returns the held-out loss (held_out_loss: per token and per
-    word) at step 0 and every `eval_every` steps: [{step, loss, loss_per_word}]. (Which parts train, the rate, the schedule and the steps are not in
-    the paper: parameters, assumed.)"""
+    word) at step 0 and every `eval_every` steps: [{step, loss, loss_per_word}]. Which parts train, the rate, the
+    schedule and the steps are not in the paper: parameters, assumed."""
     import tempfile
 
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
@@ -169,7 +171,7 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
 
     with tempfile.TemporaryDirectory() as scratch:
         arguments = TrainingArguments(
-            output_dir=str(out_dir or scratch), max_steps=steps, per_device_train_batch_size=batch_size,
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size,
             learning_rate=learning_rate, lr_scheduler_type="constant", weight_decay=0.0, seed=seed, data_seed=seed,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16,
             save_strategy="no", report_to="none", logging_strategy="no", disable_tqdm=True,

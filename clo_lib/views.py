@@ -162,3 +162,52 @@ def side_by_side(prompts: Sequence[dict], answers: dict[str, Sequence[dict] | No
                               f"and {cfg.language}; ok: the expected answer in either language"
                               + (f"; not evaluated yet: {', '.join(missing)}" if missing else ""))
     return frame
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vocabulary transfer (05_transfer)
+
+
+def tokenization_table(text: str, tokenizers: dict) -> pd.DataFrame:
+    """How each tokenizer ({name: tokenizer}) cuts `text`: the pieces, how many, and tokens per word."""
+    rows = []
+    for name, tokenizer in tokenizers.items():
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append({"vocabulary": name, "tokens": len(ids), "tokens per word": round(len(ids) / len(text.split()), 2),
+                     "pieces": " | ".join(tokenizer.decode([i]) for i in ids)})
+    return pd.DataFrame(rows)
+
+
+def neighbours_table(new_tokenizer, llm_tokenizer, aux, count: int = 6, top: int = 4) -> pd.DataFrame:
+    """SALT's and FOCUS's neighbours for the `count` longest new tokens that have an auxiliary vector: the shared
+    tokens sparsemax gives a weight (k of them), the heaviest `top` with their weights."""
+    import torch
+
+    from clo_lib.transfer import special_tokens
+    from clo_lib.vocab import neighbour_weights, shared_tokens
+
+    mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special_tokens(new_tokenizer, llm_tokenizer)}
+    has = ~torch.isnan(aux).any(dim=1)
+    anchors = [i for i in sorted(mapped) if has[i]]
+    names = new_tokenizer.convert_ids_to_tokens(list(range(aux.shape[0])))
+    todo = sorted((i for i in range(aux.shape[0]) if i not in mapped and has[i]), key=lambda i: -len(names[i]))
+    todo = todo[:count]
+    weights = neighbour_weights(aux[todo].double(), aux[anchors].double())
+    rows = []
+    for row, token in zip(weights, todo):
+        order = row.argsort(descending=True)[:top]
+        rows.append({"new token": new_tokenizer.decode([token]), "k (neighbours)": int((row > 0).sum()),
+                     "heaviest neighbours": ", ".join(f"{new_tokenizer.decode([anchors[j]])!r} {row[j]:.2f}"
+                                                      for j in order if row[j] > 0)})
+    return pd.DataFrame(rows)
+
+
+def study_transfer_settings(language: str, grid_file: str | Path = "params/grids/toy_salt.yaml",
+                            model: str = "toy-salt") -> dict:
+    """The transfer.* settings of `model` in the toy study's grid, `{lang}` filled in: the lesson uses the study's
+    settings rather than a copy of them."""
+    from clo_lib.config import read_yaml
+
+    settings = read_yaml(Path(grid_file))["models"][model]["transfer"]
+    return {f"transfer.{key}": value.replace("{lang}", language) if isinstance(value, str) else value
+            for key, value in settings.items()}

@@ -247,3 +247,44 @@ def test_prepare_steps_stream_their_output_and_every_stage_says_when_it_starts(t
     assert "  prepare/prep | step one" in out and "  prepare/prep | step two" in out
     assert any(line.endswith("prepare/prep: started") for line in lines)
     assert (tmp_path / "out" / "prepare" / "prep.log").read_text() == "step one\nstep two\n"
+
+
+def test_a_transferred_model_runs_next_to_the_plain_one_and_goes_stale_with_its_transfer(tmp_path, tiny_llama):
+    """A model with transfer.* settings gets a transfer stage; its runs train from the transfer's model and carry
+    its fingerprint, so a changed transfer setting makes the transfer and all built on it stale, not the plain
+    model's runs; the report gains the transfer section and its loss curves."""
+    from clo_lib import tiny
+
+    texts = [f"{i} jumlisha {i + 1} ni {2 * i + 1}" for i in range(40)]
+    (tmp_path / "sw.txt").write_text("\n".join(texts))
+    tiny.make_tiny_causal_lm(tmp_path / "donor-sw", corpus=texts, vocab_size=300, hidden_size=16)
+    transfer = {"method": "mean", "donor": str(tmp_path / "donor-{lang}"), "pretrain_steps": 2, "held_out": 8,
+                "pretrain_text": str(tmp_path / "{lang}.txt"), "pretrain_batch_size": 4}
+    slices = [{"languages": ["sw"], "methods": ["clo"], "sizes": [4]}]
+
+    def grid_with(**settings):
+        return load_grid(write_grid(tmp_path, tiny_llama, slices=slices,
+                                    models={"tiny": {}, "tiny-mean": {"transfer": {**transfer, **settings}}}))
+
+    grid = grid_with()
+    stage, trained = grid.stages["transfer/tiny-mean-sw-s0"], grid.stages["train/tiny-mean-sw-clo-n4-s0"]
+    assert stage.config.transfer.donor == str(tmp_path / "donor-sw") and stage.id in trained.deps
+    assert trained.config.model.name_or_path == str(stage.workdir / "model")
+    assert grid.stages["train/tiny-sw-clo-n4-s0"].config.model.name_or_path == str(tiny_llama)
+    assert run_grid(grid, log=lambda m: None) == 0
+    out = tmp_path / "out"
+    fingerprint = lambda run: json.loads((out / run / "train_log.json").read_text())["fingerprint"]  # noqa: E731
+    first = fingerprint("tiny-mean-sw-clo-n4-s0")["base"]
+    assert first and "base" not in fingerprint("tiny-sw-clo-n4-s0")
+    report = (out / "report.md").read_text()
+    assert "## Vocabulary transfer" in report and "| tiny-mean | sw | mean | 1 |" in report
+    assert (out / "figures" / "transfer_curves.png").is_file()
+
+    grid = grid_with(pretrain_steps=3)
+    state = gridlib.states(list(grid.stages.values()))
+    assert {state[s] for s in ("transfer/tiny-mean-sw-s0", "train/tiny-mean-sw-clo-n4-s0",
+                               "evaluate/tiny-mean-sw-clo-n4-s0")} == {"stale"}
+    assert state["train/tiny-sw-clo-n4-s0"] == state["evaluate/tiny-sw-clo-n4-s0"] == "done"
+    assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
+    assert fingerprint("tiny-mean-sw-clo-n4-s0")["base"] not in (None, first)
+    assert set(gridlib.states(list(grid.stages.values())).values()) == {"done"}

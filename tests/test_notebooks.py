@@ -85,7 +85,7 @@ def _outputs(notebook: dict) -> tuple[str, int]:
 
 def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, small_world, monkeypatch):
     """A sandbox laid out like a clone after `make demo` (the toy world and a one-run slice of the demo grid), then
-    01 -> 04 with no parameters at all, started in notebooks/ as Jupyter does."""
+    01 -> 05 with no parameters at all, started in notebooks/ as Jupyter does."""
     from clo_lib.grid import load_grid, run_grid, states
 
     kit = tmp_path / "kit"
@@ -106,7 +106,7 @@ def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, smal
     assert run_grid(load_grid(grid_file), log=lambda message: None) == 0
 
     outputs = {}
-    for name in ("01_translate", "02_train", "03_evaluate", "04_analyze"):
+    for name in ("01_translate", "02_train", "03_evaluate", "04_analyze", "05_transfer"):
         pm.execute_notebook(str(kit / "notebooks" / f"{name}.ipynb"), str(tmp_path / f"{name}.ipynb"),
                             cwd=str(kit / "notebooks"), kernel_name="python3", progress_bar=False)
         outputs[name] = _outputs(json.loads((tmp_path / f"{name}.ipynb").read_text()))
@@ -126,6 +126,12 @@ def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, smal
     report = (kit / "outputs" / "toy" / "report.md").read_text()
     assert "## Glossary" in report and "## Example answers" in report and images >= 2
     assert {"winrates.png", "language_vs_english.png"} <= {p.name for p in (kit / "outputs/toy/figures").iterdir()}
+    text, images = outputs["05_transfer"]
+    transfers = kit / "outputs" / "lesson" / "transfer-sw" / "transfer"
+    assert sorted(p.name for p in transfers.iterdir()) == [f"{m}-sw-s0" for m in ("focus", "mean", "multivariate",
+                                                                                   "salt")]
+    assert all((transfers / f / "model" / "config.json").is_file() for f in ("salt-sw-s0", "mean-sw-s0"))
+    assert "the donor's" in text and "k (neighbours)" in text and "steps to mean's end" in text and images == 1
     grid = load_grid(grid_file)  # the lesson wrote beside the demo, never into it
     assert set(states(list(grid.stages.values())).values()) == {"done"}
 
