@@ -197,8 +197,12 @@ def figure_language_vs_english(frame: pd.DataFrame, out: Path) -> Path | None:
     langs = sorted({key[1] for _, key, _, _ in points})
     markers = dict(zip(langs, "osD^vP*X"))
     colours = dict(zip(METHOD_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(8 * len(models), 5.5), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    columns = min(len(models), 3)  # a grid of many models (the transfer study's seven) wraps into rows
+    rows = -(-len(models) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(8 * columns, 5.5 * rows), squeeze=False)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    for ax, model in zip(axes.flat, models):
         for method, (m, lang, size), x, y in points:
             if m != model:
                 continue
@@ -216,7 +220,7 @@ def figure_language_vs_english(frame: pd.DataFrame, out: Path) -> Path | None:
         handles += [plt.Line2D([], [], color="grey", marker=markers[lang], linestyle="", label=lang) for lang in langs]
         ax.legend(handles=handles, fontsize=8, loc="lower left")
     fig.suptitle("One point per run kind (mean over seeds), 95 % intervals; labels: language, examples")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.04 / rows))  # room for the title above the panels
     path = out / "language_vs_english.png"
     fig.savefig(path, dpi=110)
     plt.close("all")

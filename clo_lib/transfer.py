@@ -77,9 +77,13 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
             if getattr(llm, "generation_config", None) is not None:
                 setattr(llm.generation_config, role, getattr(new_tokenizer, role))
     with_aux = int((~torch.isnan(aux).any(dim=1)).sum()) if aux is not None else 0
+    # how large the made rows are next to the LLM's own (SALT's unregularised least squares can blow them up)
+    made = torch.tensor([i for i in range(size) if i not in mapped], dtype=torch.long)
+    ratio = float(new_inputs[made].double().norm(dim=1).median() / inputs.detach().double().norm(dim=1).median()) \
+        if len(made) else None
     return {"method": method, "vocab_before": before, "vocab_after": size, "shared": len(mapped),
             "special_by_role": len(special_tokens(new_tokenizer, llm_tokenizer)), "with_aux_vector": with_aux,
-            "tied_head": tied}
+            "tied_head": tied, "made_row_norm_ratio": ratio}
 
 
 def tokens_per_word(tokenizer, texts: Sequence[str]) -> float:
