@@ -65,6 +65,14 @@ def test_plan_counts_for_the_shipped_grids():
     assert clo_eval.parameters["reference_run"].endswith("llama2-7b-ko-sft-n200-s0")
     for name in ("toy", "colab"):
         assert load_grid(REPO / f"params/grids/{name}.yaml").stages["analyze"]
+    # the transfer study: 6 transferred models (5 inits and the control) x 3 seeds, CLO on those and the plain model
+    study = load_grid(REPO / "params/grids/toy_salt.yaml")
+    kinds = [s.kind for s in study.stages.values()]
+    assert (kinds.count("transfer"), kinds.count("train"), kinds.count("evaluate")) == (18, 21, 42)
+    salt = study.stages["transfer/toy-salt-sw-s1"].config.transfer
+    assert (salt.method, salt.donor, salt.ridge) == ("salt", "outputs/toy_salt/donor-sw/model", 0.0)
+    assert "transfer/toy-cpt-sw-s0" in study.stages["evaluate/toy-cpt-sw-base-s0"].deps
+    assert study.stages["train/toy-sw-clo-n64-s0"].config.model.name_or_path == "outputs/toy/world/base_model"
 
 
 def test_same_ids_across_languages_ties_every_run_to_every_corpus(tmp_path, tiny_llama):
