@@ -2,7 +2,8 @@
 gets a small target-language PLM's vocabulary, its new embeddings made by clo_lib.vocab.
 
     LLM + its tokenizer, donor PLM + its tokenizer, auxiliary vectors (fastText)
-      ─► shared tokens (same text after normalising Ġ / ▁ / ##) and special tokens (by role: bos, eos, pad, unk)
+      ─► shared tokens (same text after normalising Ġ / ▁ / ##) and special tokens (by role: bos, eos, pad, unk;
+         the LLM's other special tokens and chat template carried over, so its prompt format survives)
       ─► new input embeddings by salt | focus | mean | multivariate (clo_lib.vocab.init_embeddings)
       ─► the LM head: tied models share the new input rows; an untied head gets the same method applied to the
          LLM's output rows (assumed: the paper's models tie them and it says nothing of untied heads)
@@ -30,14 +31,38 @@ from clo_lib.vocab import init_embeddings, shared_tokens
 SPECIAL_ROLES = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
 
+def _special_texts(tokenizer) -> list[str]:
+    """Every special token of a tokenizer by its text: the roles' and the added ones (a chat format's markers)."""
+    added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
+    return list(dict.fromkeys([*tokenizer.all_special_tokens, *added]))
+
+
+def carry_chat_format(new_tokenizer, llm_tokenizer) -> list[str]:
+    """Give the donor's tokenizer, in place, what the LLM's prompt format needs: the LLM's special tokens it lacks
+    (a chat template's `<|im_start|>`, `<|im_end|>`, ...) as special tokens of its own, and the LLM's chat template
+    (the format the LLM learnt; it replaces a donor's). Returns the tokens added; special_tokens maps them to the
+    LLM's rows."""
+    vocab = new_tokenizer.get_vocab()
+    missing = [text for text in _special_texts(llm_tokenizer) if text not in vocab]
+    if missing:
+        new_tokenizer.add_tokens(missing, special_tokens=True)  # never split, skipped when decoding
+    if llm_tokenizer.chat_template:
+        new_tokenizer.chat_template = llm_tokenizer.chat_template
+    return missing
+
+
 def special_tokens(new_tokenizer, llm_tokenizer) -> dict[int, int]:
-    """new id -> LLM id for the special tokens both tokenizers have, matched by role, not by text (`[SEP]` and
-    `</s>` are both the end of a sequence)."""
+    """new id -> LLM id for the special tokens: by role, not by text, for those both tokenizers have (`[SEP]` and
+    `</s>` are both the end of a sequence), then by text for the LLM's other special tokens that the new tokenizer
+    holds as special tokens too (carry_chat_format adds them)."""
     pairs = {}
     for role in SPECIAL_ROLES:
         new, old = getattr(new_tokenizer, role, None), getattr(llm_tokenizer, role, None)
         if new is not None and old is not None and new not in pairs:
             pairs[new] = old
+    new_vocab, llm_vocab = new_tokenizer.get_vocab(), llm_tokenizer.get_vocab()
+    for text in set(_special_texts(llm_tokenizer)) & set(_special_texts(new_tokenizer)):
+        pairs.setdefault(new_vocab[text], llm_vocab[text])
     return pairs
 
 
@@ -54,8 +79,11 @@ def donor_input_embeddings(donor_model, new_tokenizer) -> torch.Tensor:
 def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, new_tokenizer,
                    aux: torch.Tensor | None, method: str = "salt", ridge: float = 0.0, seed: int = 0) -> dict:
     """Give `llm` the vocabulary of `new_tokenizer` in place: new input embeddings (and an untied head) by `method`,
-    config ids of its special tokens. Returns counts for the stage's report."""
-    mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special_tokens(new_tokenizer, llm_tokenizer)}
+    config ids of its special tokens. `new_tokenizer` gains the LLM's chat format (carry_chat_format). Returns
+    counts for the stage's report."""
+    carried = carry_chat_format(new_tokenizer, llm_tokenizer)
+    special = special_tokens(new_tokenizer, llm_tokenizer)
+    mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special}
     size = max(new_tokenizer.get_vocab().values()) + 1
     generator = torch.Generator().manual_seed(seed)
     inputs = llm.get_input_embeddings().weight
@@ -82,7 +110,7 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     ratio = float(new_inputs[made].double().norm(dim=1).median() / inputs.detach().double().norm(dim=1).median()) \
         if len(made) else None
     return {"method": method, "vocab_before": before, "vocab_after": size, "shared": len(mapped),
-            "special_by_role": len(special_tokens(new_tokenizer, llm_tokenizer)), "with_aux_vector": with_aux,
+            "special": len(special), "special_carried": carried, "with_aux_vector": with_aux,
             "tied_head": tied, "made_row_norm_ratio": ratio}
 
 
