@@ -76,6 +76,13 @@ def donor_input_embeddings(donor_model, new_tokenizer) -> torch.Tensor:
     return weight[:rows]
 
 
+def _padded(rows: torch.Tensor | None, size: int, fill: float) -> torch.Tensor | None:
+    """`rows` extended to `size` rows of `fill`."""
+    if rows is None or rows.shape[0] >= size:
+        return rows
+    return torch.cat([rows, rows.new_full((size - rows.shape[0], rows.shape[1]), fill)])
+
+
 def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, new_tokenizer,
                    aux: torch.Tensor | None, method: str = "salt", ridge: float = 0.0, seed: int = 0) -> dict:
     """Give `llm` the vocabulary of `new_tokenizer` in place: new input embeddings (and an untied head) by `method`,
@@ -85,6 +92,10 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     special = special_tokens(new_tokenizer, llm_tokenizer)
     mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special}
     size = max(new_tokenizer.get_vocab().values()) + 1
+    # the carried tokens are new ids past the donor's rows: no auxiliary vector, and a donor row never read (they
+    # are mapped, so they take the LLM's rows)
+    aux = _padded(aux, size, float("nan"))
+    donor_embeddings = _padded(donor_embeddings, size, 0.0)
     generator = torch.Generator().manual_seed(seed)
     inputs = llm.get_input_embeddings().weight
     head = llm.get_output_embeddings()

@@ -52,9 +52,11 @@ def test_the_llm_gets_the_donors_vocabulary_with_shared_rows_copied(tiny_llama, 
 def test_the_llms_chat_format_survives_the_new_vocabulary(tiny_llama, german):
     """A chat LLM's markers (here `<|im_end|>`, an added special token its template uses) become special tokens of
     the new vocabulary with the LLM's own rows, and the LLM's template comes along, so prompts format as before."""
-    texts, donor_dir, _ = german
+    texts, donor_dir, vectors = german
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama)
     llm_tokenizer, new_tokenizer = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(donor_dir)
+    donor = AutoModelForCausalLM.from_pretrained(donor_dir).get_input_embeddings().weight.detach()
+    aux = aux_embeddings(new_tokenizer, vectors)  # made before the marker joins: one row short, as in the stage
     llm_tokenizer.add_tokens(["<|im_end|>"], special_tokens=True)
     llm_tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}<|im_end|>{% endfor %}"
     llm.resize_token_embeddings(len(llm_tokenizer), mean_resizing=False)
@@ -62,8 +64,8 @@ def test_the_llms_chat_format_survives_the_new_vocabulary(tiny_llama, german):
     with torch.no_grad():
         llm.get_input_embeddings().weight[marker] = 7.0
     assert "<|im_end|>" not in new_tokenizer.get_vocab()
-    stats = transfer_model(llm, llm_tokenizer, None, new_tokenizer, None, method="mean")
-    assert stats["special_carried"] == ["<|im_end|>"]
+    stats = transfer_model(llm, llm_tokenizer, donor, new_tokenizer, aux, method="salt")
+    assert stats["special_carried"] == ["<|im_end|>"] and stats["vocab_after"] == len(new_tokenizer)
     new_marker = new_tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert torch.equal(llm.get_input_embeddings().weight[new_marker], torch.full((32,), 7.0))
     formatted = new_tokenizer.apply_chat_template([{"role": "user", "content": "Hallo"}], tokenize=False)
