@@ -525,7 +525,9 @@ def build_donor(out: str | Path, lang: str, seed: int = 0, world_seed: int = WOR
 
     out = Path(out)
     summary_file = out / "donor.json"
-    wanted = {"lang": lang, "seed": seed, "world_seed": world_seed, "version": WORLD_VERSION}
+    # the recipe too: a donor made another way is built again, never reused
+    wanted = {"lang": lang, "seed": seed, "world_seed": world_seed, "version": WORLD_VERSION,
+              "recipe": [DONOR_VOCAB, DONOR_HIDDEN, DONOR_LAYERS, DONOR_STEPS, HELD_OUT_LINES]}
     if summary_file.is_file() and all(json.loads(summary_file.read_text(encoding="utf-8")).get(k) == v
                                       for k, v in wanted.items()):
         log(f"donor already built in {out}; delete it to rebuild")
@@ -541,7 +543,7 @@ def build_donor(out: str | Path, lang: str, seed: int = 0, world_seed: int = WOR
     curve = continued_pretraining(model, tokenizer, train, held_out, DONOR_STEPS, PRETRAIN_LEARNING_RATE,
                                   trainable="all", seed=seed, eval_every=100)
     model.save_pretrained(out / "model")
-    summary = {**wanted, "lines": len(lines), "held_out_lines": HELD_OUT_LINES, "vocab": len(tokenizer),
+    summary = {**wanted, "lines": len(lines), "vocab": len(tokenizer),
                "parameters": sum(p.numel() for p in model.parameters()), "curve": curve}
     log(f"donor held-out loss {curve[0]['loss']:.3f} -> {curve[-1]['loss']:.3f}")
     atomic_write_json(summary_file, summary)
@@ -579,8 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks-only", action="store_true", help="no base model: the pool and questions only")
     args = parser.parse_args(argv)
     if args.command == "donor":
-        summary = build_donor(args.out, args.lang, args.seed)
-        summary.pop("curve")
+        summary = {k: v for k, v in build_donor(args.out, args.lang, args.seed).items() if k != "curve"}
     elif args.tasks_only:
         summary = build_tasks(args.out, args.seed)
     else:

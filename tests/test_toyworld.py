@@ -113,3 +113,24 @@ def test_the_base_model_answers_target_language_questions_in_english(small_world
     assert to_english.count("en") / len(rows) >= 0.9
     for name in ("eval_sw.jsonl", "pool.jsonl", "world.json"):
         assert (small_world / name).is_file()
+
+
+def test_the_donors_text_has_nothing_evaluation_asks_and_a_changed_recipe_rebuilds_it(tmp_path, monkeypatch):
+    """The vocabulary-transfer donor learns from the SFT pool's target-language lines only (no held-out fact or
+    question form), its held-out lines come last, and a donor built another way is built again, not reused."""
+    import json
+
+    lines = toyworld.target_text("sw")
+    asked = {r["prompt_tgt"] for r in toyworld.evaluation_prompts("sw")}
+    assert len(lines) == len(toyworld.world().pool()) and not any(q in line for q in asked for line in lines)
+    assert lines == toyworld.target_text("sw") != toyworld.target_text("sw", seed=1)  # an order set by the seed
+    monkeypatch.setattr(toyworld, "DONOR_STEPS", 3)
+    messages = []
+    first = toyworld.build_donor(tmp_path, "sw", log=messages.append)
+    assert (tmp_path / "text.txt").read_text().splitlines() == lines and first["curve"][-1]["step"] == 3
+    assert (tmp_path / "model" / "config.json").is_file()
+    toyworld.build_donor(tmp_path, "sw", log=messages.append)
+    assert "already built" in messages[-1]
+    monkeypatch.setattr(toyworld, "DONOR_STEPS", 4)
+    assert toyworld.build_donor(tmp_path, "sw", log=messages.append)["curve"][-1]["step"] == 4
+    assert json.loads((tmp_path / "donor.json").read_text())["recipe"][3] == 4
