@@ -26,6 +26,7 @@ from typing import Sequence
 
 import torch
 
+from clo_lib.loss import sequence_logps
 from clo_lib.vocab import init_embeddings, shared_tokens
 
 SPECIAL_ROLES = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
@@ -66,6 +67,11 @@ def special_tokens(new_tokenizer, llm_tokenizer) -> dict[int, int]:
     return pairs
 
 
+def token_map(new_tokenizer, llm_tokenizer) -> dict[int, int]:
+    """new id -> LLM id for every token whose row is copied: the shared ordinary tokens and the special tokens."""
+    return {**shared_tokens(new_tokenizer, llm_tokenizer), **special_tokens(new_tokenizer, llm_tokenizer)}
+
+
 def donor_input_embeddings(donor_model, new_tokenizer) -> torch.Tensor:
     """The donor PLM's input embeddings, one row per id of its tokenizer (a padded matrix is cut to the ids)."""
     rows = max(new_tokenizer.get_vocab().values()) + 1
@@ -89,8 +95,7 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     config ids of its special tokens. `new_tokenizer` gains the LLM's chat format (carry_chat_format). Returns
     counts for the stage's report."""
     carried = carry_chat_format(new_tokenizer, llm_tokenizer)
-    special = special_tokens(new_tokenizer, llm_tokenizer)
-    mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special}
+    mapped = token_map(new_tokenizer, llm_tokenizer)
     size = max(new_tokenizer.get_vocab().values()) + 1
     # the carried tokens are new ids past the donor's rows: no auxiliary vector, and a donor row never read (they
     # are mapped, so they take the LLM's rows)
@@ -121,8 +126,8 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     ratio = float(new_inputs[made].double().norm(dim=1).median() / inputs.detach().double().norm(dim=1).median()) \
         if len(made) else None
     return {"method": method, "vocab_before": before, "vocab_after": size, "shared": len(mapped),
-            "special": len(special), "special_carried": carried, "with_aux_vector": with_aux,
-            "tied_head": tied, "made_row_norm_ratio": ratio}
+            "special": len(special_tokens(new_tokenizer, llm_tokenizer)), "special_carried": carried,
+            "with_aux_vector": with_aux, "tied_head": tied, "made_row_norm_ratio": ratio}
 
 
 def tokens_per_word(tokenizer, texts: Sequence[str]) -> float:
@@ -143,12 +148,9 @@ def held_out_loss(model, tokenizer, texts: Sequence[str], batch_size: int = 16, 
             encoded = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                                 add_special_tokens=False).to(model.device)
             labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
-            logits = model(**encoded).logits[:, :-1]
-            target = labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                                                     ignore_index=-100, reduction="sum")
-            total += float(loss)
-            tokens += int((target != -100).sum())
+            sums, counts = sequence_logps(model(**encoded).logits, labels)  # the kit's own log-probs
+            total -= float(sums.sum())
+            tokens += int(counts.sum())
     words = sum(len(text.split()) for text in texts)
     return {"loss": total / tokens if tokens else float("nan"), "loss_per_word": total / words if words else
             float("nan")}
@@ -226,10 +228,22 @@ def continued_pretraining(model, tokenizer, texts: Sequence[str], held_out: Sequ
     return curve
 
 
+def auxiliary_vectors(cfg):
+    """The fastText vectors `transfer.*` names: the .bin of transfer.aux_vectors, else trained on transfer.aux_text
+    (transfer.aux_dim, transfer.aux_epochs, the run's seed)."""
+    from clo_lib.vocab import load_fasttext, train_fasttext
+
+    tcfg = cfg.transfer
+    if tcfg.aux_vectors:
+        return load_fasttext(tcfg.aux_vectors)
+    return train_fasttext(tcfg.aux_text, tcfg.aux_dim, tcfg.aux_epochs, cfg.seed)
+
+
 def run_transfer(cfg, out_dir, log=print) -> dict:
     """The stage: the config's LLM (`model.*`) given the donor's vocabulary by `transfer.method`, optionally
     pretrained further on target text; written to <out_dir>/model (a base model for `model.name_or_path`) with
-    transfer.json (the counts, tokens per word before and after, the loss curve)."""
+    transfer.json (the counts, tokens per word before and after, the loss curve). A folder already holding a
+    transfer made with the same settings is returned as it is."""
     import json
     from pathlib import Path
 
@@ -239,7 +253,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     from clo_lib.io import atomic_write_json
     from clo_lib.models import check_training_precision, load_model_and_tokenizer
     from clo_lib.provenance import config_fingerprint
-    from clo_lib.vocab import aux_embeddings, load_fasttext, train_fasttext
+    from clo_lib.vocab import aux_embeddings
 
     tcfg = cfg.transfer
     replace = tcfg.method != "none"
@@ -264,6 +278,12 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
                              f"{tcfg.held_out}; expected more text or a smaller held_out")
         check_training_precision(cfg)  # before anything loads: float16 trains on CUDA only
     out = Path(out_dir)
+    marker, fingerprint = out / "transfer.json", config_fingerprint(cfg, "transfer")
+    if marker.is_file() and (out / "model" / "config.json").is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if done.get("fingerprint") == fingerprint:  # as train_run does: the same settings are not run twice
+            log(f"{out} already holds this transfer ({tcfg.method}); delete it to make it again")
+            return done
     model, llm_tokenizer = load_model_and_tokenizer(cfg, backend="hf")
     sample = lines[-tcfg.held_out:] if lines else []
     report = {"before_tokens_per_word": tokens_per_word(llm_tokenizer, sample) if sample else None}
@@ -274,9 +294,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
         donor_rows = donor_input_embeddings(donor, new_tokenizer) if donor is not None else None
         aux = None
         if needs_aux:
-            vectors = load_fasttext(tcfg.aux_vectors) if tcfg.aux_vectors else \
-                train_fasttext(tcfg.aux_text, tcfg.aux_dim, tcfg.aux_epochs, cfg.seed)
-            aux = aux_embeddings(new_tokenizer, vectors)
+            aux = aux_embeddings(new_tokenizer, auxiliary_vectors(cfg))
         log(f"transferring {cfg.model.name_or_path} to the vocabulary of {tcfg.donor} by {tcfg.method}")
         report.update(transfer_model(model, llm_tokenizer, donor_rows, new_tokenizer, aux, tcfg.method, tcfg.ridge,
                                      cfg.seed))
@@ -295,8 +313,8 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     model.save_pretrained(out / "model")
     new_tokenizer.save_pretrained(out / "model")
     report["config"] = json.loads(json.dumps(cfg.to_dict()["transfer"]))
-    report["fingerprint"] = config_fingerprint(cfg, "transfer")  # what the grid and the runs built on it check
-    atomic_write_json(out / "transfer.json", report)  # written last: the stage is done when it exists
+    report["fingerprint"] = fingerprint  # what the grid and the runs built on it check
+    atomic_write_json(marker, report)  # written last: the stage is done when it exists
     return report
 
 

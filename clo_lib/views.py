@@ -183,31 +183,36 @@ def neighbours_table(new_tokenizer, llm_tokenizer, aux, count: int = 6, top: int
     tokens sparsemax gives a weight (k of them), the heaviest `top` with their weights."""
     import torch
 
-    from clo_lib.transfer import special_tokens
-    from clo_lib.vocab import neighbour_weights, shared_tokens
+    from clo_lib.transfer import token_map
+    from clo_lib.vocab import neighbours
 
-    mapped = {**shared_tokens(new_tokenizer, llm_tokenizer), **special_tokens(new_tokenizer, llm_tokenizer)}
+    mapped = token_map(new_tokenizer, llm_tokenizer)
     has = ~torch.isnan(aux).any(dim=1)
-    anchors = [i for i in sorted(mapped) if has[i]]
     names = new_tokenizer.convert_ids_to_tokens(list(range(aux.shape[0])))
     todo = sorted((i for i in range(aux.shape[0]) if i not in mapped and has[i]), key=lambda i: -len(names[i]))
-    todo = todo[:count]
-    weights = neighbour_weights(aux[todo].double(), aux[anchors].double())
+    anchors, weights = neighbours(aux, mapped, torch.tensor(todo[:count], dtype=torch.long))
     rows = []
-    for row, token in zip(weights, todo):
+    for row, token in zip(weights, todo[:count]):
         order = row.argsort(descending=True)[:top]
         rows.append({"new token": new_tokenizer.decode([token]), "k (neighbours)": int((row > 0).sum()),
-                     "heaviest neighbours": ", ".join(f"{new_tokenizer.decode([anchors[j]])!r} {row[j]:.2f}"
+                     "heaviest neighbours": ", ".join(f"{new_tokenizer.decode([int(anchors[j])])!r} {row[j]:.2f}"
                                                       for j in order if row[j] > 0)})
     return pd.DataFrame(rows)
 
 
-def study_transfer_settings(language: str, grid_file: str | Path = "params/grids/toy_salt.yaml",
-                            model: str = "toy-salt") -> dict:
-    """The transfer.* settings of `model` in the toy study's grid, `{lang}` filled in: the lesson uses the study's
-    settings rather than a copy of them."""
+def transfer_lesson_settings(language: str, donor: str = "", seed: int = 0,
+                             grid_file: str | Path = "params/grids/toy_salt.yaml", model: str = "toy-salt") -> dict:
+    """05_transfer's transfer.* settings: those of `model` in the toy study's grid (not a copy of them), `{lang}`
+    filled in; with `donor` (a folder or hub id) that donor, else the toy world's, built in
+    outputs/lesson/donor-<lang> (seconds) with its text for fastText and continued pretraining."""
+    from clo_lib import toyworld
     from clo_lib.config import read_yaml
 
-    settings = read_yaml(Path(grid_file))["models"][model]["transfer"]
-    return {f"transfer.{key}": value.replace("{lang}", language) if isinstance(value, str) else value
-            for key, value in settings.items()}
+    settings = {f"transfer.{key}": value.replace("{lang}", language) if isinstance(value, str) else value
+                for key, value in read_yaml(Path(grid_file))["models"][model]["transfer"].items()}
+    if donor:  # your own PLM; keep the study's text files only if they are in your language
+        return {**settings, "transfer.donor": donor}
+    built = Path(f"outputs/lesson/donor-{language}")
+    toyworld.build_donor(built, language, seed)
+    return {**settings, "transfer.donor": str(built / "model"), "transfer.aux_text": str(built / "text.txt"),
+            "transfer.pretrain_text": str(built / "text.txt")}

@@ -94,23 +94,33 @@ def init_embeddings(method: Method, source_embeddings: torch.Tensor, donor_embed
     return out.to(source_embeddings.dtype)
 
 
-def _transfer(method: str, source: torch.Tensor, donor: torch.Tensor | None, aux: torch.Tensor,
-              shared: dict[int, int], todo: torch.Tensor, ridge: float,
-              generator: torch.Generator | None) -> torch.Tensor:
+def neighbours(aux: torch.Tensor, shared: dict[int, int], tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates and each token's sparsemax weights over them: anchors, the new ids of the shared tokens that
+    have an auxiliary vector; weights, len(tokens) × len(anchors), non-zero for a token's neighbours K."""
     aux = aux.detach().to(torch.float64)
     has_aux = ~torch.isnan(aux).any(dim=1)
     anchors = torch.tensor([new for new in sorted(shared) if has_aux[new]], dtype=torch.long)
     if len(anchors) == 0:
         raise ValueError("no shared token has an auxiliary vector, so no token has neighbours to start from")
-    anchor_rows = source[torch.tensor([shared[int(new)] for new in anchors])]
+    if len(tokens) == 0:
+        return anchors, aux.new_zeros(0, len(anchors))
+    return anchors, neighbour_weights(aux[tokens], aux[anchors])
+
+
+def _transfer(method: str, source: torch.Tensor, donor: torch.Tensor | None, aux: torch.Tensor,
+              shared: dict[int, int], todo: torch.Tensor, ridge: float,
+              generator: torch.Generator | None) -> torch.Tensor:
+    aux = aux.detach().to(torch.float64)
+    has_aux = ~torch.isnan(aux).any(dim=1)
     rows = torch.empty(len(todo), source.shape[1], dtype=torch.float64)
     with_aux = has_aux[todo]
     missing = (~with_aux).nonzero().flatten()
     rows[missing] = _normal_rows(source, len(missing), generator)
     chosen = with_aux.nonzero().flatten()
+    anchors, weights = neighbours(aux, shared, todo[chosen])
     if len(chosen) == 0:
         return rows
-    weights = neighbour_weights(aux[todo[chosen]], aux[anchors])
+    anchor_rows = source[torch.tensor([shared[int(new)] for new in anchors])]
     if method == "focus":
         rows[chosen] = weights @ anchor_rows
         return rows

@@ -143,6 +143,9 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
     report = json.loads((tmp_path / "out" / "transfer.json").read_text())
     assert report["after_tokens_per_word"] < report["before_tokens_per_word"] and report["method"] == "salt"
     assert report["curve"][-1]["loss"] < report["curve"][0]["loss"] and report["curve"][-1]["step"] == 10
+    made = (tmp_path / "out" / "transfer.json").stat().st_mtime_ns
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0  # the same settings again: reused, not remade
+    assert (tmp_path / "out" / "transfer.json").stat().st_mtime_ns == made
     base = str(tmp_path / "out" / "model")
     records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
                 "prompt_tgt": f"Was ist {i} plus {i}?", "response_tgt": f"Es ist {2 * i}."} for i in range(4)]
