@@ -253,7 +253,8 @@ class EvalConfig:
         64, "Longest answer to an MT-bench question, in tokens: enough to tell its language (assumed).", min=1)
     judge: Literal["auto", "llm", "reference", "none"] = _field(
         "auto", "Who compares answers with the SFT run's: an LLM (llm), the prompt file's reference answers "
-        "(reference: right answer first, then right language), or nobody; auto: llm when judge_base_url is set."
+        "(reference: the prompt's language first, then the right answer), or nobody; auto: llm when judge_base_url "
+        "is set."
     )
     judge_base_url: str | None = _field(None, "OpenAI-compatible endpoint of the LLM judge; None skips judging.")
     judge_model: str = _field("gpt-4o", "Judge model name.")
@@ -423,6 +424,37 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return nest_dotted(pairs)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping that gives one key twice (plain YAML keeps the last silently)."""
+
+    def __init__(self, key: str, line: int):
+        self.key, self.line = key, line
+        super().__init__(f"line {line} gives {key} twice")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error naming its dotted path and line:
+    `train.lam` twice in a run config, or a model defined twice in a grid, would otherwise train on the last one."""
+
+    def construct_document(self, node):
+        self._check_duplicates(node, "")
+        return super().construct_document(node)
+
+    def _check_duplicates(self, node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None:
+                    if key in seen and key != "<<":
+                        raise DuplicateKeyError(f"{prefix}{key}", key_node.start_mark.line + 1)
+                    seen.add(key)
+                self._check_duplicates(value_node, f"{prefix}{key}." if key is not None else prefix)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                self._check_duplicates(item, prefix)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read one YAML mapping, turning a missing file, bad YAML or an empty file into a ConfigError."""
     path = Path(path)
@@ -436,7 +468,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {path} is not UTF-8 text (byte {err.start}); expected a YAML file.",
                           source=str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}; expected each key once.", source=str(path), key=err.key) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -170,3 +170,25 @@ def test_cli_prints_resolved_config(tmp_path):
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "language: id" in result.stdout and "backend: toy" in result.stdout
+
+
+@pytest.mark.parametrize("text,line,key", [
+    ("language: sw\ntrain:\n  lam: 0.3\n  beta: 0.1\n  lam: 0.7\n", 5, "train.lam"),
+    ("language: sw\nlanguage: de\n", 2, "language"),
+])
+def test_a_key_given_twice_is_refused_naming_file_line_and_key(tmp_path, text, line, key):
+    """YAML lets the last of two equal keys win silently; a run config with train.lam twice trained on one of them
+    without a word."""
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and f"line {line}" in message and key in message and "twice" in message
+
+
+def test_the_judge_help_gives_the_order_the_judges_apply():
+    """Both judges decide by the prompt's language first, then by the right answer (evaluate.language_verdict
+    comes before is_correct); the help text once said the reverse."""
+    help_text = {key: text for key, _, _, text in describe()}["eval.judge"]
+    assert help_text.index("language first") < help_text.index("then the right answer")

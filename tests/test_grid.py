@@ -296,3 +296,11 @@ def test_a_transferred_model_runs_next_to_the_plain_one_and_goes_stale_with_its_
     assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
     assert fingerprint("tiny-mean-sw-clo-n4-s0")["base"] not in (None, first)
     assert set(gridlib.states(list(grid.stages.values())).values()) == {"done"}
+
+
+def test_a_grid_defining_a_model_twice_is_refused(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nmodels:\n  a: {}\n  b: {}\n  a: {train.lam: 0.3}\nslices:\n"
+                    "  - {languages: [sw], methods: [sft], sizes: [4]}\n")
+    with pytest.raises(GridError, match=r"line 5.*models\.a.*twice"):
+        load_grid(grid)
