@@ -39,6 +39,11 @@ class ChatEndpoint:
 
     def chat(self, messages: list[dict], temperature: float = 0.0, max_tokens: int | None = None) -> str:
         """The assistant message's text for one chat request."""
+        return self.completion(messages, temperature, max_tokens)[0]
+
+    def completion(self, messages: list[dict], temperature: float = 0.0,
+                   max_tokens: int | None = None) -> tuple[str, str | None]:
+        """(the assistant message's text, the choice's finish_reason: "length" when max_tokens stopped it)."""
         self.check()
         body = {"model": self.model, "messages": messages, "temperature": temperature}
         if max_tokens is not None:
@@ -52,7 +57,8 @@ class ChatEndpoint:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     payload = json.loads(response.read().decode("utf-8"))
-                return payload["choices"][0]["message"]["content"] or ""
+                choice = payload["choices"][0]
+                return choice["message"]["content"] or "", choice.get("finish_reason")
             except urllib.error.HTTPError as err:
                 transient = err.code == 429 or err.code >= 500
                 detail = err.read().decode("utf-8", "replace")[:300]

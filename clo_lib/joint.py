@@ -16,8 +16,13 @@ so (`joint_fallback: true`); nothing is dropped. An output splits only when its 
 1, ..., n in order, nothing stands before the first, and no part is empty or repeats another part.
 
 The parts are the chunks `clo_lib.translate.segment` gives (lines, sentences; code and URLs never reach the model),
-so long responses still work: a record's chunks are packed into joint inputs of at most `max_input_tokens`, the
-first always holding the whole prompt and at least the first chunk of the response.
+so long responses still work: a record's chunks are packed into joint inputs of at most `max_input_tokens`, counted
+on the composed input with its markers, the first holding the whole prompt and the first chunk of the response when
+they fit together. No input is ever sent over that limit (a translator would cut it, and a cut after the last
+marker still splits cleanly: text lost without a trace). Two more cases go part by part from the start: a group
+whose composed input cannot be split back into its own parts (text inside a part that looks like a marker, `x[2]`
+or a citation `[1]`), and a single chunk too long to go jointly at all. An output that reached the translator's
+`max_new_tokens` is never split either: the record falls back.
 """
 
 from __future__ import annotations
@@ -67,51 +72,76 @@ def split(output: str, parts: int, template: str, with_catalyst: bool) -> list[s
 
 def pack(prompt_chunks: Sequence[str], response_chunks: Sequence[str], count_tokens: Callable[[str], int],
          max_tokens: int, template: str, catalyst: str | None) -> list[list[str]]:
-    """A record's chunks as groups, one joint input each: the first holds the whole prompt and the first response
-    chunk (even past `max_tokens`: the pair is the point), then more response chunks while the input fits."""
+    """A record's chunks as groups in order, one joint input each, none of whose composed input counts more than
+    `max_tokens`: the first holds the whole prompt and the first response chunk when they fit together (the pair
+    is the point), else the prompt goes on as far as it fits; then as many chunks a group as fit. A chunk that
+    does not fit even alone with its markers is a group of its own (joint_groups sends it part by part)."""
+    def fits(group: list[str]) -> bool:
+        return count_tokens(compose(group, template, catalyst)) <= max_tokens
+
     groups: list[list[str]] = []
-    current = list(prompt_chunks) + list(response_chunks[:1])
-    for chunk in response_chunks[1:]:
-        if count_tokens(compose(current + [chunk], template, catalyst)) <= max_tokens:
+    current: list[str] = []
+    for chunk in [*prompt_chunks, *response_chunks]:
+        if current and fits(current + [chunk]):
             current.append(chunk)
         else:
-            groups.append(current)
+            if current:
+                groups.append(current)
             current = [chunk]
     if current:
         groups.append(current)
     return groups
 
 
+def goes_jointly(group: Sequence[str], count_tokens: Callable[[str], int], max_tokens: int, template: str,
+                 catalyst: str | None) -> bool:
+    """Whether a group may be sent as one joint input: it fits the limit, and its composed input splits back into
+    exactly its own parts (a part holding marker-like text, `x[2]` or `[1]`, would let a damaged output split with
+    text moved between parts)."""
+    text = compose(group, template, catalyst)
+    return count_tokens(text) <= max_tokens and split(text, len(group), template, catalyst is not None) == list(group)
+
+
 @dataclass
 class JointResult:
-    """Per record, the translation of each of its chunks, and whether any of its joint inputs fell back."""
+    """Per record, the translation of each of its chunks, whether any of its groups went part by part, and which
+    chunks did (`parted`); the joint inputs sent and how many of them split."""
 
     translations: list[dict[str, str]]
     fallback: list[bool]
     inputs: int
     split: int
+    parted: list[set[str]]
 
 
 def translate_jointly(chunk_lists: Sequence[tuple[list[str], list[str]]], cfg: TranslationConfig,
                       count_tokens: Callable[[str], int],
-                      translate: Callable[[list[str]], dict[str, str]]) -> JointResult:
+                      translate: Callable[[list[str], bool], dict[str, str]],
+                      was_cut: Callable[[str], bool] = lambda text: False) -> JointResult:
     """Translate each record's (prompt chunks, response chunks) jointly.
 
-    translate: texts -> {text: translation}, the stage's cached, batched translator; called once with every joint
-    input, then once more with the chunks of inputs that could not be split (component by component).
+    translate: (texts, joint) -> {text: translation}, the stage's cached, batched translator; called once with every
+    joint input (joint=True), then once with the chunks of the groups that go part by part (joint=False: exactly
+    as separate mode translates them). was_cut: whether a text's output reached the translator's max_new_tokens.
+    A group goes part by part when it cannot go jointly (goes_jointly), when its output was cut, or when the
+    output cannot be split back (split); its record is marked joint_fallback.
     """
     template, catalyst = cfg.indicator, catalyst_text(cfg)
     groups = [pack(prompt, response, count_tokens, cfg.max_input_tokens, template, catalyst)
               for prompt, response in chunk_lists]
-    inputs = {compose(group, template, catalyst) for record in groups for group in record}
-    joint = translate(sorted(inputs))
+    joint_ok = {tuple(group): goes_jointly(group, count_tokens, cfg.max_input_tokens, template, catalyst)
+                for record in groups for group in record}
+    inputs = {compose(group, template, catalyst) for record in groups for group in record if joint_ok[tuple(group)]}
+    joint = translate(sorted(inputs), True)
     translations: list[dict[str, str]] = [{} for _ in groups]
     fallback = [False] * len(groups)
     undone: list[tuple[int, list[str]]] = []
     split_count = 0
     for index, record in enumerate(groups):
         for group in record:
-            parts = split(joint[compose(group, template, catalyst)], len(group), template, catalyst is not None)
+            text = compose(group, template, catalyst)
+            parts = split(joint[text], len(group), template, catalyst is not None) \
+                if joint_ok[tuple(group)] and not was_cut(text) else None
             if parts is None:
                 undone.append((index, group))
                 fallback[index] = True
@@ -119,10 +149,12 @@ def translate_jointly(chunk_lists: Sequence[tuple[list[str], list[str]]], cfg: T
                 split_count += 1
                 translations[index].update(zip(group, parts))
     if undone:
-        separate = translate(sorted({chunk for _, group in undone for chunk in group}))
+        separate = translate(sorted({chunk for _, group in undone for chunk in group}), False)
         for index, group in undone:
             translations[index].update({chunk: separate[chunk] for chunk in group})
-    return JointResult(translations, fallback, sum(len(record) for record in groups), split_count)
+    sent = sum(joint_ok[tuple(group)] for record in groups for group in record)
+    parted = [{chunk for i, group in undone if i == index for chunk in group} for index in range(len(groups))]
+    return JointResult(translations, fallback, sent, split_count, parted)
 
 
 # ---------------------------------------------------------------------------------------------------------------

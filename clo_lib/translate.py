@@ -29,6 +29,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -191,6 +192,20 @@ class Translator:
     def __init__(self, model: str):
         self.model = model
         self.use_markers(None, None)
+        # Inputs whose output stopped at max_new_tokens (or whose input had to be cut): text was lost. Each backend
+        # adds to it in translate_batch; the stage records it in the cache and never splits or trusts such output.
+        self.cut: set[str] = set()
+
+    @contextmanager
+    def separately(self):
+        """Translate as separate mode does inside the block (joint mode's part-by-part fallback): no markers, so a
+        chunk gets exactly the prompt, and the translation, it gets in separate mode."""
+        saved = self.indicator, self.catalyst
+        self.use_markers(None, None)
+        try:
+            yield self
+        finally:
+            self.use_markers(*saved)
 
     def use_markers(self, indicator: str | None, catalyst: str | None) -> None:
         """Joint mode's Indicator Token template and Catalyst Statement (None: separate mode), for the backends
@@ -252,6 +267,18 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def _hf_dtype(device: str):
+    """The seq2seq translator's dtype: bfloat16 where the GPU computes in it natively, float16 on older GPUs (a T4
+    only emulates bfloat16); float32 on CPU, where half precision is slow and, for beam search, less stable."""
+    import torch
+
+    if device != "cuda":
+        return torch.float32
+    from clo_lib.models import torch_dtype
+
+    return torch_dtype("auto") if torch_dtype("auto") == torch.bfloat16 else torch.float16
+
+
 class HFTranslator(Translator):
     """A seq2seq model from transformers, called through generate() (transformers 5 has no translation pipeline)."""
 
@@ -267,14 +294,8 @@ class HFTranslator(Translator):
         self.src_code, self.tgt_code = language_code(self.family, src), language_code(self.family, tgt)
         path = model_for_pair(model, src, tgt) if self.family == "marian" else model
         device = _device(device)
-        if device == "cuda":
-            from clo_lib.models import torch_dtype
-
-            # bfloat16 where the GPU computes in it natively; float16 on older GPUs (a T4 only emulates bfloat16)
-            dtype = torch_dtype("auto") if torch_dtype("auto") == torch.bfloat16 else torch.float16
-        else:
-            dtype = torch.float32  # half precision on CPU is slow and, for beam search, less stable
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype = device, _hf_dtype(device)
+        dtype = self.dtype
         from clo_lib.data import hub_errors
 
         with hub_errors(f"translation model {path!r}"):
@@ -302,11 +323,18 @@ class HFTranslator(Translator):
     def translate_batch(self, texts: list[str], src: str, tgt: str) -> list[str]:
         import torch
 
+        limit = self.max_input_tokens + 8  # room for the special tokens and MADLAD's prefix
         inputs = self.tokenizer([self._prefix + t for t in texts], return_tensors="pt", padding=True,
-                                truncation=True, max_length=self.max_input_tokens + 8).to(self.device)
+                                truncation=True, max_length=limit).to(self.device)
+        full_lengths = [len(ids) for ids in self.tokenizer([self._prefix + t for t in texts])["input_ids"]]
         with torch.inference_mode():
             output = self.net.generate(**inputs, num_beams=self.num_beams, max_new_tokens=self.max_new_tokens,
                                        **self.generate_kwargs)
+        eos = self.net.generation_config.eos_token_id
+        eos = set(eos) if isinstance(eos, list) else {eos}
+        for text, length, row in zip(texts, full_lengths, output.tolist()):
+            if length > limit or not eos & set(row[1:]):  # input cut, or generation stopped by max_new_tokens
+                self.cut.add(text)
         # Language tokens are not always registered as special tokens (transformers 5's M2M100Tokenizer), so
         # skip_special_tokens alone can leave "__sw__" in the text: drop them by id.
         rows = [[i for i in row if i not in self._language_token_ids] for row in output.tolist()]
@@ -406,7 +434,11 @@ class CausalTranslator(Translator):
             output = self.net.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                                        pad_token_id=self.tokenizer.pad_token_id, stop_strings=["\n"],
                                        tokenizer=self.tokenizer)
-        answers = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = output[:, inputs["input_ids"].shape[1]:]
+        answers = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for text, row, answer in zip(texts, generated.tolist(), answers):
+            if self.tokenizer.eos_token_id not in row and "\n" not in answer:  # stopped by max_new_tokens
+                self.cut.add(text)
         return [answer.strip().split("\n")[0].strip() for answer in answers]
 
 
@@ -429,7 +461,10 @@ class OpenAITranslator(Translator):
         def one(text: str) -> str:
             messages = [{"role": "system", "content": self.instruction(text, src, tgt)},
                         {"role": "user", "content": text}]
-            return self.endpoint.chat(messages, temperature=0.0, max_tokens=self.max_new_tokens).strip()
+            reply, finish_reason = self.endpoint.completion(messages, temperature=0.0, max_tokens=self.max_new_tokens)
+            if finish_reason == "length":  # stopped by max_tokens
+                self.cut.add(text)
+            return reply.strip()
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, texts))
@@ -473,17 +508,26 @@ def make_translator(cfg: TranslationConfig, src: str, tgt: str) -> Translator:
 
 
 def translation_settings(cfg: TranslationConfig) -> dict[str, Any]:
-    """What, besides backend, model, languages and text, changes a translation: part of every cache key."""
+    """What, besides backend, model, languages and text, changes a translation: part of every cache key. In joint
+    mode the markers and the Catalyst Statement too, for the backends whose handling of a text depends on them
+    (whether a text counts as a joint input, its instruction, the few-shot examples); joint mode's part-by-part
+    fallback translates with no markers, exactly as separate mode (Translator.separately)."""
+    joint_prompt = {"joint": [cfg.indicator, joint.catalyst_text(cfg)]} if cfg.mode == "joint" else {}
     if cfg.backend == "toy":
         from clo_lib import toyworld
 
-        return {"generator": toyworld.WORLD_VERSION}
-    if cfg.backend == "openai":  # a joint input's own instruction is keyed by its text (it holds the markers)
-        return {"max_new_tokens": cfg.max_new_tokens, "system_prompt": TRANSLATOR_SYSTEM_PROMPT}
+        return {"generator": toyworld.WORLD_VERSION, **joint_prompt}
+    if cfg.backend == "openai":
+        return {"max_new_tokens": cfg.max_new_tokens, "system_prompt": TRANSLATOR_SYSTEM_PROMPT,
+                "base_url": cfg.api_base_url or "https://api.openai.com/v1", **joint_prompt}
+    device = _device(cfg.device)
     if cfg.backend == "hf_causal":  # the few-shot examples follow from the languages and, jointly, the markers
         return {"max_new_tokens": cfg.max_new_tokens, "gguf_file": cfg.gguf_file, "revision": cfg.revision,
-                "system_prompt": TRANSLATOR_SYSTEM_PROMPT, "prompt": "few-shot-v1"}
-    return {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens, "revision": cfg.revision}
+                "system_prompt": TRANSLATOR_SYSTEM_PROMPT, "prompt": "few-shot-v1", "device": device,
+                **joint_prompt}
+    # seq2seq: inputs past the limit are cut (and flagged); half precision on a GPU changes beams
+    return {"num_beams": cfg.num_beams, "max_new_tokens": cfg.max_new_tokens, "revision": cfg.revision,
+            "max_input_tokens": cfg.max_input_tokens, "device": device, "dtype": str(_hf_dtype(device))}
 
 
 def translation_cache(cfg: RunConfig) -> "TranslationCache":
@@ -512,6 +556,7 @@ class TranslationCache:
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model.strip("/"))[-80:]
         self.path = Path(directory) / f"{backend}__{slug}__{src}-{tgt}.jsonl"
         self.entries: dict[str, str] = {}
+        self.cut_keys: set[str] = set()  # translations that stopped at max_new_tokens (or from a cut input)
         self.corrupt_lines = 0
         self.hits = 0
         self._load()
@@ -541,6 +586,8 @@ class TranslationCache:
             good_lines.append(line)
             if entry["k"] == self.key(entry["src"]):  # else made under other settings: kept, not served
                 self.entries[entry["k"]] = entry["out"]
+                if entry.get("cut"):
+                    self.cut_keys.add(entry["k"])
         if self.corrupt_lines:
             atomic_write_text(self.path, "".join(line + "\n" for line in good_lines))
 
@@ -550,13 +597,21 @@ class TranslationCache:
             self.hits += 1
         return found
 
-    def put_many(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Append one batch in a single fsynced write, so a kill loses at most this batch."""
+    def was_cut(self, text: str) -> bool:
+        """Whether the cached translation of `text` stopped at the translator's limit (text was lost)."""
+        return self.key(text) in self.cut_keys
+
+    def put_many(self, pairs: Sequence[tuple[str, str]], cut: set[str] = frozenset()) -> None:
+        """Append one batch in a single fsynced write, so a kill loses at most this batch. `cut`: the texts whose
+        translation stopped at the translator's limit, recorded with them."""
         rows = []
         for text, out in pairs:
             key = self.key(text)
             self.entries[key] = out
             rows.append({"k": key, "src": text, "out": out, "sum": self._checksum(out)})
+            if text in cut:
+                self.cut_keys.add(key)
+                rows[-1]["cut"] = True
         append_jsonl(self.path, rows)
 
 
@@ -573,7 +628,7 @@ def translate_chunks(chunks: Sequence[str], translator: Translator, cache: Trans
     bar = tqdm(total=len(todo), unit="chunk", desc=f"translate {src}->{tgt}", disable=not progress or not todo)
     for begin in range(0, len(todo), batch_size):
         batch = todo[begin: begin + batch_size]
-        cache.put_many(list(zip(batch, translator.translate_batch(batch, src, tgt))))
+        cache.put_many(list(zip(batch, translator.translate_batch(batch, src, tgt))), translator.cut)
         bar.update(len(batch))
     bar.close()
     seconds = time.perf_counter() - start
@@ -587,7 +642,7 @@ def translate_chunks(chunks: Sequence[str], translator: Translator, cache: Trans
 # Rough characters-per-English-character of each script, so that a Chinese translation a third as long as its
 # English source is not called "too short". Approximate; unlisted languages count as 1.
 CHAR_RATIO = {"zh": 0.3, "ja": 0.35, "ko": 0.45}
-FLAGS = ("empty", "too_short", "too_long", "wrong_language", "ngram_loop", "numbers_changed")
+FLAGS = ("empty", "too_short", "too_long", "wrong_language", "ngram_loop", "numbers_changed", "truncated")
 
 
 def _max_ngram_repeats(text: str, n: int = 3) -> int:
@@ -647,8 +702,9 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
             pieces[record[name]] = segment(record[name], count, cfg.max_input_tokens)
     stats: Counter = Counter()
 
-    def translated(texts: list[str]) -> dict[str, str]:  # cached, batched, longest first
-        took = translate_chunks(texts, translator, cache, src, tgt, cfg.batch_size, progress)
+    def translated(texts: list[str], joint_inputs: bool = False) -> dict[str, str]:  # cached, batched, longest first
+        with (nullcontext() if joint_inputs else translator.separately()):
+            took = translate_chunks(texts, translator, cache, src, tgt, cfg.batch_size, progress)
         stats.update({key: took[key] for key in ("chunks", "translated", "cached", "seconds")})
         return {text: cache.entries[cache.key(text)] for text in set(texts)}
 
@@ -657,20 +713,25 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
 
     if cfg.mode == "joint":
         result = joint.translate_jointly([(chunks_of(r["prompt_en"]), chunks_of(r["response_en"])) for r in records],
-                                         cfg, count, translated)
-        done_per_record, fallback = result.translations, result.fallback
+                                         cfg, count, translated, cache.was_cut)
+        done_per_record, fallback, parted = result.translations, result.fallback, result.parted
         stats.update({"joint_inputs": result.inputs, "joint_split": result.split})
     else:
         done = translated([chunk for record in records for name in ("prompt_en", "response_en")
                            for chunk in chunks_of(record[name])])
         done_per_record, fallback = [done] * len(records), [None] * len(records)
+        parted = [None] * len(records)  # every chunk on its own
     parallel = []
-    for record, done, fell_back in zip(records, done_per_record, fallback):
+    for record, done, fell_back, own in zip(records, done_per_record, fallback, parted):
         prompt_tgt, response_tgt = join(pieces[record["prompt_en"]], done), join(pieces[record["response_en"]], done)
-        flags = [f"prompt:{f}" for f in quality_flags(record["prompt_en"], prompt_tgt, tgt, cfg.max_length_ratio,
-                                                       cfg.lid_min_confidence)]
-        flags += [f"response:{f}" for f in quality_flags(record["response_en"], response_tgt, tgt,
-                                                          cfg.max_length_ratio, cfg.lid_min_confidence)]
+        flags = []
+        for side, source, translation in (("prompt", record["prompt_en"], prompt_tgt),
+                                          ("response", record["response_en"], response_tgt)):
+            found = quality_flags(source, translation, tgt, cfg.max_length_ratio, cfg.lid_min_confidence)
+            # a chunk translated on its own whose output stopped at the limit: its text is incomplete
+            if any(cache.was_cut(chunk) for chunk in chunks_of(source) if own is None or chunk in own):
+                found.append("truncated")
+            flags += [f"{side}:{flag}" for flag in found]
         parallel.append({"id": record["id"], "lang": tgt, "prompt_en": record["prompt_en"],
                          "response_en": record["response_en"], "prompt_tgt": prompt_tgt,
                          "response_tgt": response_tgt, "flags": flags})

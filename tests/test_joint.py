@@ -110,10 +110,11 @@ def test_a_long_response_is_chunked_with_the_prompt_kept_beside_its_first_part(t
     monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
     run_translation(cfg, progress=False)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl")}
-    first = next(text for text in stub.seen if "SAY" in text.upper() and "[1] Say" in text)
-    assert first.startswith("[1] Say twelve things, please. [2] Sentence number 0")  # the prompt with part one
+    first = next(text for text in stub.seen if "[1] Say" in text)
+    # the prompt goes first; its first response chunk (4 sentences, 20 words) does not fit beside it in 24
+    assert first == "[1] Say twelve things, please."
     assert sum("Sentence number" in text for text in stub.seen) >= 3  # the rest in further joint inputs
-    assert all(len(text.split()) <= 24 for text in stub.seen if text is not first)
+    assert all(len(text.split()) <= 24 for text in stub.seen)  # none over the limit, the first included
     assert rows["a"]["response_tgt"] == long_answer.upper() and not rows["a"]["joint_fallback"]
     # protected spans never reach the model and come back as they were
     assert "`ls`" in rows["b"]["prompt_tgt"] and "https://x.org" in rows["b"]["prompt_tgt"]
@@ -245,3 +246,91 @@ def test_the_joint_keys_leave_separate_mode_corpora_fingerprinted_as_before_they
     assert config_fingerprint(now, "translate") == config_fingerprint(before, "translate")
     other = load_config({"language": "sw", "translation": {"catalyst": "concat", "indicator": "<{i}>"}})
     assert config_fingerprint(other, "translate") == config_fingerprint(now, "translate")
+
+
+class Cutting(Translator):
+    """Counts words as tokens, cuts every input after `max_input_tokens + 8` of them as the hf backend's tokenizer
+    call does (truncation=True), upper-cases what it receives and, with `max_new_tokens`, stops its output there as
+    generate() does, saying so as the real backends do (self.cut)."""
+
+    backend = "stub"
+
+    def __init__(self, max_input_tokens, max_new_tokens=None):
+        super().__init__("stub")
+        self.max_input_tokens, self.max_new_tokens, self.seen = max_input_tokens, max_new_tokens, []
+
+    def translate_batch(self, texts, src, tgt):
+        out = []
+        for text in texts:
+            self.seen.append(text)
+            words = text.upper().split()[: self.max_input_tokens + 8]
+            if self.max_new_tokens and len(words) >= self.max_new_tokens:
+                words = words[: self.max_new_tokens]
+                self.cut.add(text)
+            out.append(" ".join(words))
+        return out
+
+
+def _one_record(tmp_path, prompt, response):
+    source = tmp_path / "english.jsonl"
+    source.write_text(json.dumps({"id": "a", "instruction": prompt, "output": response}) + "\n")
+    return {"source": "jsonl", "path": str(source), "size": 1, "keep_flagged": True}
+
+
+def _translate_one(tmp_path, monkeypatch, translator, prompt, response, **translation):
+    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: translator)
+    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
+    cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": _one_record(tmp_path, prompt, response),
+                       "translation": {"backend": "toy", "mode": "joint", **translation}})
+    report = run_translation(cfg, progress=False)
+    return report, next(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
+
+
+PROMPT = "Please explain in a few plain words why the sky looks blue on a clear summer day."
+ANSWER = ("Sunlight is scattered by the small molecules of the air above us.\n"
+          "Blue light is scattered far more than red light, so the sky looks blue to us.")
+
+
+def test_no_joint_input_goes_over_the_translators_limit_and_no_response_text_is_lost(tmp_path, monkeypatch):
+    """The review's probe: max_input_tokens 20 and a two-line answer lost 8 of its 30 words without a flag, because
+    the first joint input held the whole prompt and the first chunk past the limit and the hf backend cut it."""
+    translator = Cutting(max_input_tokens=20)
+    report, row = _translate_one(tmp_path, monkeypatch, translator, PROMPT, ANSWER, max_input_tokens=20)
+    assert all(len(text.split()) <= 20 for text in translator.seen)
+    assert row["response_tgt"] == ANSWER.upper() and row["prompt_tgt"] == PROMPT.upper()
+    assert not any("truncated" in flag for flag in row["flags"])
+
+
+def test_an_output_that_reached_max_new_tokens_is_never_split(tmp_path, monkeypatch):
+    """An output cut by max_new_tokens after its last marker splits cleanly but has lost the response's tail: it is
+    translated part by part instead, and a part that is still cut is flagged, never kept silently."""
+    translator = Cutting(max_input_tokens=200, max_new_tokens=28)
+    report, row = _translate_one(tmp_path, monkeypatch, translator, PROMPT, ANSWER, catalyst="none")
+    assert row["joint_fallback"]  # the one joint input was cut, so it was not split
+    assert row["response_tgt"] == ANSWER.upper() and row["prompt_tgt"] == PROMPT.upper()
+    cut_again = Cutting(max_input_tokens=200, max_new_tokens=10)
+    (tmp_path / "again").mkdir()
+    _, row = _translate_one(tmp_path / "again", monkeypatch, cut_again, PROMPT, ANSWER, catalyst="none")
+    assert "response:truncated" in row["flags"] and "prompt:truncated" in row["flags"]
+
+
+def test_the_input_limit_and_the_joint_prompt_are_part_of_the_translation_cache_key():
+    from clo_lib.translate import translation_settings
+
+    def settings(**translation):
+        return translation_settings(load_config({"language": "sw", "translation": translation}).translation)
+
+    assert settings(max_input_tokens=100) != settings(max_input_tokens=200)  # hf truncates at the limit
+    assert settings(backend="openai", api_base_url="http://a/v1") != settings(backend="openai",
+                                                                               api_base_url="http://b/v1")
+
+
+@pytest.mark.parametrize("prompt", ["What does x[2] mean in Python?", "Summarise the claim made in [1]."])
+def test_marker_like_text_inside_a_part_sends_that_record_part_by_part_from_the_start(tmp_path, monkeypatch,
+                                                                                      prompt):
+    """`x[2]` inside a part looks like an indicator: a damaged output would split with text moved between parts.
+    Such a record never goes jointly."""
+    stub = Stub()
+    report, row = _translate_one(tmp_path, monkeypatch, stub, prompt, "It is the third item.", catalyst="none")
+    assert not any(text.startswith("[1] ") for text in stub.seen)  # no joint input was sent
+    assert row["prompt_tgt"] == prompt.upper() and row["joint_fallback"]
