@@ -286,7 +286,6 @@ class HFTranslator(Translator):
 
     def __init__(self, model: str, src: str, tgt: str, num_beams: int = 4, max_input_tokens: int = 200,
                  max_new_tokens: int = 256, device: str = "auto", revision: str | None = None):
-        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         super().__init__(model)
