@@ -146,8 +146,11 @@ class TranslationConfig:
         min_exclusive=True,
     )
     lid_min_confidence: float = _field(
-        0.5, "Language-ID confidence needed to flag a translation as being in the wrong language.", min=0.0, max=1.0
+        0.5, "Language-ID confidence needed to flag a translation as being in the wrong language (with two "
+        "languages the top one is always at least 0.5; clo_lib.langid).", min=0.0, max=1.0
     )
+    lid_min_letters: int = _field(
+        5, "Letters of prose a translation needs before its language is judged (assumed; clo_lib.langid).", min=1)
     mode: Literal["separate", "joint"] = _field(
         "separate", "separate: prompt and response translated apart (the CLO paper); joint: one MT input per record "
         "with a Catalyst Statement and Indicator Tokens, split back after (Moon et al. 2024; clo_lib.joint).")
@@ -239,8 +242,12 @@ class EvalConfig:
     temperature: float = _field(0.0, "Sampling temperature; 0 is greedy decoding.", min=0.0)
     batch_size: int = _field(8, "Prompts per generate() call.", min=1)
     lid_min_confidence: float = _field(
-        0.5, "Language-ID confidence below which an answer counts as undetermined.", min=0.0, max=1.0
+        0.5, "Language-ID confidence below which an answer counts as undetermined (with two languages the top one is "
+        "always at least 0.5, so 0.5 adds nothing; clo_lib.langid).", min=0.0, max=1.0
     )
+    lid_min_letters: int = _field(
+        5, "Letters of prose an answer needs before its language is judged; shorter ones (OK, No, Ja) are "
+        "undetermined (assumed; clo_lib.langid).", min=1)
     mc_tasks: dict[str, list[str]] = _field({}, "lm-eval task names per language code, for multiple-choice accuracy.")
     mc_task_dir: str | None = _field(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
     mc_limit: int | None = _field(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)

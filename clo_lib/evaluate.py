@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 from clo_lib.config import ConfigError, RunConfig, load_config
 from clo_lib.endpoint import ChatEndpoint, EndpointError
 from clo_lib.io import append_jsonl, atomic_write_json
+from clo_lib.langid import MIN_LETTERS
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 from clo_lib.provenance import evaluate_fingerprint
 
@@ -228,7 +229,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
 # Language fidelity
 
 
-def fidelity(generations: Sequence[dict], tgt: str, min_confidence: float = 0.5) -> dict[str, float]:
+def fidelity(generations: Sequence[dict], tgt: str, min_confidence: float = 0.5,
+             min_letters: int = MIN_LETTERS) -> dict[str, float]:
     """fidelity_*, line_fidelity_* and undetermined_* for both sides (see the module docstring)."""
     from clo_lib import langid
 
@@ -238,13 +240,13 @@ def fidelity(generations: Sequence[dict], tgt: str, min_confidence: float = 0.5)
         rows = [g for g in generations if g["side"] == side]
         if not rows:
             continue
-        detected = langid.detect_many([g["answer"] for g in rows], codes, min_confidence)
+        detected = langid.detect_many([g["answer"] for g in rows], codes, min_confidence, min_letters)
         for g, lang in zip(rows, detected):
             g["detected"] = lang
         metrics[f"fidelity_{side}"] = sum(d == g["lang"] for g, d in zip(rows, detected)) / len(rows)
         metrics[f"undetermined_{side}"] = sum(d is None for d in detected) / len(rows)
         lines = [(line, g["lang"]) for g in rows for line in g["answer"].splitlines() if line.strip()]
-        line_langs = langid.detect_many([line for line, _ in lines], codes, min_confidence)
+        line_langs = langid.detect_many([line for line, _ in lines], codes, min_confidence, min_letters)
         judged = [(lang, want) for lang, (_, want) in zip(line_langs, lines) if lang is not None]
         metrics[f"line_fidelity_{side}"] = (sum(lang == want for lang, want in judged) / len(judged)) if judged \
             else float("nan")
@@ -290,7 +292,8 @@ def reference_answers(reference_run: str | Path, cfg: RunConfig) -> list[dict]:
     return list(latest.values())
 
 
-def by_group(generations: Sequence[dict], prompts: Sequence[dict], tgt: str, min_confidence: float = 0.5) -> dict:
+def by_group(generations: Sequence[dict], prompts: Sequence[dict], tgt: str, min_confidence: float = 0.5,
+             min_letters: int = MIN_LETTERS) -> dict:
     """fidelity_* and accuracy_* per prompt group (`<metric>@<group>`), for prompt rows that carry a `group` (the toy
     world's new_phrasing and new_fact, the run's own training items as `seen`)."""
     group_of = {row["id"]: row.get("group") for row in prompts}
@@ -298,7 +301,7 @@ def by_group(generations: Sequence[dict], prompts: Sequence[dict], tgt: str, min
     for group in sorted({g for g in group_of.values() if g}):
         rows = [row for row in prompts if row.get("group") == group]
         answers = [g for g in generations if group_of.get(g["id"]) == group]
-        for key, value in {**fidelity(answers, tgt, min_confidence), **accuracy(answers, rows)}.items():
+        for key, value in {**fidelity(answers, tgt, min_confidence, min_letters), **accuracy(answers, rows)}.items():
             if key.startswith(("fidelity_", "accuracy_")):
                 metrics[f"{key}@{group}"] = value
         metrics[f"prompts@{group}"] = len(rows)  # per side: what an interval on these shares needs
@@ -332,7 +335,8 @@ def _paired(ours: Sequence[dict], reference: Sequence[dict]):
         yield row, other
 
 
-def language_verdict(ours: str, theirs: str, want: str, tgt: str, min_confidence: float = 0.5) -> float | None:
+def language_verdict(ours: str, theirs: str, want: str, tgt: str, min_confidence: float = 0.5,
+                     min_letters: int = MIN_LETTERS) -> float | None:
     """Criterion 1 of both judges: 1.0 (0.0) when our answer is confidently in the prompt's language and the other
     confidently in the other language (or the reverse); None otherwise, and the next criterion decides.
 
@@ -341,14 +345,14 @@ def language_verdict(ours: str, theirs: str, want: str, tgt: str, min_confidence
     from clo_lib import langid
 
     codes = [SOURCE_LANGUAGE, tgt]
-    mine, other = (langid.detect(answer, codes, min_confidence)[0] for answer in (ours, theirs))
+    mine, other = (langid.detect(answer, codes, min_confidence, min_letters)[0] for answer in (ours, theirs))
     if mine is None or other is None or (mine == want) == (other == want):
         return None
     return 1.0 if mine == want else 0.0
 
 
 def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Sequence[dict], tgt: str,
-                    min_confidence: float = 0.5) -> list[dict]:
+                    min_confidence: float = 0.5, min_letters: int = MIN_LETTERS) -> list[dict]:
     """Deterministic pairwise judge with the criteria above JUDGE_PROMPT: the answer in the prompt's language wins
     (language_verdict); otherwise the right answer wins; otherwise a tie.
 
@@ -357,7 +361,8 @@ def reference_judge(ours: Sequence[dict], reference: Sequence[dict], prompts: Se
     by_id = {row["id"]: row for row in prompts}
     scored = []
     for row, other in _paired(ours, reference):
-        score, how = language_verdict(row["answer"], other["answer"], row["lang"], tgt, min_confidence), "language"
+        score, how = language_verdict(row["answer"], other["answer"], row["lang"], tgt, min_confidence,
+                                      min_letters), "language"
         if score is None:
             mine, its = (is_correct(a, by_id[row["id"]]) for a in (row["answer"], other["answer"]))
             score, how = (1.0 if mine > its else 0.0 if mine < its else 0.5), "reference"
@@ -441,7 +446,8 @@ def _judge_once(endpoint: ChatEndpoint, language: str, instruction: str, a: str,
 
 
 def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: ChatEndpoint, tgt: str,
-                  cache_path: str | Path, min_confidence: float = 0.5) -> list[dict]:
+                  cache_path: str | Path, min_confidence: float = 0.5,
+                  min_letters: int = MIN_LETTERS) -> list[dict]:
     """One score per prompt and side: 1 our answer wins, 0 it loses, 0.5 a tie or a split between the two orders.
 
     The criteria above JUDGE_PROMPT: when one answer is confidently in the prompt's language and the other
@@ -452,7 +458,8 @@ def judge_against(ours: Sequence[dict], reference: Sequence[dict], endpoint: Cha
     scored = []
     for row, other in _paired(ours, reference):
         want = row["lang"]
-        score, how = language_verdict(row["answer"], other["answer"], want, tgt, min_confidence), "language"
+        score = language_verdict(row["answer"], other["answer"], want, tgt, min_confidence, min_letters)
+        how = "language"
         if score is None:
             language = get_language(want).name
             first = _judge_once(endpoint, language, row["prompt"], row["answer"], other["answer"], cache)
@@ -556,10 +563,10 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     model, tokenizer = loaded or load_for_eval(cfg, model_path)
     every = generate_answers(model, tokenizer, prompts + seen, cfg, run_dir / "generations.jsonl", progress)
     generations = every[: 2 * len(prompts)]  # the evaluation prompts' answers; the seen items' come after
-    metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence)
+    metrics: dict[str, Any] = fidelity(generations, cfg.language, ecfg.lid_min_confidence, ecfg.lid_min_letters)
     metrics.update(accuracy(generations, prompts))
     metrics["prompts"] = len(prompts)
-    metrics.update(by_group(every, prompts + seen, cfg.language, ecfg.lid_min_confidence))
+    metrics.update(by_group(every, prompts + seen, cfg.language, ecfg.lid_min_confidence, ecfg.lid_min_letters))
     if ecfg.mc_tasks:
         metrics.update(mc_accuracy(model, tokenizer, ecfg.mc_tasks, cfg.language, ecfg.mc_task_dir, ecfg.batch_size,
                                    ecfg.mc_limit))
@@ -582,10 +589,11 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
     else:
         reference = reference_answers(reference_run, cfg)
         if judge == "reference":
-            scored = reference_judge(generations, reference, prompts, cfg.language, ecfg.lid_min_confidence)
+            scored = reference_judge(generations, reference, prompts, cfg.language, ecfg.lid_min_confidence,
+                                     ecfg.lid_min_letters)
         else:
             scored = judge_against(generations, reference, endpoint, cfg.language, run_dir / "judgments.jsonl",
-                                   ecfg.lid_min_confidence)
+                                   ecfg.lid_min_confidence, ecfg.lid_min_letters)
         for side in SIDES:
             rate = win_rate([s["score"] for s in scored if s["side"] == side])
             metrics[f"winrate_vs_sft_{side}"] = rate["mean"]

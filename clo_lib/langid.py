@@ -1,8 +1,19 @@
 """Language identification with lingua, restricted to the languages in play (offline: its models ship in the wheel).
 
 Restricting the detector to, say, English and Swahili is what makes short answers reliable: the question is only
-ever "which of these", never "which of 75". Below `min_confidence` a text counts as undetermined (None), so a
-two-word answer is not called wrong on a coin flip.
+ever "which of these", never "which of 75". The rule that places a text (or leaves it undetermined, None):
+
+1. its prose (`prose`: no code, URLs or bare numbers) has at least `min_letters` letters (`eval.lid_min_letters`,
+   `translation.lid_min_letters`; default MIN_LETTERS = 5, assumed). Shorter is one short word ("OK", "No", "Ja",
+   "Nne"), which languages share or lingua cannot tell apart: it placed "OK" in Swahili at 0.84 against English.
+   A character of a script without spaces between words (Han, Hangul, kana) counts as two letters: 猫有4条腿 ("a
+   cat has 4 legs") is a sentence;
+2. lingua's top language has a confidence of at least `min_confidence` (`*.lid_min_confidence`). With two languages
+   the confidences sum to 1, so the top one always reaches 0.5 and the default 0.5 adds nothing: the decision rests
+   on rule 1. A higher value asks for a margin; on the toy world's own English and German sentences lingua's top
+   confidence is often only 0.6-0.7, so a margin leaves correct short sentences undetermined.
+
+An undetermined answer counts against fidelity and is never decided by language in the judges.
 """
 
 from __future__ import annotations
@@ -13,6 +24,8 @@ from typing import Sequence
 
 from clo_lib.languages import get_language
 
+MIN_LETTERS = 5  # the default of *.lid_min_letters (assumed; see above)
+_DENSE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
 _LETTERS = re.compile(r"[^\W\d_]", re.UNICODE)
 # Spans that are not prose in any language: fenced code, inline code, URLs. Translation never sends them to the
 # model (clo_lib.translate); language ID never looks at them, nor at bare numbers.
@@ -48,19 +61,23 @@ def _code_of(lingua_name: str, codes: Sequence[str]) -> str:
     raise KeyError(lingua_name)
 
 
-def detect(text: str, codes: Sequence[str], min_confidence: float = 0.5) -> tuple[str | None, float]:
-    """(code, confidence) of the most likely of `codes` for the prose of `text` (see `prose`); code None when
-    there is no prose with letters or the detector is unsure."""
+def detect(text: str, codes: Sequence[str], min_confidence: float = 0.5,
+           min_letters: int = MIN_LETTERS) -> tuple[str | None, float]:
+    """(code, confidence) of the most likely of `codes` for the prose of `text` (see `prose`); code None when the
+    prose has fewer than `min_letters` letters or the detector is unsure (the module docstring's rule)."""
     text = prose(text)
-    if not _LETTERS.search(text):
+    letters = len(_LETTERS.findall(text)) + len(_DENSE.findall(text))  # dense scripts count twice
+    if not letters:
         return None, 0.0
     values = detector(tuple(sorted(set(codes)))).compute_language_confidence_values(text)
     if not values:
         return None, 0.0
     best = values[0]
     code = _code_of(best.language.name, codes)
-    return (code if best.value >= min_confidence else None), float(best.value)
+    placed = best.value >= min_confidence and letters >= min_letters
+    return (code if placed else None), float(best.value)
 
 
-def detect_many(texts: Sequence[str], codes: Sequence[str], min_confidence: float = 0.5) -> list[str | None]:
-    return [detect(text, codes, min_confidence)[0] for text in texts]
+def detect_many(texts: Sequence[str], codes: Sequence[str], min_confidence: float = 0.5,
+                min_letters: int = MIN_LETTERS) -> list[str | None]:
+    return [detect(text, codes, min_confidence, min_letters)[0] for text in texts]

@@ -87,6 +87,7 @@ def mtbench_metrics(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progr
     metrics = reference_nll(model, tokenizer, cfg, reference_pairs(), cfg.eval.batch_size)
     answers = generate_answers(model, tokenizer, questions(), cfg, Path(run_dir) / "mtbench_generations.jsonl",
                                progress, sides=("en",), max_new_tokens=cfg.eval.mtbench_max_new_tokens)
-    metrics["fidelity_en@mtbench"] = fidelity(answers, cfg.language, cfg.eval.lid_min_confidence)["fidelity_en"]
+    metrics["fidelity_en@mtbench"] = fidelity(answers, cfg.language, cfg.eval.lid_min_confidence,
+                                                 cfg.eval.lid_min_letters)["fidelity_en"]
     metrics["prompts@mtbench"] = len(answers)  # the count behind the share's interval, as for prompt groups
     return metrics

@@ -38,7 +38,7 @@ from clo_lib.config import ConfigError, RunConfig, TranslationConfig, load_confi
 from clo_lib.data import corpus_dir
 from clo_lib.endpoint import EndpointError
 from clo_lib.io import append_jsonl, atomic_write_json, atomic_write_text, write_jsonl
-from clo_lib.langid import CODE_FENCE, PROTECTED_SPAN
+from clo_lib.langid import CODE_FENCE, MIN_LETTERS, PROTECTED_SPAN
 from clo_lib.languages import SOURCE_LANGUAGE, get_language
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -654,7 +654,8 @@ def _max_ngram_repeats(text: str, n: int = 3) -> int:
 
 
 def quality_flags(source: str, translation: str, tgt: str, max_length_ratio: float = 3.0,
-                  lid_min_confidence: float = 0.5, min_chars_for_ratio: int = 20) -> list[str]:
+                  lid_min_confidence: float = 0.5, min_chars_for_ratio: int = 20,
+                  lid_min_letters: int = MIN_LETTERS) -> list[str]:
     """Which of FLAGS apply to one translation (an empty list means it looks fine)."""
     from clo_lib import langid
 
@@ -669,7 +670,8 @@ def quality_flags(source: str, translation: str, tgt: str, max_length_ratio: flo
             flags.append("too_short")
         elif ratio > max_length_ratio:
             flags.append("too_long")
-    detected, _ = langid.detect(translation, [SOURCE_LANGUAGE, tgt], lid_min_confidence)  # on its prose only
+    detected, _ = langid.detect(translation, [SOURCE_LANGUAGE, tgt], lid_min_confidence,
+                                lid_min_letters)  # on its prose only
     if detected is not None and detected != tgt:
         flags.append("wrong_language")
     out_repeats = _max_ngram_repeats(translation)
@@ -726,7 +728,8 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
         flags = []
         for side, source, translation in (("prompt", record["prompt_en"], prompt_tgt),
                                           ("response", record["response_en"], response_tgt)):
-            found = quality_flags(source, translation, tgt, cfg.max_length_ratio, cfg.lid_min_confidence)
+            found = quality_flags(source, translation, tgt, cfg.max_length_ratio, cfg.lid_min_confidence,
+                                  lid_min_letters=cfg.lid_min_letters)
             # a chunk translated on its own whose output stopped at the limit: its text is incomplete
             if any(cache.was_cut(chunk) for chunk in chunks_of(source) if own is None or chunk in own):
                 found.append("truncated")

@@ -150,7 +150,7 @@ def side_by_side(prompts: Sequence[dict], answers: dict[str, Sequence[dict] | No
                 answer = by_key.get((prompt["id"], side))
                 if answer is None:
                     continue
-                detected = langid.detect(answer, codes, cfg.eval.lid_min_confidence)[0]
+                detected = langid.detect(answer, codes, cfg.eval.lid_min_confidence, cfg.eval.lid_min_letters)[0]
                 right = "" if expected is None else ("✓" if is_correct(answer, prompt) else "✗")
                 row[label] = answer
                 row[f"{label} lang"] = detected or "?"

@@ -329,3 +329,22 @@ def test_prompt_file_names_can_hold_the_language(tmp_path, tiny_llama):
     (tmp_path / "eval_sw.jsonl").write_text('{"prompt_en": "Hi", "prompt_tgt": "Habari"}\n')
     cfg = eval_config(tmp_path, tiny_llama, prompts=str(tmp_path / "eval_{lang}.jsonl"))
     assert evaluate.load_prompts(cfg)[0]["prompt_tgt"] == "Habari"
+
+
+@pytest.mark.parametrize("text", ["OK", "No", "Hi", "Ja", "Nne.", "Ni 4."])
+def test_too_little_prose_is_undetermined_however_confident_lingua_is(text):
+    """With two languages lingua's confidences sum to 1, so the top one always clears 0.5: "OK" was Swahili at
+    0.84. A text is placed only with at least eval.lid_min_letters letters of prose."""
+    assert langid.detect(text, ["en", "sw"])[0] is None
+    assert langid.detect("Anga ina rangi ya bluu.", ["en", "sw"])[0] == "sw"
+    assert langid.detect("The sky is blue.", ["en", "de"])[0] == "en"
+    metrics = evaluate.fidelity([{"side": "tgt", "lang": "sw", "answer": text}], "sw")
+    assert metrics["fidelity_tgt"] == 0.0 and metrics["undetermined_tgt"] == 1.0
+
+
+def test_the_letter_rule_is_a_setting_of_evaluation_and_translation():
+    from clo_lib.config import load_config
+
+    cfg = load_config({"language": "sw", "eval": {"lid_min_letters": 1}, "translation": {"lid_min_letters": 8}})
+    assert cfg.eval.lid_min_letters == 1 and cfg.translation.lid_min_letters == 8
+    assert langid.detect("OK", ["en", "sw"], min_letters=cfg.eval.lid_min_letters)[0] == "sw"
