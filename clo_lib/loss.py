@@ -96,9 +96,16 @@ def clo_loss_tensors(
     lam: float = 0.5,
     nll_sides: Sequence[str] = ("tgt",),
     dpo_sides: Sequence[str] = ("en", "tgt"),
+    nll_tokens: torch.Tensor | None = None,
+    dpo_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`clo_loss` with its metrics left as detached 0-d tensors (the loss's dtype, on its device), plus `en/rows`
     and `tgt/rows`: how many rows of each side the batch had (that side's metrics are 0 when none).
+
+    nll_tokens, dpo_rows: the NLL's token count and the DPO's row count of the whole optimizer step, when this batch
+    is one of several micro-batches (gradient accumulation, several processes). The returned loss is then this
+    batch's share of the step's loss, its NLL and DPO sums divided by the step's counts, so the shares add up to
+    clo_loss over every row of the step; the metrics stay this batch's own means.
 
     The trainer sums these across steps and reads them only when it logs: reading a GPU value (`.item()`, or an
     `if` on a tensor) makes the host wait for the GPU, and doing that every step stalls the pipeline.
@@ -109,14 +116,18 @@ def clo_loss_tensors(
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
     per_row_dpo = -F.logsigmoid(chosen_rewards - rejected_rewards)
 
-    dpo = _masked_mean(per_row_dpo, _rows_of(side_rows, dpo_sides, "dpo_sides"))  # 0, graph kept, when no row
+    dpo_mask = _rows_of(side_rows, dpo_sides, "dpo_sides")
+    dpo = _masked_mean(per_row_dpo, dpo_mask)  # 0, graph kept, when no row
 
     nll_rows = _rows_of(side_rows, nll_sides, "nll_sides")
-    nll_tokens = torch.where(nll_rows, chosen_token_counts, 0).sum().clamp(min=1)
-    nll = -torch.where(nll_rows, policy_chosen_logps, 0).sum() / nll_tokens
+    nll_sum = -torch.where(nll_rows, policy_chosen_logps, 0).sum()
+    nll = nll_sum / torch.where(nll_rows, chosen_token_counts, 0).sum().clamp(min=1)
 
     loss = lam * nll + (1.0 - lam) * dpo
     metrics = {"loss": loss, "nll": nll, "dpo": dpo}
+    if nll_tokens is not None and dpo_rows is not None:  # this micro-batch's share of the step's loss
+        loss = lam * nll_sum / nll_tokens.clamp(min=1) + \
+            (1.0 - lam) * torch.where(dpo_mask, per_row_dpo, 0).sum() / dpo_rows.clamp(min=1)
     margin = chosen_rewards - rejected_rewards
     for name, rows in side_rows.items():
         metrics.update({

@@ -41,6 +41,7 @@ from clo_lib.models import (
     check_model_source,
     check_training_precision,
     count_trainable,
+    disable_dropout,
     folder_bytes,
     keep_trained_in_float32,
     load_model_and_tokenizer,
@@ -78,14 +79,48 @@ def _make_trainer_class():
             self._metric_sums: dict[str, torch.Tensor] = {}
             self._metric_weights: dict[str, torch.Tensor] = {}
 
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            """The optimizer step's micro-batches, as the Trainer collects them, and the step's totals over all of
+            them and every process: the NLL's target tokens and the DPO's rows. compute_loss divides by these, so
+            a step's loss is clo_loss over all its rows (NLL a token mean over the step, as SFT's), not a mean of
+            per-micro-batch means."""
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            sides = {"nll": self.clo_args["nll_sides"], "dpo": self.clo_args["dpo_sides"]}
+            totals = torch.zeros(2, dtype=torch.float64)
+            for batch in batches:
+                is_target = batch["is_target"].bool()
+                side = {"en": ~is_target, "tgt": is_target}
+                nll_rows = sum((side[s] for s in sides["nll"]), torch.zeros_like(is_target)).bool()
+                dpo_rows = sum((side[s] for s in sides["dpo"]), torch.zeros_like(is_target)).bool()
+                chosen_tokens = (batch["labels"][:, 1:] != -100).sum(-1).chunk(2)[0]
+                totals += torch.tensor([float(chosen_tokens[nll_rows].sum()), float(dpo_rows.sum())],
+                                       dtype=torch.float64)
+            world = 1
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                world = torch.distributed.get_world_size()
+                if world > 1:
+                    totals = totals.to(device)
+                    torch.distributed.all_reduce(totals)
+            # DDP, FSDP and DeepSpeed average gradients over processes: each process's share is scaled by `world`
+            self._step_totals = (totals[0].item() / world, totals[1].item() / world)
+            return batches, num_items
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             logps, counts = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                   clo_response_labels=inputs["labels"])
             chosen_logps, rejected_logps = logps.chunk(2)
             chosen_counts, _ = counts.chunk(2)
+            step = {}
+            totals = getattr(self, "_step_totals", None) if model.training else None
+            if totals is not None:
+                # the Trainer divides a micro-batch's loss by the step's micro-batch count: undo it, the counts of
+                # the whole step are in the denominators already
+                micro = self.current_gradient_accumulation_steps
+                step = {"nll_tokens": torch.tensor(totals[0] / micro, device=logps.device),
+                        "dpo_rows": torch.tensor(totals[1] / micro, device=logps.device)}
             loss, metrics = clo_loss_tensors(chosen_logps, rejected_logps, inputs["ref_chosen_logps"],
                                              inputs["ref_rejected_logps"], chosen_counts, inputs["is_target"],
-                                             **self.clo_args)
+                                             **self.clo_args, **step)
             if model.training:
                 self._add_metrics(metrics)
             return (loss, {"logps": logps}) if return_outputs else loss
@@ -190,6 +225,9 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
     enable_response_logps(model, cfg.train.length_buckets)
     rows = stage.rows(parallel)
     if stage.kind == "preference":
+        # as TRL's DPOTrainer: no dropout in preference stages, or the policy's log-probs would differ from the
+        # reference's (computed in eval mode) before any update, and the DPO margins would be noise
+        disable_dropout(model)
         groups = encode_preference_groups(rows, tokenizer, cfg)
         to_training_device(model)  # the reference pass runs before the Trainer would move the model
         with training_autocast(dtype, next(model.parameters()).device):

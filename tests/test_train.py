@@ -522,3 +522,55 @@ def test_a_missing_logger_is_refused_before_the_model_loads(tiny_llama, tmp_path
     with pytest.raises(ConfigError, match="train.report_to = wandb needs the wandb package"):
         train_run(config(tiny_llama, report_to="wandb"), parallel_records(4), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_with_gradient_accumulation_the_nll_is_a_token_mean_over_the_whole_step(tiny_llama, tmp_path):
+    """Two micro-batches whose target answers differ in length (1 and 12 words): the step's gradient is that of
+    clo_loss over all rows of the step at once (NLL a token mean over the step's target tokens, DPO a mean over its
+    rows), as SFT's is a token mean over the step; it once was a mean of per-micro-batch means."""
+    from clo_lib.loss import clo_loss
+
+    records = [{"id": 0, "lang": "sw", "prompt_en": "Say one word.", "response_en": "Yes.",
+                "prompt_tgt": "Sema neno moja.", "response_tgt": "Ndiyo."},
+               {"id": 1, "lang": "sw", "prompt_en": "Say a lot.", "response_en": "It is a long answer " * 3,
+                "prompt_tgt": "Sema mengi.", "response_tgt": "Ni jibu refu sana la maneno mengi " * 3}]
+    cfg = config(tiny_llama, method="clo", grad_accum=2, batch_size=2, trainable="attention", length_buckets=1)
+    trainer, _ = build_trainer(cfg, records, tmp_path / "run", METHOD_STAGES["clo"][0])
+    loader = trainer.get_train_dataloader()
+    batches, _ = trainer.get_batch_samples(iter(loader), 2, torch.device("cpu"))
+    assert len(batches) == 2
+    model = trainer.model
+    model.zero_grad()
+    trainer.current_gradient_accumulation_steps = 2
+    for batch in batches:
+        trainer.training_step(model, dict(batch), num_items_in_batch=None)
+    step_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    model.zero_grad()
+    parts = []
+    for batch in batches:
+        logps, counts = sequence_logps(model(input_ids=batch["input_ids"],
+                                             attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        parts.append((*logps.chunk(2), counts.chunk(2)[0], batch["ref_chosen_logps"], batch["ref_rejected_logps"],
+                      batch["is_target"]))
+    chosen, rejected, counts, ref_chosen, ref_rejected, is_target = (torch.cat(x) for x in zip(*parts))
+    expected, _ = clo_loss(chosen, rejected, ref_chosen, ref_rejected, counts, is_target)
+    expected.backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in
+               zip(step_grads, [p for p in model.parameters() if p.requires_grad]))
+
+
+def test_dropout_is_off_in_preference_stages_so_the_first_step_starts_at_the_reference(tiny_llama, tmp_path):
+    """LoRA dropout was on in the policy and off in the reference pass, so the policy's log-probs differed from
+    the reference's before any update. As TRL's DPOTrainer does, preference stages turn every dropout off."""
+    cfg = config(tiny_llama, method="clo", trainable="lora", lora_r=4, lora_dropout=0.5, batch_size=4)
+    trainer, _ = build_trainer(cfg, parallel_records(4), tmp_path / "run", METHOD_STAGES["clo"][0])
+    model = trainer.model
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    batch = next(iter(trainer.get_train_dataloader()))
+    model.train()
+    logps, _ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     clo_response_labels=batch["labels"])
+    chosen, rejected = logps.chunk(2)
+    assert torch.allclose(chosen, batch["ref_chosen_logps"], atol=1e-5)
+    assert torch.allclose(rejected, batch["ref_rejected_logps"], atol=1e-5)
