@@ -65,8 +65,12 @@ def collect(grid_dir: str | Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     for path in sorted(grid_dir.glob("*/metrics.json")):
         rows.extend(metrics_rows(path))
-    columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "metric", "value"]
+    for row in rows:  # an ablation slice's runs are a method of their own in every table: never pooled, never in
+        if row.get("variant"):  # the paper's claims (which compare the plain methods)
+            row["method"] = f"{row['method']}+{row['variant']}"
+    columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "variant", "metric", "value"]
     frame = pd.DataFrame(rows, columns=columns)
+    frame["variant"] = frame["variant"].fillna("")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     for column in ("size", "examples_used"):  # the base model has neither: empty, not 0
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")

@@ -495,15 +495,16 @@ def wilson(mean: float, n: int, z: float = 1.96) -> dict[str, float]:
 
 
 def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None,
-              run_dir: str | Path | None = None) -> dict[str, Any]:
-    """What identifies a run in the results table (the grid's short model label, else the model's id), and how
-    many examples it really trained on (its train log's `examples_used`; None for an untrained model)."""
+              run_dir: str | Path | None = None, variant: str = "") -> dict[str, Any]:
+    """What identifies a run in the results table (the grid's short model label, else the model's id; the grid
+    slice's variant for an ablation run, "" otherwise), and how many examples it really trained on (its train log's
+    `examples_used`; None for an untrained model)."""
     method = method or cfg.train.method
     log = Path(run_dir) / "train_log.json" if run_dir else None
     used = json.loads(log.read_text(encoding="utf-8")).get("examples_used") if log and log.is_file() else None
     return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language,
             "size": None if method == "base" else cfg.data.size,  # the untrained model has no data size
-            "method": method, "seed": cfg.seed, "name": cfg.name, "examples_used": used}
+            "method": method, "seed": cfg.seed, "name": cfg.name, "examples_used": used, "variant": variant}
 
 
 def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None,
@@ -529,7 +530,8 @@ def metrics_rows(path: str | Path) -> list[dict]:
 def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | None = None,
                  reference_run: str | Path | None = None, method: str | None = None, progress: bool = True,
                  log: Callable[[str], None] = print, loaded: tuple | None = None,
-                 model_label: str | None = None, prompts: list[dict] | None = None) -> dict[str, Any]:
+                 model_label: str | None = None, prompts: list[dict] | None = None,
+                 variant: str = "") -> dict[str, Any]:
     """Generate, score and judge one run; write `generations.jsonl`, `judgments.jsonl` and `metrics.json`.
 
     model_path: the trained weights (default `<run_dir>/model`), or the base model for method `base`.
@@ -601,7 +603,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, model_path: str | Path | N
                 metrics[f"winrate_vs_sft_{side}_ci_{part}"] = rate[part]
             metrics[f"winrate_vs_sft_{side}_ties"], metrics[f"winrate_vs_sft_{side}_n"] = rate["ties"], rate["n"]
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
-    write_metrics(run_dir, run_facts(cfg, method, model_label, run_dir), metrics, details,
+    write_metrics(run_dir, run_facts(cfg, method, model_label, run_dir, variant), metrics, details,
                   evaluate_fingerprint(cfg, run_dir, reference_run))
     return metrics
 

@@ -33,6 +33,7 @@ import difflib
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -41,11 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from clo_lib import lock
 from clo_lib.config import ConfigError, RunConfig, load_config, nest_dotted, read_yaml, save_config
 from clo_lib.io import atomic_write_json
 from clo_lib.provenance import (
     CHECKPOINT_FINGERPRINT,
     config_fingerprint,
+    digest,
     evaluate_fingerprint,
     matches,
     train_fingerprint,
@@ -81,8 +84,14 @@ class Stage:
     def failed_file(self) -> Path:
         return self.workdir / f"{self.kind}.failed.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """Held while a runner runs this stage (clo_lib.lock): another runner leaves the stage alone."""
+        return self.workdir / f".{self.id.replace('/', '__')}.lock"
+
     def own_state(self) -> str:
-        """done, stale (made under another fingerprint than the grid now gives), failed or pending; see states()."""
+        """done, stale (made under another fingerprint than the grid now gives), running (another runner holds it),
+        failed or pending; see states()."""
         if self.kind == "analyze":
             return "done" if _analysis_current(self) else ("failed" if self.failed_file.exists() else "pending")
         if self.done_file.exists():
@@ -97,6 +106,8 @@ class Stage:
             return "done"
         if self.kind == "train" and _checkpoints_of_another_run(self):
             return "stale"
+        if lock.holder_of(self.lock_file) is not None:
+            return "running"
         return "failed" if self.failed_file.exists() else "pending"
 
     def expected_fingerprint(self) -> Any:
@@ -275,8 +286,17 @@ def _chosen_slices(slices: list, data: dict, asked: list[str] | None, path: Path
     return [piece for piece in slices if isinstance(piece, dict) and piece.get("name") in names]
 
 
-def run_id(model: str, lang: str, method: str, size: int, seed: int) -> str:
-    return f"{model}-{lang}-{method}-n{size}-s{seed}"
+def run_id(model: str, lang: str, method: str, size: int, seed: int, variant: str = "") -> str:
+    return f"{model}-{lang}-{method}-n{size}-s{seed}" + (f"-{variant}" if variant else "")
+
+
+def slice_variant(piece: dict) -> str:
+    """What tells a slice's runs from the plain ones: "" without overrides, else the slice's name, or "o" and a
+    digest of its overrides for an unnamed slice (an ablation run of its own, never merged into the plain run)."""
+    overrides = piece.get("overrides") or {}
+    if not overrides:
+        return ""
+    return str(piece["name"]) if piece.get("name") else "o" + digest(nest_dotted(overrides))[:6]
 
 
 def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
@@ -337,14 +357,26 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
         sizes = _whole_numbers(piece["sizes"], f"slice {number} sizes", 1, path)
         seeds = _whole_numbers(piece.get("seeds", [0]), f"slice {number} seeds", 0, path)
         _mapping(piece.get("overrides"), f"slice {number} overrides", path)
+        _check_type(piece.get("name"), str, f"slice {number} name", "a name of letters, digits, '-', '_' or '.'",
+                    path)
+        if piece.get("name") and not re.fullmatch(r"[A-Za-z0-9_.-]+", piece["name"]):
+            raise GridError(f"{path}: slice {number} name = {piece['name']!r}; expected letters, digits, '-', '_' "
+                            "or '.' (it names run folders)")
+        variant = slice_variant(piece)
+        overrides = nest_dotted(piece.get("overrides") or {})
         for label in labels:
             for lang in languages:
                 for method in methods:
                     for size in sizes:
                         for seed in seeds:
-                            rid = run_id(label, lang, method, size, seed)
-                            wanted.setdefault(rid, {"model": label, "lang": lang, "method": method, "size": size,
-                                                    "seed": seed, "overrides": piece.get("overrides") or {}})
+                            rid = run_id(label, lang, method, size, seed, variant)
+                            spec = wanted.setdefault(rid, {
+                                "model": label, "lang": lang, "method": method, "size": size, "seed": seed,
+                                "overrides": piece.get("overrides") or {}, "variant": variant, "slice": number})
+                            if nest_dotted(spec["overrides"]) != overrides:
+                                raise GridError(f"{path}: slices {spec['slice']} and {number} both make run {rid} "
+                                                "with different settings (overrides); expected one slice per run: "
+                                                "give one of them another name")
 
     same_ids = data.get("same_ids_across_languages", False)
     _check_type(same_ids, bool, "same_ids_across_languages", "true or false", path)
@@ -433,8 +465,12 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
         cfg = configs[rid]
         before_training = transferred(cfg, spec)
         run_dir = output_dir / rid
-        facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed")}
-        sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
+        facts = {k: spec[k] for k in ("model", "lang", "method", "size", "seed", "variant")}
+        # sft_dpo starts from, and every run is judged against, the SFT run of its own slice variant; an ablation
+        # slice without SFT runs is judged against the plain SFT run
+        sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"], spec["variant"])
+        plain_sft = run_id(spec["model"], spec["lang"], "sft", spec["size"], spec["seed"])
+        reference = sft if sft in wanted else plain_sft
         # with same_ids_across_languages, every language's corpus of this seed must be there first
         shared = [corpus_stage[other] for other, o in wanted.items() if o["seed"] == spec["seed"]
                   and o["model"] == spec["model"] and o["lang"] in shared_languages]
@@ -450,10 +486,11 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
         eval_deps = [f"train/{rid}"]
         # every notebook parameter that has a default for hand use is set: an empty reference_run or base_run
         # means none (03's defaults point at the demo's runs)
-        eval_params = dict(params, method=spec["method"], model_label=spec["model"], reference_run="", base_run="")
-        if spec["method"] != "sft" and sft in wanted:
-            eval_deps.append(f"evaluate/{sft}")
-            eval_params["reference_run"] = str(output_dir / sft)
+        eval_params = dict(params, method=spec["method"], model_label=spec["model"], reference_run="", base_run="",
+                           variant=spec["variant"])
+        if rid != reference and reference in wanted:
+            eval_deps.append(f"evaluate/{reference}")
+            eval_params["reference_run"] = str(output_dir / reference)
         stages[f"evaluate/{rid}"] = Stage(id=f"evaluate/{rid}", kind="evaluate", workdir=run_dir,
                                           done_file=run_dir / "metrics.json", deps=eval_deps, config=cfg,
                                           facts=facts, parameters=eval_params)
@@ -462,7 +499,8 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
     if data.get("base", True):
         for (label, lang, seed) in sorted({(s["model"], s["lang"], s["seed"]) for s in wanted.values()}):
             rid = f"{label}-{lang}-base-s{seed}"
-            spec = {"model": label, "lang": lang, "method": "sft", "size": 1, "seed": seed, "overrides": {}}
+            spec = {"model": label, "lang": lang, "method": "sft", "size": 1, "seed": seed, "overrides": {},
+                    "variant": ""}
             cfg = resolve(spec, rid)
             before_evaluating = transferred(cfg, spec)
             run_dir = output_dir / rid
@@ -545,15 +583,16 @@ def table(stages: list[Stage], with_state: bool) -> str:
         f = stage.facts
         waits = ", ".join(stage.deps) if len(stage.deps) <= 3 else f"{len(stage.deps)} stages"
         size = "" if f.get("size") is None else str(f["size"])
+        method = str(f.get("method", "")) + (f"+{f['variant']}" if f.get("variant") else "")
         row = (f"{stage.id:52s} {str(f.get('model', '')):14s} {str(f.get('lang', '')):4s} "
-               f"{size:>5s} {str(f.get('method', '')):8s} {waits}")
+               f"{size:>5s} {method:8s} {waits}")
         lines.append((f"{state[stage.id]:8s} " if with_state else "") + row)
     counts = {kind: sum(s.kind == kind for s in stages) for kind in STAGE_KINDS}
     lines.append("stages: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + f" ({len(stages)} in all)")
     if with_state:
         counts = list(state.values())
         lines.append(f"done {counts.count('done')}, stale {counts.count('stale')}, failed {counts.count('failed')}, "
-                     f"left {counts.count('pending')}")
+                     f"running {counts.count('running')}, left {counts.count('pending')}")
         if counts.count("stale"):
             lines.append("stale: made under another config or data than the grid file now gives; "
                          "`grid run --rerun-stale` moves them aside and runs them again")
@@ -626,17 +665,27 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-def _run_and_record(stage: Stage) -> tuple[str, float]:
-    """("done" | "failed", seconds); a failure leaves its marker with the error's tail."""
-    start = time.perf_counter()
-    stage.failed_file.unlink(missing_ok=True)
+def _run_and_record(stage: Stage) -> tuple[str, float | None]:
+    """("done" | "failed", seconds), or ("held by pid … on … since …", None) when another runner holds the stage
+    (clo_lib.lock). A failure leaves its marker with the error's tail; a stage another runner finished meanwhile
+    is done with nothing run."""
+    holder = lock.acquire(stage.lock_file)
+    if holder is not None:
+        return f"held by {lock.describe(holder)}", None
     try:
-        execute_stage(stage)
-    except Exception as err:  # any error of a stage is that stage's failure, not the grid's
-        atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err),
-                                              "when": time.strftime("%Y-%m-%d %H:%M:%S")})
-        return "failed", time.perf_counter() - start
-    return "done", time.perf_counter() - start
+        start = time.perf_counter()
+        if stage.own_state() == "done":  # another runner finished it since this one planned
+            return "done", 0.0
+        stage.failed_file.unlink(missing_ok=True)
+        try:
+            execute_stage(stage)
+        except Exception as err:  # any error of a stage is that stage's failure, not the grid's
+            atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err),
+                                                  "when": time.strftime("%Y-%m-%d %H:%M:%S")})
+            return "failed", time.perf_counter() - start
+        return "done", time.perf_counter() - start
+    finally:
+        lock.release(stage.lock_file)
 
 
 def _clock(seconds: float) -> str:
@@ -720,14 +769,20 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
             progress.started(stage)
             state, seconds = _run_and_record(stage)
             outcome[stage.id] = state
-            progress.finished(stage, state, seconds)
+            progress.finished(stage, state if seconds is not None else f"skipped: {state}", seconds)
     else:
         _run_with_submitit(grid, todo, outcome, blocked_by, progress, executor)
     failed = [s for s in todo if outcome.get(s.id) != "done"]
     for stage in failed:
+        if outcome.get(stage.id, "").startswith("held by"):
+            continue
         if stage.failed_file.exists():
             error = json.loads(stage.failed_file.read_text())["error"].strip().splitlines()
             log(f"FAILED {stage.id}: {error[-1] if error else ''} (details: {stage.failed_file})")
+    held = [s.id for s in todo if outcome.get(s.id, "").startswith("held by")]
+    if held:
+        log(f"{len(held)} stages are being run by another runner of this grid ({', '.join(held[:3])}"
+            f"{' ...' if len(held) > 3 else ''}): left to it; run again once it has finished")
     return 1 if failed else 0
 
 
@@ -767,7 +822,7 @@ def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by,
                 atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err)})
                 state, seconds = "failed", None
             outcome[stage.id] = state
-            progress.finished(stage, state, seconds)
+            progress.finished(stage, state if not state.startswith("held by") else f"skipped: {state}", seconds)
 
 
 def main(argv: list[str] | None = None) -> int:

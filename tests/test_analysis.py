@@ -151,3 +151,22 @@ def test_the_report_gives_each_corpus_its_reversibility_rate(tmp_path):
                                                     "records": 40, "flagged_records": 2, "joint": joint}))
     report = write_report(grid)["report"].read_text()
     assert "| sw | hf: facebook/m2m100_1.2B | joint | 40 | 2 | 92.5% (37 of 40; catalyst relation" in report
+
+
+def test_an_ablation_slice_is_its_own_method_in_the_tables_and_out_of_the_claims(tmp_path):
+    grid = tmp_path / "grid"
+    run(grid, "sw-clo", "sw", "clo", 64, rate=0.20)
+    run(grid, "sw-sft", "sw", "sft", 64)
+    facts = {"model": "toy", "lang": "sw", "size": 64, "method": "clo", "seed": 0, "name": "sw-clo-nll-en",
+             "examples_used": 64, "variant": "nll-en"}
+    interval = wilson(0.9, 42)
+    write_metrics(grid / "sw-clo-nll-en", facts, {"fidelity_tgt": 0.5, "winrate_vs_sft_tgt": 0.9,
+                                                  "winrate_vs_sft_tgt_ci_low": interval["low"],
+                                                  "winrate_vs_sft_tgt_ci_high": interval["high"],
+                                                  "winrate_vs_sft_tgt_ties": 0.0, "winrate_vs_sft_tgt_n": 42})
+    frame = collect(grid)
+    assert set(frame["method"]) == {"clo", "sft", "clo+nll-en"}
+    assert set(pd.read_csv(grid / "results.csv")["variant"].fillna("")) == {"", "nll-en"}
+    report = write_report(grid)["report"].read_text()
+    assert "better in 0, worse in 1, inconclusive in 0 of 1 cells" in report  # the plain CLO run only
+    assert "| clo+nll-en |" in report

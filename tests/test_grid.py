@@ -304,3 +304,32 @@ def test_a_grid_defining_a_model_twice_is_refused(tmp_path):
                     "  - {languages: [sw], methods: [sft], sizes: [4]}\n")
     with pytest.raises(GridError, match=r"line 5.*models\.a.*twice"):
         load_grid(grid)
+
+
+def test_slices_that_differ_only_in_overrides_are_distinct_runs(tmp_path, tiny_llama):
+    """An ablation as a slice: (clo, sw, 4) and the same with English NLL planned one run, and the second slice's
+    settings vanished without a word. Now each overridden slice's runs carry its name (or a digest of its
+    overrides), and are judged against the plain SFT run when the slice has none of its own."""
+    slices = [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [4]},
+              {"name": "nll-en", "languages": ["sw"], "methods": ["clo"], "sizes": [4],
+               "overrides": {"train.nll_sides": ["en", "tgt"]}},
+              {"languages": ["sw"], "methods": ["clo"], "sizes": [4], "overrides": {"train.lam": 0.2}}]
+    grid = load_grid(write_grid(tmp_path, tiny_llama, slices=slices))
+    trains = {s.id: s for s in grid.stages.values() if s.kind == "train"}
+    assert len(trains) == 4
+    ablation = trains["train/tiny-sw-clo-n4-s0-nll-en"]
+    assert ablation.config.train.nll_sides == ["en", "tgt"] and ablation.facts["variant"] == "nll-en"
+    assert trains["train/tiny-sw-clo-n4-s0"].config.train.nll_sides == ["tgt"]
+    unnamed = next(s for s in trains.values() if s.config.train.lam == 0.2)
+    assert unnamed.facts["variant"].startswith("o") and unnamed.id.endswith(unnamed.facts["variant"])
+    evaluation = grid.stages["evaluate/tiny-sw-clo-n4-s0-nll-en"]
+    assert evaluation.parameters["reference_run"].endswith("tiny-sw-sft-n4-s0")
+    assert evaluation.parameters["variant"] == "nll-en"
+    assert "clo+nll-en" in gridlib.table(list(grid.stages.values()), with_state=False)
+
+
+def test_two_slices_giving_one_run_id_different_settings_are_refused_naming_both(tmp_path, tiny_llama):
+    slices = [{"name": "abl", "languages": ["sw"], "methods": ["clo"], "sizes": [4], "overrides": {"train.lam": 0.2}},
+              {"name": "abl", "languages": ["sw"], "methods": ["clo"], "sizes": [4], "overrides": {"train.lam": 0.9}}]
+    with pytest.raises(GridError, match=r"slices 1 and 2 .*tiny-sw-clo-n4-s0-abl.*different settings"):
+        load_grid(write_grid(tmp_path, tiny_llama, slices=slices))
