@@ -193,13 +193,15 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
     ecfg = cfg.eval
     settings = decoding_settings(cfg, max_new_tokens)
     model_id = model_identity(model)
+    # a chat model's prompts are written by its tokenizer's chat template: another template, other answers
+    chat_template = [_hash(tokenizer.chat_template)] if cfg.model.prompt_format == "chat" else []
     cache = JsonlCache(cache_path)
     items = []
     for row in prompts:
         for side in sides:
             text, lang = row[f"prompt_{side}"], cfg.language if side == "tgt" else SOURCE_LANGUAGE
-            items.append({"key": _hash(side, lang, text, settings, model_id), "id": row["id"], "side": side,
-                          "lang": lang, "prompt": text, "settings": _hash(settings)})
+            items.append({"key": _hash(side, lang, text, settings, model_id, *chat_template), "id": row["id"],
+                          "side": side, "lang": lang, "prompt": text, "settings": _hash(settings)})
     todo = [item for item in items if item["key"] not in cache.rows]
     formatted = {item["key"]: format_prompt(item["prompt"], tokenizer, cfg.model.prompt_format,
                                             cfg.model.prompt_template) for item in todo}
@@ -435,8 +437,8 @@ Which response is better? Reply with exactly one letter: A or B."""
 
 
 def _judge_once(endpoint: ChatEndpoint, language: str, instruction: str, a: str, b: str, cache: JsonlCache) -> str:
-    """'A' or 'B' (or '?' for an unusable reply), cached by (judge model, prompt, answers, order)."""
-    key = _hash(endpoint.model, JUDGE_PROMPT, language, instruction, a, b)
+    """'A' or 'B' (or '?' for an unusable reply), cached by (endpoint, judge model, prompt, answers, order)."""
+    key = _hash(endpoint.base_url.rstrip("/"), endpoint.model, JUDGE_PROMPT, language, instruction, a, b)
     if key not in cache.rows:
         text = JUDGE_PROMPT.format(language=language, instruction=instruction, response_a=a, response_b=b)
         reply = endpoint.chat([{"role": "user", "content": text}], temperature=0.0, max_tokens=5).strip().upper()

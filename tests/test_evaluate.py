@@ -348,3 +348,31 @@ def test_the_letter_rule_is_a_setting_of_evaluation_and_translation():
     cfg = load_config({"language": "sw", "eval": {"lid_min_letters": 1}, "translation": {"lid_min_letters": 8}})
     assert cfg.eval.lid_min_letters == 1 and cfg.translation.lid_min_letters == 8
     assert langid.detect("OK", ["en", "sw"], min_letters=cfg.eval.lid_min_letters)[0] == "sw"
+
+
+def test_another_judge_endpoint_is_asked_again_not_served_from_the_cache(tmp_path, chat_stub, monkeypatch):
+    """The judge cache was keyed by the judge model's name only: the same model name behind another server (a
+    local vLLM after GPT-4o, say) got the first server's verdicts."""
+    monkeypatch.setenv("CLO_JUDGE_KEY", "k")
+    first_url, first = chat_stub(lambda body: "A")
+    second_url, second = chat_stub(lambda body: "B")
+    ours, reference = [gen(0, "tgt", "Jibu hili ni zuri sana.")], [gen(0, "tgt", "Jibu hili ni zuri pia.")]
+    cache = tmp_path / "judgments.jsonl"
+    judge_against(ours, reference, ChatEndpoint(first_url, "judge", "CLO_JUDGE_KEY"), "sw", cache)
+    judge_against(ours, reference, ChatEndpoint(second_url, "judge", "CLO_JUDGE_KEY"), "sw", cache)
+    assert len(first) == 2 and len(second) == 2
+
+
+def test_a_chat_models_answers_are_cached_per_chat_template(tmp_path, tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config({"language": "sw", "model": {"name_or_path": str(tiny_llama), "prompt_format": "chat"},
+                       "eval": {"max_new_tokens": 2}})
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.padding_side = "left"
+    prompts = [{"id": 0, "prompt_en": "Hello there?", "prompt_tgt": "Habari?"}]
+    cache = tmp_path / "generations.jsonl"
+    evaluate.generate_answers(model, tokenizer, prompts, cfg, cache, progress=False)
+    tokenizer.chat_template = "{% for m in messages %}USER SAYS: {{ m['content'] }}\n{% endfor %}ANSWER:"
+    evaluate.generate_answers(model, tokenizer, prompts, cfg, cache, progress=False)
+    assert len(cache.read_text().splitlines()) == 4  # both sides generated again under the other template
