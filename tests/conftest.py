@@ -10,12 +10,52 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from clo_lib import tiny
 
 torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+# What the suite may leave in the checkout: the venv and what installing and running Python make.
+NOT_CHECKED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def checkout_files(root: Path = REPO) -> dict[str, tuple[int, int]]:
+    """Every file of the checkout, tracked or not (git-ignored outputs/ included), by path: (size, mtime)."""
+    found = {}
+    for path in root.rglob("*"):
+        parts = path.relative_to(root).parts
+        if any(part in NOT_CHECKED or part.endswith(".egg-info") for part in parts) or not path.is_file():
+            continue
+        stat = path.stat()
+        found["/".join(parts)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def checkout_changes(before: dict, after: dict) -> list[str]:
+    return sorted([f"added {p}" for p in after.keys() - before.keys()] +
+                  [f"removed {p}" for p in before.keys() - after.keys()] +
+                  [f"changed {p}" for p in before.keys() & after.keys() if before[p] != after[p]])
+
+
+def pytest_sessionstart(session):
+    session.config.stash["checkout"] = checkout_files()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Tests write only under pytest's tmp dirs: the suite fails when it left the checkout otherwise than it found
+    it (the notebook tests once pretrained the full toy world into outputs/toy/world)."""
+    changes = checkout_changes(session.config.stash["checkout"], checkout_files())
+    if changes:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        text = f"the test suite wrote into the checkout ({len(changes)} files): " + ", ".join(changes[:10])
+        if reporter:
+            reporter.write_line(text, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

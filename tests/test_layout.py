@@ -63,3 +63,22 @@ def test_every_notebook_opens_in_colab_and_sets_itself_up_the_same_way():
         assert '"google.colab" in sys.modules' in setup and repo_url in setup, path
         setups.add(setup)
     assert len(setups) == 1, "the notebooks' setup cells differ"
+
+
+def test_the_suite_notices_a_file_written_into_the_checkout(tmp_path):
+    """conftest.py compares the checkout before and after the session and fails the run when a test wrote into it;
+    the comparison itself sees an added, a removed and a changed file, and not the venv or caches."""
+    from conftest import checkout_changes, checkout_files
+
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "kept.txt").write_text("a")
+    (tmp_path / "gone.txt").write_text("b")
+    (tmp_path / "edited.txt").write_text("c")
+    before = checkout_files(tmp_path)
+    (tmp_path / "gone.txt").unlink()
+    (tmp_path / "edited.txt").write_text("cc")
+    (tmp_path / "outputs" / "world.json").write_text("{}")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "x").write_text("ignored")
+    assert checkout_changes(before, checkout_files(tmp_path)) == [
+        "added outputs/world.json", "changed edited.txt", "removed gone.txt"]

@@ -16,39 +16,59 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 
 
-def run_notebook(name, tmp_path, **parameters):
+def make_kit(root: Path, world: Path) -> Path:
+    """A sandbox laid out like a clone (clo_lib, params and notebooks linked from this checkout) whose
+    outputs/toy/world is the session's small fixture world: a notebook's setup cell moves to the nearest folder
+    holding clo_lib/, so everything it writes with its defaults lands here, never in the checkout (where
+    toyworld.ensure_world once pretrained the full world during `make test`)."""
+    kit = root / "kit"
+    (kit / "outputs" / "toy").mkdir(parents=True)
+    for name in ("clo_lib", "params"):
+        (kit / name).symlink_to(REPO / name)
+    # copied: a kernel started in a linked notebooks/ would find itself in this checkout's (getcwd resolves links)
+    shutil.copytree(NOTEBOOKS, kit / "notebooks")
+    (kit / "outputs" / "toy" / "world").symlink_to(world)
+    return kit
+
+
+@pytest.fixture
+def kit(tmp_path, small_world):
+    return make_kit(tmp_path, small_world)
+
+
+def run_notebook(name, tmp_path, kit, **parameters):
     output = tmp_path / name
-    pm.execute_notebook(str(NOTEBOOKS / name), str(output), parameters=parameters, cwd=str(NOTEBOOKS),
-                        kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(str(kit / "notebooks" / name), str(output), parameters=parameters,
+                        cwd=str(kit / "notebooks"), kernel_name="python3", progress_bar=False)
     return json.loads(output.read_text())
 
 
-def test_01_translate_writes_the_corpus(tmp_path):
-    run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
+def test_01_translate_writes_the_corpus(tmp_path, kit):
+    run_notebook("01_translate.ipynb", tmp_path, kit, language="de", output_dir=str(tmp_path / "outputs"),
                  overrides={"data.size": 12})
     rows = (tmp_path / "outputs" / "data" / "de" / "parallel.jsonl").read_text().splitlines()
     assert len(rows) == 12 and json.loads(rows[0])["lang"] == "de"
 
 
-def test_01_translate_takes_papermill_p_strings(tmp_path):
+def test_01_translate_takes_papermill_p_strings(tmp_path, kit):
     """`papermill -p config_files params/presets/toy.yaml -p overrides 'data.size=6'` hands over strings."""
-    run_notebook("01_translate.ipynb", tmp_path, language="ko", output_dir=str(tmp_path / "outputs"),
+    run_notebook("01_translate.ipynb", tmp_path, kit, language="ko", output_dir=str(tmp_path / "outputs"),
                  config_files="params/presets/toy.yaml", overrides="data.size=6, translation.batch_size=2")
     assert len((tmp_path / "outputs" / "data" / "ko" / "parallel.jsonl").read_text().splitlines()) == 6
 
 
-def test_01_translate_stops_on_bad_parameters_before_translating(tmp_path):
+def test_01_translate_stops_on_bad_parameters_before_translating(tmp_path, kit):
     with pytest.raises(pm.PapermillExecutionError, match="train.lam"):
-        run_notebook("01_translate.ipynb", tmp_path, language="de", output_dir=str(tmp_path / "outputs"),
+        run_notebook("01_translate.ipynb", tmp_path, kit, language="de", output_dir=str(tmp_path / "outputs"),
                      overrides={"train.lam": 3})
     assert not (tmp_path / "outputs").exists()
 
 
-def test_03_evaluate_writes_metrics(tmp_path, tiny_llama):
+def test_03_evaluate_writes_metrics(tmp_path, tiny_llama, kit):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"id": 0, "prompt_en": "What color is the banana?", "prompt_tgt": "Ndizi ina rangi gani?"}\n')
     run_dir = tmp_path / "run"
-    run_notebook("03_evaluate.ipynb", tmp_path, language="sw", output_dir=str(tmp_path), run_dir=str(run_dir),
+    run_notebook("03_evaluate.ipynb", tmp_path, kit, language="sw", output_dir=str(tmp_path), run_dir=str(run_dir),
                  model_path=str(tiny_llama), method="base", reference_run="", base_run="",
                  overrides={"model.name_or_path": str(tiny_llama), "eval.prompts": str(prompts),
                             "eval.max_new_tokens": 4})
@@ -56,14 +76,14 @@ def test_03_evaluate_writes_metrics(tmp_path, tiny_llama):
     assert metrics["run"]["method"] == "base" and "fidelity_tgt" in metrics["metrics"]
 
 
-def test_02_train_trains_from_the_translated_corpus(tmp_path, tiny_llama):
+def test_02_train_trains_from_the_translated_corpus(tmp_path, tiny_llama, kit):
     from clo_lib.config import load_config
     from clo_lib.translate import run_translation
 
     run_translation(load_config({"preset": "toy", "language": "sw", "output_dir": str(tmp_path / "out"),
                                  "data": {"size": 16}}), progress=False)
     run_dir = tmp_path / "run"
-    run_notebook("02_train.ipynb", tmp_path, language="sw", output_dir=str(tmp_path / "out"), run_dir=str(run_dir),
+    run_notebook("02_train.ipynb", tmp_path, kit, language="sw", output_dir=str(tmp_path / "out"), run_dir=str(run_dir),
                  overrides={"model.name_or_path": str(tiny_llama), "data.size": 8, "train.epochs": 1,
                             "train.method": "clo", "train.batch_size": 4, "train.logging_steps": 1})
     log = json.loads((run_dir / "train_log.json").read_text())
@@ -93,7 +113,7 @@ def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, smal
     for name in ("clo_lib", "params"):
         (kit / name).symlink_to(REPO / name)
     shutil.copytree(NOTEBOOKS, kit / "notebooks")
-    shutil.copytree(small_world, kit / "outputs" / "toy" / "world")
+    shutil.copytree(small_world, kit / "outputs" / "toy" / "world")  # a copy: this test's lesson builds beside it
     monkeypatch.chdir(kit)
     demo = yaml.safe_load((REPO / "params" / "grids" / "toy.yaml").read_text())
     world = kit / "outputs" / "toy" / "world"
