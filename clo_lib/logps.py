@@ -52,11 +52,12 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     picked_hidden, picked_targets = hidden[:, :-1][mask], targets[mask]
     step = chunk_tokens or max(1, LOGITS_BUDGET_BYTES // (4 * head.out_features))
     n_tokens = picked_targets.shape[0]
-    if n_tokens == 0 or (chunk_tokens is None and n_tokens <= step):
+    agreed = _head_calls_all_ranks_agree_on(math.ceil(n_tokens / step), labels.device)
+    if agreed is None and (n_tokens == 0 or (chunk_tokens is None and n_tokens <= step)):
         token_logps = _token_logps(head, picked_hidden, picked_targets)  # small enough: keep the logits
     else:
         pieces = []
-        for start in range(0, n_tokens, step):
+        for start in range(0, (agreed or math.ceil(n_tokens / step)) * step, step):  # past the end: empty chunks
             h, t = picked_hidden[start:start + step], picked_targets[start:start + step]
             if torch.is_grad_enabled() and h.requires_grad:
                 pieces.append(torch.utils.checkpoint.checkpoint(_token_logps, head, h, t, use_reentrant=False))
@@ -65,6 +66,20 @@ def response_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         token_logps = torch.cat(pieces)
     sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=labels.device).index_add(0, rows, token_logps)
     return sums, mask.sum(-1)
+
+
+def _head_calls_all_ranks_agree_on(chunks: int, device: torch.device) -> int | None:
+    """With several processes, how many LM-head chunks every rank runs in this pass (the most any rank needs, at
+    least one); None with one process. Under ZeRO-3 each head call can gather the head's sharded weight with a
+    collective: ranks whose response-token counts differ would make different numbers of calls (4 against 8)
+    and wait for each other. The rank with fewer tokens runs empty chunks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() == 1:
+        return None
+    count = torch.tensor([max(chunks, 1)], device=device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count.item())
 
 
 def _token_logps(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -338,6 +338,9 @@ def test_length_buckets_agree_across_ranks(tiny_llama, tmp_path):
     assert ranks[0]["alone"] == 1 and ranks[1]["alone"] == 4  # left to themselves, the ranks would disagree
     assert ranks[0]["passes"] == ranks[1]["passes"] == 4
     assert all(rank["equal"] for rank in ranks)
+    # the LM head too: ranks with more response tokens need more chunks (ZeRO-3 gathers the head at each call)
+    assert ranks[0]["alone_head_calls"] != ranks[1]["alone_head_calls"]
+    assert ranks[0]["head_calls"] == ranks[1]["head_calls"]
 
 
 @pytest.mark.parametrize("buckets", [1, 3, 16])
