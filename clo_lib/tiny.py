@@ -191,6 +191,55 @@ def make_tiny_seq2seq(
     return path
 
 
+DONOR_FAMILIES = ("wordpiece", "bpe", "sentencepiece")
+
+
+def make_tiny_donor(path: str | Path, family: str, corpus: list[str] | None = None, seed: int = 0) -> Path:
+    """A tiny target-language PLM of one tokenizer family, as SALT's donors are (BERT, GPT and T5 style): WordPiece
+    with BERT's [CLS] ... [SEP] and no BOS or EOS (a BertModel); byte-level BPE (a Llama decoder, as
+    make_tiny_causal_lm); SentencePiece (Unigram, ▁) that appends </s> and has no BOS (a T5Model)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5Model
+
+    if family == "bpe":
+        return make_tiny_causal_lm(path, "llama", corpus=corpus, seed=seed, vocab_size=300, hidden_size=16)
+    if family not in DONOR_FAMILIES:
+        raise ValueError(f"family = {family!r}; expected one of {', '.join(DONOR_FAMILIES)}")
+    corpus = corpus or DEFAULT_CORPUS
+    if family == "wordpiece":
+        backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        backend.train_from_iterator(corpus, trainers.WordPieceTrainer(
+            vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+        cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        torch.manual_seed(seed)
+        model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32))
+    else:
+        backend = Tokenizer(models.Unigram())
+        backend.normalizer = normalizers.NFKC()
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        backend.train_from_iterator(corpus, trainers.UnigramTrainer(
+            vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False))
+        backend.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", backend.token_to_id("</s>"))])
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                            eos_token="</s>")
+        torch.manual_seed(seed)
+        model = T5Model(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
 def make_tiny_gguf(path: str | Path, seed: int = 0, quantize: bool = False) -> Path:
     """Write a tiny Llama as a GGUF file (weights, config and tokenizer in one file) with the `gguf` package's
     writer, next to the same model as an HF folder (`<path>.hf/`) to compare against; return the .gguf path.

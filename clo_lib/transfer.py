@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from clo_lib.loss import sequence_logps
-from clo_lib.vocab import init_embeddings, shared_tokens
+from clo_lib.vocab import init_embeddings, salt_diagnostics, salt_warning, shared_tokens
 
 SPECIAL_ROLES = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
 
@@ -36,6 +36,34 @@ def _special_texts(tokenizer) -> list[str]:
     """Every special token of a tokenizer by its text: the roles' and the added ones (a chat format's markers)."""
     added = [token.content for token in tokenizer.added_tokens_decoder.values() if token.special]
     return list(dict.fromkeys([*tokenizer.all_special_tokens, *added]))
+
+
+def adopt_llm_conventions(new_tokenizer, llm_tokenizer) -> list[str]:
+    """Give the donor's tokenizer, in place, the LLM's sequence conventions, which the LLM was trained with and
+    training and generation rely on: the roles bos, eos and pad it lacks taken from the LLM (a WordPiece donor has
+    no EOS, a T5 donor no BOS: CLO appended a None EOS, and the config kept the old ids, pointing at [CLS]), and
+    the LLM's rule for what the tokenizer adds around a text (its BOS, or nothing) instead of the donor's own
+    ([CLS] ... [SEP], or ... </s>). Returns the roles taken from the LLM."""
+    from tokenizers import processors
+
+    taken = []
+    for role in ("bos_token", "eos_token", "pad_token"):
+        if getattr(new_tokenizer, role, None) is None and getattr(llm_tokenizer, role, None) is not None:
+            new_tokenizer.add_special_tokens({role: getattr(llm_tokenizer, role)})
+            taken.append(role)
+    plain = llm_tokenizer("x", add_special_tokens=False)["input_ids"]
+    marked = llm_tokenizer("x")["input_ids"]
+    start = len(marked) - len(plain) if marked[len(marked) - len(plain):] == plain else 0
+    # the LLM's added tokens before the text, by role (BOS, in practice), in the new vocabulary
+    ids = {llm_tokenizer.convert_ids_to_tokens(i): i for i in marked[:start]}
+    roles = {getattr(llm_tokenizer, f"{r}_token_id", None): getattr(new_tokenizer, f"{r}_token", None)
+             for r in ("bos", "eos", "cls")}
+    before = [roles.get(i) or text for text, i in ids.items()]
+    single = " ".join([*before, "$A"])
+    pair = " ".join([*before, "$A", "$B:1"])
+    new_tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=single, pair=pair, special_tokens=[(t, new_tokenizer.convert_tokens_to_ids(t)) for t in before])
+    return taken
 
 
 def carry_chat_format(new_tokenizer, llm_tokenizer) -> list[str]:
@@ -72,6 +100,18 @@ def token_map(new_tokenizer, llm_tokenizer) -> dict[int, int]:
     return {**shared_tokens(new_tokenizer, llm_tokenizer), **special_tokens(new_tokenizer, llm_tokenizer)}
 
 
+def plain_tokenizer(tokenizer):
+    """The same tokenizer as a plain fast tokenizer: a donor's own class (BERT's, T5's) would rebuild the
+    post-processor adopt_llm_conventions replaced when the saved tokenizer is loaded."""
+    from transformers import PreTrainedTokenizerFast
+
+    roles = {role: getattr(tokenizer, role) for role in ("bos_token", "eos_token", "unk_token", "pad_token")
+             if getattr(tokenizer, role, None) is not None}
+    plain = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer, **roles)
+    plain.chat_template = tokenizer.chat_template
+    return plain
+
+
 def donor_input_embeddings(donor_model, new_tokenizer) -> torch.Tensor:
     """The donor PLM's input embeddings, one row per id of its tokenizer (a padded matrix is cut to the ids)."""
     rows = max(new_tokenizer.get_vocab().values()) + 1
@@ -94,6 +134,7 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
     """Give `llm` the vocabulary of `new_tokenizer` in place: new input embeddings (and an untied head) by `method`,
     config ids of its special tokens. `new_tokenizer` gains the LLM's chat format (carry_chat_format). Returns
     counts for the stage's report."""
+    roles_taken = adopt_llm_conventions(new_tokenizer, llm_tokenizer)
     carried = carry_chat_format(new_tokenizer, llm_tokenizer)
     mapped = token_map(new_tokenizer, llm_tokenizer)
     size = max(new_tokenizer.get_vocab().values()) + 1
@@ -115,18 +156,23 @@ def transfer_model(llm, llm_tokenizer, donor_embeddings: torch.Tensor | None, ne
         llm.get_input_embeddings().weight.copy_(new_inputs)
         if new_head is not None:
             llm.get_output_embeddings().weight.copy_(new_head)
-    for role in SPECIAL_ROLES:
-        if role != "unk_token_id" and getattr(new_tokenizer, role, None) is not None:
-            setattr(llm.config, role, getattr(new_tokenizer, role))
+    for role in SPECIAL_ROLES:  # every id from the new tokenizer, None where it has none: an old id would point
+        if role != "unk_token_id":  # at an unrelated token of the new vocabulary
+            setattr(llm.config, role, getattr(new_tokenizer, role, None))
             if getattr(llm, "generation_config", None) is not None:
-                setattr(llm.generation_config, role, getattr(new_tokenizer, role))
+                setattr(llm.generation_config, role, getattr(new_tokenizer, role, None))
     with_aux = int((~torch.isnan(aux).any(dim=1)).sum()) if aux is not None else 0
+    diagnostics = None
+    if method == "salt":  # how well posed the per-token least squares were (transfer.json; a warning when not)
+        made_ids = torch.tensor([i for i in range(size) if i not in mapped], dtype=torch.long)
+        diagnostics = salt_diagnostics(donor_embeddings, aux, mapped, made_ids)
     # how large the made rows are next to the LLM's own (SALT's unregularised least squares can blow them up)
     made = torch.tensor([i for i in range(size) if i not in mapped], dtype=torch.long)
     ratio = float(new_inputs[made].double().norm(dim=1).median() / inputs.detach().double().norm(dim=1).median()) \
         if len(made) else None
     return {"method": method, "vocab_before": before, "vocab_after": size, "shared": len(mapped),
             "special": len(special_tokens(new_tokenizer, llm_tokenizer)), "special_carried": carried,
+            "roles_from_llm": roles_taken, "salt_diagnostics": diagnostics,
             "with_aux_vector": with_aux, "tied_head": tied, "made_row_norm_ratio": ratio}
 
 
@@ -252,7 +298,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     from clo_lib.data import _read_text
     from clo_lib.io import atomic_write_json
     from clo_lib.models import check_training_precision, load_model_and_tokenizer
-    from clo_lib.provenance import config_fingerprint
+    from clo_lib.provenance import stage_fingerprint
     from clo_lib.vocab import aux_embeddings
 
     tcfg = cfg.transfer
@@ -278,7 +324,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
                              f"{tcfg.held_out}; expected more text or a smaller held_out")
         check_training_precision(cfg)  # before anything loads: float16 trains on CUDA only
     out = Path(out_dir)
-    marker, fingerprint = out / "transfer.json", config_fingerprint(cfg, "transfer")
+    marker, fingerprint = out / "transfer.json", stage_fingerprint(cfg, "transfer")
     if marker.is_file() and (out / "model" / "config.json").is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if done.get("fingerprint") == fingerprint:  # as train_run does: the same settings are not run twice
@@ -298,6 +344,10 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
         log(f"transferring {cfg.model.name_or_path} to the vocabulary of {tcfg.donor} by {tcfg.method}")
         report.update(transfer_model(model, llm_tokenizer, donor_rows, new_tokenizer, aux, tcfg.method, tcfg.ridge,
                                      cfg.seed))
+        warning = salt_warning(report["salt_diagnostics"] or {})
+        if warning:
+            log(f"warning: {warning}")
+            report["warning"] = warning
     else:
         report["method"] = "none"
     report["after_tokens_per_word"] = tokens_per_word(new_tokenizer, sample) if sample else None
@@ -311,7 +361,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
         log(f"held-out loss {report['curve'][0]['loss']:.3f} at step 0, {report['curve'][-1]['loss']:.3f} at step "
             f"{report['curve'][-1]['step']}")
     model.save_pretrained(out / "model")
-    new_tokenizer.save_pretrained(out / "model")
+    plain_tokenizer(new_tokenizer).save_pretrained(out / "model")
     report["config"] = json.loads(json.dumps(cfg.to_dict()["transfer"]))
     report["fingerprint"] = fingerprint  # what the grid and the runs built on it check
     atomic_write_json(marker, report)  # written last: the stage is done when it exists

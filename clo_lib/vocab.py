@@ -131,6 +131,49 @@ def _transfer(method: str, source: torch.Tensor, donor: torch.Tensor | None, aux
     return rows
 
 
+def salt_diagnostics(donor_embeddings: torch.Tensor, aux_embeddings: torch.Tensor, shared: dict[int, int],
+                     tokens: torch.Tensor, top: int = 10) -> dict[str, float | int | None]:
+    """How well posed SALT's per-token least squares are for `tokens` (new ids to be made): the distribution of the
+    neighbour count k, the share of tokens with k at least the donor's width h_t (the fit is then square or
+    underdetermined and its coefficients can grow without bound), the median condition number of the neighbours'
+    donor rows E_t[K], and how flat the similarities are (the median top and `top`-th cosine of a token to the
+    anchors: when they are close, sparsemax keeps many neighbours). With 32-dimensional fastText trained on 208
+    lines the top cosines run 0.999 to 0.978 and k reaches the donor's width: SALT's claim cannot be tested there."""
+    aux = aux_embeddings.detach().to(torch.float64)
+    has_aux = ~torch.isnan(aux).any(dim=1)
+    tokens = torch.tensor([t for t in tokens.tolist() if has_aux[t]], dtype=torch.long)
+    if len(tokens) == 0:
+        return {"tokens": 0}
+    anchors, weights = neighbours(aux, shared, tokens)
+    ks = (weights > 0).sum(dim=1)
+    width = donor_embeddings.shape[1]
+    donor = donor_embeddings.detach().to(torch.float64)
+    conditions = torch.stack([torch.linalg.cond(donor[anchors[(w > 0).nonzero().flatten()]]) for w in weights])
+    cosines = torch.nn.functional.normalize(aux[tokens], dim=-1) @ torch.nn.functional.normalize(aux[anchors],
+                                                                                                  dim=-1).T
+    ranked = cosines.sort(dim=1, descending=True).values
+    kth = ranked[:, min(top, ranked.shape[1]) - 1]
+    quantile = lambda values, q: float(torch.quantile(values.to(torch.float64), q))  # noqa: E731
+    return {"tokens": len(tokens), "donor_width": width, "k_min": int(ks.min()), "k_median": quantile(ks, 0.5),
+            "k_p90": quantile(ks, 0.9), "k_max": int(ks.max()),
+            "share_k_at_least_width": round(float((ks >= width).double().mean()), 4),
+            "condition_median": quantile(conditions, 0.5), "top_cosine_median": quantile(ranked[:, 0], 0.5),
+            f"cosine_{min(top, ranked.shape[1])}th_median": quantile(kth, 0.5)}
+
+
+def salt_warning(diagnostics: dict) -> str | None:
+    """A line to print when most tokens' neighbour count approaches the donor's width (assumed: the median k at
+    0.8 of it), where SALT's fits are ill-posed and its made rows can explode."""
+    if diagnostics.get("tokens") and diagnostics["k_median"] >= 0.8 * diagnostics["donor_width"]:
+        d = diagnostics
+        return (f"SALT: the median token has {d['k_median']:.0f} neighbours for a donor {d['donor_width']} wide "
+                f"({d['share_k_at_least_width']:.0%} at or past it; median condition number "
+                f"{d['condition_median']:.3g}): the auxiliary vectors are too flat (top cosines around "
+                f"{d['top_cosine_median']:.3f}) for its least squares to be well posed; better vectors "
+                "(published fastText, more text) or transfer.ridge")
+    return None
+
+
 def salt_map(donor_rows: torch.Tensor, source_rows: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """X (h_t × h_s) with donor_rows · X ≈ source_rows in least squares: pinv(E_t[K]) · E_s[K], or with `ridge` > 0
     (E_t[K]ᵀ E_t[K] + λI)⁻¹ E_t[K]ᵀ E_s[K]."""

@@ -158,3 +158,48 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
                           "--set", "transfer.donor=null"], capture_output=True, text=True)
     assert bad.returncode == 2 and "transfer.donor is not set" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("family", tiny.DONOR_FAMILIES)
+def test_each_donor_family_keeps_the_llms_sequence_conventions_and_trains_clo(tiny_llama, german, tmp_path, family):
+    """A WordPiece (BERT) donor has no EOS, a SentencePiece (T5) donor no BOS and appends </s>: after transfer, the
+    config kept the LLM's old ids ([CLS] in the new vocabulary), CLO appended a None EOS and crashed, and prompts
+    were wrapped in [CLS] ... [SEP]. Now the roles the donor lacks come from the LLM, the ids in the config and the
+    generation config are the new tokenizer's, the tokenizer adds what the LLM's adds (its BOS) and nothing else,
+    and CLO trains on the result with EOS at the end of every answer."""
+    import json
+
+    import yaml
+    from transformers import AutoTokenizer
+
+    from clo_lib.batches import encode
+    from clo_lib.config import load_config
+    from clo_lib.train import train_run
+    from clo_lib.transfer import main
+
+    texts, _, _ = german
+    donor = tiny.make_tiny_donor(tmp_path / "donor", family, corpus=texts)
+    run = tmp_path / "run.yaml"
+    model = {"name_or_path": str(tiny_llama), "dtype": "float32", "max_length": 64, "backend": "hf"}
+    run.write_text(yaml.safe_dump({"language": "de", "model": model,
+                                   "transfer": {"donor": str(donor), "method": "mean"}}))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    base = tmp_path / "out" / "model"
+    llm, new = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(base)
+    assert new.eos_token is not None and new.bos_token is not None
+    config = json.loads((base / "config.json").read_text())
+    generation = json.loads((base / "generation_config.json").read_text())
+    assert config["eos_token_id"] == generation["eos_token_id"] == new.eos_token_id
+    assert config["bos_token_id"] == new.bos_token_id
+    ids = new("Der Himmel ist blau.")["input_ids"]
+    plain = new("Der Himmel ist blau.", add_special_tokens=False)["input_ids"]
+    llm_adds = len(llm("x")["input_ids"]) - len(llm("x", add_special_tokens=False)["input_ids"])
+    assert ids == [new.bos_token_id] * llm_adds + plain  # no [CLS]/[SEP], no </s> appended
+    cfg = load_config({"language": "de", "model": {**model, "name_or_path": str(base)},
+                       "train": {"method": "clo", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3}})
+    encoded = encode(new, cfg, "Was ist zwei plus zwei?", "Es ist vier.")
+    assert encoded["labels"][-1] == new.eos_token_id
+    records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
+                "prompt_tgt": f"Was ist {i} plus {i}?", "response_tgt": f"Es ist {2 * i}."} for i in range(4)]
+    log = train_run(cfg, records, tmp_path / "clo")
+    assert log["stages"][-1]["steps"] == 2

@@ -186,3 +186,27 @@ def test_a_missing_or_empty_text_file_is_one_clear_error(tmp_path):
         train_fasttext(str(tmp_path / "empty.txt"))
     with pytest.raises(FileNotFoundError, match="expected a fastText .bin file"):
         load_fasttext(str(tmp_path / "cc.de.300.bin"))
+
+
+def test_salt_diagnostics_count_neighbours_and_conditions_as_numpy_does_and_warn_when_flat():
+    """transfer.json records how well posed SALT's fits are; with flat similarities (every auxiliary vector nearly
+    the same) k reaches the donor's width and a warning says SALT cannot be tested with these inputs."""
+    from clo_lib.vocab import neighbour_weights, salt_diagnostics, salt_warning
+
+    generator = torch.Generator().manual_seed(0)
+    donor = torch.randn(40, 4, dtype=torch.float64, generator=generator)
+    shared = {i: i for i in range(30)}
+    spread_aux = torch.randn(40, 8, dtype=torch.float64, generator=generator)
+    made = torch.arange(30, 40)
+    found = salt_diagnostics(donor, spread_aux, shared, made)
+    weights = neighbour_weights(spread_aux[made], spread_aux[:30]).numpy()
+    ks = (weights > 0).sum(axis=1)
+    conditions = [np.linalg.cond(donor[:30].numpy()[w > 0]) for w in weights]
+    assert found["tokens"] == 10 and found["k_max"] == ks.max() and found["k_median"] == np.median(ks)
+    assert found["condition_median"] == pytest.approx(float(np.median(conditions)))
+    assert found["share_k_at_least_width"] == pytest.approx(float((ks >= 4).mean()))
+    flat = torch.ones(40, 8, dtype=torch.float64) + 1e-4 * torch.randn(40, 8, dtype=torch.float64, generator=generator)
+    flat_found = salt_diagnostics(donor, flat, shared, made)
+    assert flat_found["k_median"] >= 4 and flat_found["top_cosine_median"] > 0.999
+    assert "too flat" in salt_warning(flat_found)
+    assert (salt_warning(found) is None) == (found["k_median"] < 0.8 * 4)
