@@ -59,12 +59,14 @@ METHOD_NAMES = {"base": "base model", "sft": "SFT", "sft_eng": "SFT (English onl
                 "sft_dpo": "SFT+DPO", "clo": "CLO"}
 
 
-def collect(grid_dir: str | Path) -> pd.DataFrame:
-    """All `*/metrics.json` under the grid folder as one long table, also written to results.csv (atomically)."""
+def collect(grid_dir: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
+    """All `*/metrics.json` under the grid folder (only the run folders named in `keep`, when given) as one long
+    table, also written to results.csv (atomically)."""
     grid_dir = Path(grid_dir)
     rows: list[dict[str, Any]] = []
     for path in sorted(grid_dir.glob("*/metrics.json")):
-        rows.extend(metrics_rows(path))
+        if keep is None or path.parent.name in keep:
+            rows.extend(metrics_rows(path))
     for row in rows:  # an ablation slice's runs are a method of their own in every table: never pooled, never in
         if row.get("variant"):  # the paper's claims (which compare the plain methods)
             row["method"] = f"{row['method']}+{row['variant']}"
@@ -772,13 +774,29 @@ def failures(grid_dir: Path) -> list[dict]:
     return found
 
 
-def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> dict[str, Any]:
-    """results.csv, the figures and report.md for a grid folder; returns what was written."""
+def left_out(grid_dir: Path, run_states: dict[str, str] | None) -> dict[str, str]:
+    """The evaluated run folders the report must not use, and why: stale (made under settings other than the grid
+    file gives now, in any slice) or unknown (a folder the grid file does not name)."""
+    if run_states is None:
+        return {}
+    found = sorted(path.parent.name for path in grid_dir.glob("*/metrics.json"))
+    return {name: run_states.get(name, "unknown") for name in found if run_states.get(name) != "done"}
+
+
+def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "",
+                 run_states: dict[str, str] | None = None) -> dict[str, Any]:
+    """results.csv, the figures and report.md for a grid folder; returns what was written.
+
+    run_states: each run folder's state under the grid file as it is now (clo_lib.grid.run_states); runs that are
+    not done under it (stale, or unknown to it) are left out of every table, figure and claim and listed. None:
+    every metrics.json is used, and the report says their fingerprints were not checked."""
     grid_dir = Path(grid_dir)
     if not grid_dir.is_dir():
         raise FileNotFoundError(f"grid_dir = {str(grid_dir)!r}: no such folder (looked in {grid_dir.resolve()}); "
                                 "expected a grid's output folder, e.g. outputs/toy.")
-    frame = collect(grid_dir)
+    excluded = left_out(grid_dir, run_states)
+    frame = collect(grid_dir, None if run_states is None else
+                    {p.parent.name for p in grid_dir.glob("*/metrics.json")} - set(excluded))
     figures_dir = grid_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = [figure_winrates(frame, figures_dir), figure_language_vs_english(frame, figures_dir)]
@@ -794,6 +812,14 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "") -> 
              f"the long table is `results.csv`.", ""]
     if notes:
         lines += ["## About this grid", "", notes.strip(), ""]
+    if run_states is None:
+        lines += ["The runs' fingerprints were not checked against a grid file (no grid_file given): every "
+                  "metrics.json in the folder is reported.", ""]
+    elif excluded:
+        lines += ["## Runs left out", "", f"{len(excluded)} evaluated run folders are not reported: their results "
+                  "were made under settings other than the grid file gives now (stale; `grid run --rerun-stale "
+                  "--slices all` remakes them), or the grid file does not name them (unknown).", ""]
+        lines += [f"- `{name}`: {why}" for name, why in excluded.items()] + [""]
     premise, _ = premise_check(frame)
     if premise:
         lines += ["## The premise, from the base model and SFT alone", "",

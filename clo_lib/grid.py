@@ -51,6 +51,7 @@ from clo_lib.provenance import (
     digest,
     evaluate_fingerprint,
     matches,
+    stage_fingerprint,
     train_fingerprint,
 )
 
@@ -114,7 +115,7 @@ class Stage:
         """What this stage's marker must record to count as done under the grid file as it is now."""
         cfg = self.config
         if self.kind in ("translate", "transfer"):
-            return config_fingerprint(cfg, self.kind)
+            return stage_fingerprint(cfg, self.kind)
         if self.kind == "train":
             return train_fingerprint(cfg, _training_records_now(cfg))
         trained = self.workdir if self.facts.get("method") != "base" else None
@@ -522,8 +523,18 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
 
     stages["analyze"] = Stage(id="analyze", kind="analyze", workdir=output_dir, done_file=output_dir / "report.md",
                               deps=evaluate_ids, parameters={"grid_dir": str(output_dir), "grid_name": name,
-                                                             "notes": str(data.get("description") or "")})
+                                                             "notes": str(data.get("description") or ""),
+                                                             "grid_file": str(path.resolve())})
     return Grid(name=name, path=path, output_dir=output_dir, stages=_in_dependency_order(stages), resources=resources)
+
+
+def run_states(grid_file: str | Path) -> dict[str, str]:
+    """Each evaluated run folder of a grid (every slice, not only the default ones) and its evaluation's state
+    under the grid file as it is now: what the report may trust (done) and what it must leave out (stale)."""
+    grid = load_grid(grid_file, ["all"])
+    evaluations = [stage for stage in grid.stages.values()]
+    state = states(evaluations)
+    return {stage.workdir.name: state[stage.id] for stage in evaluations if stage.kind == "evaluate"}
 
 
 def _in_dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:

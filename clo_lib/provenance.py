@@ -11,6 +11,7 @@ saved, which variable holds a key) are left out, so changing them never makes a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -87,6 +88,84 @@ def changed_settings(old: RunConfig | dict, new: RunConfig | dict, kind: str) ->
             if before.get(key) != after.get(key)]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# What a path in the config points to: a path alone says nothing when the file or folder behind it is made again
+# (a toy world after a version bump, a re-fetched model, a rebuilt donor, an edited prompt file)
+
+# The config keys that name a file or folder each stage reads, less those another part already covers (a kit run
+# through its own fingerprint, a transferred model through its transfer's).
+PATH_KEYS = {
+    "translate": ("data.path", "translation.model"),
+    "train": ("model.name_or_path", "train.init_from"),
+    "evaluate": ("model.name_or_path", "eval.prompts", "eval.mc_task_dir"),
+    "transfer": ("model.name_or_path", "transfer.donor", "transfer.aux_vectors", "transfer.aux_text",
+                 "transfer.pretrain_text"),
+}
+WHOLE_FILE_BYTES = 64 * 2**20  # files up to this size are hashed whole; larger ones by size and 16 spread samples
+SAMPLES, SAMPLE_BYTES = 16, 2**20
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, or for a large one (weights) of its size and 16 blocks of 1 MiB spread evenly over it: a
+    new training run changes bytes throughout its weights, and reading all of a 16 GB model at every `grid status`
+    would take minutes."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if size <= WHOLE_FILE_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(str(size).encode())
+            for i in range(SAMPLES):
+                handle.seek((size - SAMPLE_BYTES) * i // (SAMPLES - 1))
+                h.update(handle.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _content_digest(root: str, listing: tuple) -> str:
+    base = Path(root)
+    return digest([[name, _file_digest(base / name if name else base)] for name, _, _ in listing])
+
+
+def path_digest(path: str | Path | None) -> str | None:
+    """A digest of what a file or folder holds (every file in it, hidden files such as locks left out), or None
+    for no path or one that is not on this machine (a hub id: its revision stands in the config)."""
+    if not path:
+        return None
+    root = Path(path)
+    if root.is_file():
+        stat = root.stat()
+        return _content_digest(str(root), (("", stat.st_size, stat.st_mtime_ns),))
+    if not root.is_dir():
+        return None
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(root).parts))
+    listing = tuple((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _content_digest(str(root), listing)
+
+
+def paths_fingerprint(cfg: RunConfig, kind: str) -> dict[str, str | None]:
+    """{config key: path_digest} for the paths a `kind` stage reads (PATH_KEYS); a key whose path is covered
+    elsewhere (a kit run for train.init_from, a transfer for model.name_or_path) or absent is None."""
+    flat = _flatten(cfg.to_dict())
+    parts = {}
+    for key in PATH_KEYS[kind]:
+        value = flat.get(key)
+        if isinstance(value, str):
+            value = value.replace("{lang}", cfg.language)
+        covered = (key == "train.init_from" and init_run_dir(cfg) is not None) or \
+            (key == "model.name_or_path" and transferred_fingerprint(cfg) is not None)
+        parts[key] = None if covered else path_digest(value)
+    return parts
+
+
+def stage_fingerprint(cfg: RunConfig, kind: str) -> dict[str, Any]:
+    """A translation's or a transfer's fingerprint: {config, paths}."""
+    return {"config": config_fingerprint(cfg, kind), "paths": paths_fingerprint(cfg, kind)}
+
+
 def records_fingerprint(records: Sequence[dict]) -> str:
     """The training records' content (flags left out: they only decide which records are there)."""
     return digest([[record.get(key) for key in PARALLEL_KEYS] for record in records])
@@ -129,7 +208,8 @@ def train_fingerprint(cfg: RunConfig, records: Sequence[dict] | None) -> dict[st
     init_dir = init_run_dir(cfg)
     return _with_base({"config": config_fingerprint(cfg, "train"),
                        "data": records_fingerprint(records) if records is not None else None,
-                       "init": run_fingerprint(init_dir) if init_dir else None}, cfg)
+                       "init": run_fingerprint(init_dir) if init_dir else None,
+                       "paths": paths_fingerprint(cfg, "train")}, cfg)
 
 
 def evaluate_fingerprint(cfg: RunConfig, run_dir: str | Path | None, reference_run: str | Path | None) -> dict:
@@ -137,12 +217,14 @@ def evaluate_fingerprint(cfg: RunConfig, run_dir: str | Path | None, reference_r
     model), the SFT run it is judged against, and for a transferred base model the transfer that made it."""
     return _with_base({"config": config_fingerprint(cfg, "evaluate"),
                        "model": run_fingerprint(run_dir) if run_dir else None,
-                       "reference": run_fingerprint(reference_run) if reference_run else None}, cfg)
+                       "reference": run_fingerprint(reference_run) if reference_run else None,
+                       "paths": paths_fingerprint(cfg, "evaluate")}, cfg)
 
 
 def matches(stored: Any, expected: dict[str, Any] | str) -> bool:
     """Whether a recorded fingerprint is the expected one; parts of `expected` that are None are not known yet
-    (a corpus not translated) and are not compared."""
+    (a corpus not translated, a path not on this machine) and are not compared, at any depth."""
     if isinstance(expected, str) or not isinstance(stored, dict):
         return stored == expected
-    return all(value is None or stored.get(key) == value for key, value in expected.items())
+    return all(value is None or (matches(stored.get(key), value) if isinstance(value, dict)
+                                 else stored.get(key) == value) for key, value in expected.items())

@@ -757,7 +757,7 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
     """
     from clo_lib.data import OASST_HINT, ShortCorpusError, load_english, usable_records
     from clo_lib.pairs import nested_subset
-    from clo_lib.provenance import config_fingerprint
+    from clo_lib.provenance import stage_fingerprint
 
     out_dir = Path(out_dir) if out_dir else corpus_dir(cfg)
     tcfg, tgt = cfg.translation, cfg.language
@@ -798,7 +798,7 @@ def run_translation(cfg: RunConfig, out_dir: str | Path | None = None, progress:
         "cache_corrupt_lines_redone": corrupt, **{k: v for k, v in totals.items() if not k.startswith("joint_")},
         "seconds": round(totals["seconds"], 3),
         "chunks_per_s": round(totals["translated"] / totals["seconds"], 2) if totals["seconds"] else None,
-        "fingerprint": config_fingerprint(cfg, "translate"),
+        "fingerprint": stage_fingerprint(cfg, "translate"),
         "mode": tcfg.mode,
     }
     if tcfg.mode == "joint":

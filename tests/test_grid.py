@@ -143,7 +143,8 @@ def test_a_changed_config_is_stale_never_done(tmp_path, tiny_llama, monkeypatch)
     assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before
     status = subprocess.run([sys.executable, "-m", "clo_lib.grid", "status", str(grid.path)], capture_output=True,
                             text=True, cwd=REPO)
-    assert "stale    train/tiny-sw-sft-n4-s0" in status.stdout and "done 1, stale 2, failed 0, left 1" in status.stdout
+    assert "stale    train/tiny-sw-sft-n4-s0" in status.stdout
+    assert "done 1, stale 2, failed 0, running 0, left 1" in status.stdout
 
     ran = []
     real = gridlib.execute_stage
@@ -333,3 +334,26 @@ def test_two_slices_giving_one_run_id_different_settings_are_refused_naming_both
               {"name": "abl", "languages": ["sw"], "methods": ["clo"], "sizes": [4], "overrides": {"train.lam": 0.9}}]
     with pytest.raises(GridError, match=r"slices 1 and 2 .*tiny-sw-clo-n4-s0-abl.*different settings"):
         load_grid(write_grid(tmp_path, tiny_llama, slices=slices))
+
+
+def test_the_report_leaves_out_runs_the_grid_file_no_longer_gives(tmp_path, tiny_llama):
+    """The review's path: run every slice, change a setting, rerun the default slice with --rerun-stale: the other
+    slice's runs, made under the old setting, stayed in report.md unmarked. Now the report keeps only runs whose
+    fingerprint matches the grid file as it is (all slices), and lists the others as stale or unknown."""
+    import shutil
+
+    slices = [{"name": "main", "languages": ["sw"], "methods": ["sft"], "sizes": [4]},
+              {"name": "more", "languages": ["sw"], "methods": ["sft"], "sizes": [8]}]
+    path = write_grid(tmp_path, tiny_llama, slices=slices, default_slices=["main"])
+    assert run_grid(load_grid(path, ["all"]), log=lambda m: None) == 0
+    out = tmp_path / "out"
+    shutil.copytree(out / "tiny-sw-sft-n4-s0", out / "an-old-run")  # a folder the grid file never names
+    data = yaml.safe_load(path.read_text())
+    data["overrides"]["eval.max_new_tokens"] = 5
+    path.write_text(yaml.safe_dump(data))
+    assert run_grid(load_grid(path), log=lambda m: None, rerun_stale=True) == 0
+    report = (out / "report.md").read_text()
+    assert "## Runs left out" in report
+    assert "`tiny-sw-sft-n8-s0`: stale" in report and "`an-old-run`: unknown" in report
+    names = set(__import__("pandas").read_csv(out / "results.csv")["name"])
+    assert names == {"tiny-sw-sft-n4-s0"}
