@@ -126,8 +126,9 @@ def clo_loss_tensors(
     loss = lam * nll + (1.0 - lam) * dpo
     metrics = {"loss": loss, "nll": nll, "dpo": dpo}
     if nll_tokens is not None and dpo_rows is not None:  # this micro-batch's share of the step's loss
-        loss = lam * nll_sum / nll_tokens.clamp(min=1) + \
-            (1.0 - lam) * torch.where(dpo_mask, per_row_dpo, 0).sum() / dpo_rows.clamp(min=1)
+        # the same operations as above with the step's counts, so one micro-batch alone gives the same bits
+        loss = lam * (nll_sum / nll_tokens.clamp(min=1)) + \
+            (1.0 - lam) * (torch.where(dpo_mask, per_row_dpo, 0).sum() / dpo_rows.clamp(min=1))
     margin = chosen_rewards - rejected_rewards
     for name, rows in side_rows.items():
         metrics.update({

@@ -158,3 +158,18 @@ def test_english_nll_ablation_equals_trl_dpo_plus_sft(tiny_llama, tmp_path):
         trl_loss = trainer.compute_loss(trainer.model, batch)
     ours, _ = _ours_on_trl_batch(trainer, batch, beta=0.1, lam=0.5, nll_sides=("en", "tgt"))
     assert ours.item() == pytest.approx(trl_loss.item(), rel=TRL_REL, abs=1e-6)
+
+
+def test_one_micro_batch_with_its_own_counts_gives_the_same_bits_as_before():
+    """The step-count path of clo_loss_tensors (gradient accumulation) reduces to the plain loss, bit for bit, when
+    the step is one batch: a run without accumulation trains exactly as before it existed."""
+    from clo_lib.loss import clo_loss_tensors
+
+    generator = torch.Generator().manual_seed(3)
+    logps = [-torch.rand(6, generator=generator) * 30 for _ in range(4)]
+    counts = torch.tensor([3, 7, 2, 9, 4, 5])
+    is_target = torch.tensor([0, 1, 0, 1, 0, 1]).bool()
+    plain, _ = clo_loss_tensors(*logps, counts, is_target, beta=0.1, lam=0.5)
+    stepped, _ = clo_loss_tensors(*logps, counts, is_target, beta=0.1, lam=0.5,
+                                  nll_tokens=torch.tensor(float(counts[is_target].sum())), dpo_rows=torch.tensor(6.0))
+    assert torch.equal(plain, stepped)
