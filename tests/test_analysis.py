@@ -170,3 +170,4 @@ def test_an_ablation_slice_is_its_own_method_in_the_tables_and_out_of_the_claims
     report = write_report(grid)["report"].read_text()
     assert "better in 0, worse in 1, inconclusive in 0 of 1 cells" in report  # the plain CLO run only
     assert "| clo+nll-en |" in report
+    assert "Made with torch " in report and "transformers " in report and "CPU capability " in report
