@@ -9,7 +9,8 @@ A grid file names config layers, models and slices (a product of languages × me
 params/grids/*.yaml. Slices may have names; `default_slices` says which run when --slices is not given. It
 expands into stages, each one notebook (or, for `prepare`, one command):
 
-    prepare/<id>          commands that must finish first (the toy world builds its base model here)
+    prepare/<id>          commands that must finish first (the toy world builds its base model here); one marked
+                          `always: true` (idempotent) runs at every `grid run`, so what it rebuilds shows stale
     transfer/<model>-<lang>-s<seed>   for a model with transfer.donor (or transfer.pretrain_steps) set:
                           python -m clo_lib.transfer gives it the donor's vocabulary; that model's runs train and
                           evaluate <output_dir>/transfer/<model>-<lang>-s<seed>/model
@@ -80,6 +81,7 @@ class Stage:
     command: list[str] | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # model, lang, size, method, seed: for tables
     config: RunConfig | None = None  # the run's resolved config, saved as run.yaml before it starts
+    always: bool = False  # prepare: an idempotent command run at every `grid run` (it rebuilds what is out of date)
 
     @property
     def failed_file(self) -> Path:
@@ -400,17 +402,21 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
     prepare_of: dict[int, list[str]] = {seed: [] for seed in seeds}  # the prepare stages a seed's runs wait for
     for number, item in enumerate(_as_list(data.get("prepare"), "prepare", path), 1):
         if (not isinstance(item, dict) or not {"id", "command", "done"} <= set(item)
+                or not set(item) <= {"id", "command", "done", "always"}
                 or not isinstance(item["command"], list) or not all(isinstance(c, (str, int)) for c in item["command"])
-                or not isinstance(item["id"], str) or not isinstance(item["done"], str)):
+                or not isinstance(item["id"], str) or not isinstance(item["done"], str)
+                or not isinstance(item.get("always", False), bool)):
             raise GridError(f"{path}: prepare item {number} = {item!r}; expected id (a name), command (a list of "
-                            "words) and done (a file it makes)")
+                            "words), done (a file it makes) and optionally always (true: an idempotent command that "
+                            "runs at every grid run)")
         # An item naming {seed} is one stage per seed of the grid (the toy sweep builds one world per seed).
         per_seed = "{seed}" in json.dumps(item)
         for seed in (seeds if per_seed else [None]):
             concrete = _with_seed(item, seed) if per_seed else item
             stage_id = f"prepare/{concrete['id']}" + (f"-s{seed}" if per_seed else "")
             stages[stage_id] = Stage(id=stage_id, kind="prepare", workdir=output_dir / "prepare",
-                                     done_file=Path(concrete["done"]), command=[str(c) for c in concrete["command"]])
+                                     done_file=Path(concrete["done"]), command=[str(c) for c in concrete["command"]],
+                                     always=bool(item.get("always", False)))
             for wanted_seed in ([seed] if per_seed else seeds):
                 prepare_of[wanted_seed].append(stage_id)
 
@@ -676,16 +682,16 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-def _run_and_record(stage: Stage) -> tuple[str, float | None]:
+def _run_and_record(stage: Stage, force: bool = False) -> tuple[str, float | None]:
     """("done" | "failed", seconds), or ("held by pid … on … since …", None) when another runner holds the stage
     (clo_lib.lock). A failure leaves its marker with the error's tail; a stage another runner finished meanwhile
-    is done with nothing run."""
+    is done with nothing run, unless `force` (an `always` prepare step)."""
     holder = lock.acquire(stage.lock_file)
     if holder is not None:
         return f"held by {lock.describe(holder)}", None
     try:
         start = time.perf_counter()
-        if stage.own_state() == "done":  # another runner finished it since this one planned
+        if not force and stage.own_state() == "done":  # another runner finished it since this one planned
             return "done", 0.0
         stage.failed_file.unlink(missing_ok=True)
         try:
@@ -748,6 +754,14 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
     """
     stages = select(grid, only)
     selected = {s.id for s in stages}
+    # `always` prepare steps run first, done or not: their commands rebuild what is out of date (a toy world of an
+    # older version, a changed GGUF), and the stages built on what they rebuild then read as stale below
+    for stage in [s for s in stages if s.kind == "prepare" and s.always and s.done_file.exists()]:
+        log(f"[{time.strftime('%H:%M:%S')}] {stage.id}: checking (it rebuilds what is out of date)")
+        outcome_of, _ = _run_and_record(stage, force=True)
+        if outcome_of != "done":
+            raise GridError(f"{stage.id} could not check what it prepares ({outcome_of}; {stage.failed_file}); "
+                            "fix it and run the grid again")
     state = states(stages)
     stale = [s for s in stages if state[s.id] == "stale"]
     if stale and not rerun_stale:

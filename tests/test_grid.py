@@ -357,3 +357,30 @@ def test_the_report_leaves_out_runs_the_grid_file_no_longer_gives(tmp_path, tiny
     assert "`tiny-sw-sft-n8-s0`: stale" in report and "`an-old-run`: unknown" in report
     names = set(__import__("pandas").read_csv(out / "results.csv")["name"])
     assert names == {"tiny-sw-sft-n4-s0"}
+
+
+def test_an_always_prepare_step_runs_each_time_and_what_it_rebuilds_makes_its_runs_stale(tmp_path, tiny_llama):
+    """A prepare step counted as done once its file existed: a toy world after a version bump stayed, and so did
+    everything built on it. A step marked `always` (an idempotent command: the toy world's build, SmolLM2's fetch)
+    runs at every `grid run`; when it rebuilds what a run read, the run's content fingerprint makes it stale."""
+    version = tmp_path / "version.txt"  # stands for the code version the command builds for
+    version.write_text("1")
+    prompts = tmp_path / "prompts.jsonl"
+    script = ("import json, sys\nv = open(sys.argv[1]).read()\n"
+              "open(sys.argv[2], 'w').write(json.dumps({'id': 0, 'prompt_en': 'What is one and ' + v + '?', "
+              "'prompt_tgt': 'Moja na ' + v + ' ni ngapi?'}) + '\\n')\nopen(sys.argv[3], 'a').write('ran\\n')\n")
+    prepare = [{"id": "prompts", "always": True, "done": str(prompts),
+                "command": ["python", "-c", script, str(version), str(prompts), str(tmp_path / "ran.txt")]}]
+    path = write_grid(tmp_path, tiny_llama, prepare=prepare,
+                      slices=[{"languages": ["sw"], "methods": ["sft"], "sizes": [4]}])
+    data = yaml.safe_load(path.read_text())
+    data["overrides"]["eval.prompts"] = str(prompts)
+    path.write_text(yaml.safe_dump(data))
+    assert run_grid(load_grid(path), log=lambda m: None) == 0
+    assert run_grid(load_grid(path), log=lambda m: None) == 0  # up to date: it checks, nothing else runs
+    assert (tmp_path / "ran.txt").read_text() == "ran\nran\n"
+    version.write_text("2")  # a new version of what the step builds
+    with pytest.raises(GridError, match="evaluate/tiny-sw-sft-n4-s0"):
+        run_grid(load_grid(path), log=lambda m: None)
+    state = gridlib.states(list(load_grid(path).stages.values()))
+    assert state["evaluate/tiny-sw-sft-n4-s0"] == "stale" and state["train/tiny-sw-sft-n4-s0"] == "done"
