@@ -815,7 +815,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "",
                                 "expected a grid's output folder, e.g. outputs/toy.")
     excluded = left_out(grid_dir, run_states)
     frame = collect(grid_dir, None if run_states is None else
-                    {p.parent.name for p in grid_dir.glob("*/metrics.json")} - set(excluded))
+                    {name for name, state in run_states.items() if state == "done"})
     figures_dir = grid_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = [figure_winrates(frame, figures_dir), figure_language_vs_english(frame, figures_dir)]

@@ -537,10 +537,9 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
 def run_states(grid_file: str | Path) -> dict[str, str]:
     """Each evaluated run folder of a grid (every slice, not only the default ones) and its evaluation's state
     under the grid file as it is now: what the report may trust (done) and what it must leave out (stale)."""
-    grid = load_grid(grid_file, ["all"])
-    evaluations = [stage for stage in grid.stages.values()]
-    state = states(evaluations)
-    return {stage.workdir.name: state[stage.id] for stage in evaluations if stage.kind == "evaluate"}
+    stages = list(load_grid(grid_file, ["all"]).stages.values())
+    state = states(stages)  # over every stage: an evaluation is stale when what it was made from is
+    return {stage.workdir.name: state[stage.id] for stage in stages if stage.kind == "evaluate"}
 
 
 def _in_dependency_order(stages: dict[str, Stage]) -> dict[str, Stage]:
