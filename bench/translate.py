@@ -52,9 +52,12 @@ def main() -> None:
     import torch
     from interleave import paired_ratios, run_rounds, spread
 
-    from clo_lib import langid, tiny
-    from clo_lib.config import load_config
-    from clo_lib.translate import HFTranslator, TranslationCache, translate_chunks, translate_records
+    from clo_lib.common import langid
+    from clo_lib.config.load import load_config
+    from clo_lib.modeling import tiny
+    from clo_lib.mt.backends import HFTranslator
+    from clo_lib.mt.cache import TranslationCache
+    from clo_lib.mt.records import translate_chunks, translate_records
 
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="clo_bench_translate_"))

@@ -1,6 +1,6 @@
 """`make demo`: the kit's default job, the toy grid, offline on a CPU.
 
-It runs `python -m clo_lib.grid run params/grids/toy.yaml`: builds the toy world (a tiny English-centric model
+It runs `clo grid run params/grids/toy.yaml`: builds the toy world (a tiny English-centric model
 pretrained on CPU, held-out facts and question forms), translates the toy SFT set into Swahili, Korean and German
 with the exact translator, trains SFT, SFT+DPO and CLO at two sizes, evaluates every run and the untrained base
 model on the held-out questions, and writes the analysis: the premise check, the paper's claims, the details. A
@@ -11,9 +11,11 @@ rerun skips what is done. The full toy sweep (every method, four sizes, three se
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
+
+from clo_lib.grid.expand import load_grid
+from clo_lib.grid.run import run_grid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -22,21 +24,19 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 GRID = "params/grids/toy.yaml"
 
 
-def main(argv: list[str] | None = None) -> int:
-    from clo_lib.grid import load_grid, run_grid
+def add_arguments(parser) -> None:
+    """`clo demo [GRID.yaml]`: run a grid (default: the toy grid) and say what to read first."""
+    parser.add_argument("grid", nargs="?", default=GRID)
 
-    grid_file = (argv or sys.argv[1:] or [GRID])[0]
+
+def command(args) -> int:
     start = time.time()
-    grid = load_grid(grid_file)
+    grid = load_grid(args.grid)
     code = run_grid(grid)
     out = Path(grid.output_dir)
     print(f"\n{'done' if code == 0 else 'finished with failures'} in {time.time() - start:.0f} s. Read first:")
     print(f"  report   {out / 'report.md'}")
     print(f"  figures  {out / 'figures'}/")
     print(f"  table    {out / 'results.csv'}")
-    print("  the full sweep (sizes x seeds): python -m clo_lib.demo params/grids/toy_sweep.yaml")
+    print("  the full sweep (sizes x seeds): clo demo params/grids/toy_sweep.yaml")
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,8 @@
 """What the numbered notebooks show: the CLO pairs as a table, the training curves, answers side by side.
 
 Tables are pandas DataFrames and figures matplotlib figures, so a notebook cell is one call and a script can save
-them. Nothing here computes a metric: the numbers come from the train log (clo_lib.train), the cached answers and
-the scorers of clo_lib.evaluate.
+them. Nothing here computes a metric: the numbers come from the train log (clo_lib.stages.train), the cached answers and
+the scorers of clo_lib.stages.evaluate.
 """
 
 from __future__ import annotations
@@ -12,18 +12,22 @@ from typing import Sequence
 
 import pandas as pd
 
-from clo_lib.config import RunConfig
-from clo_lib.languages import get_language
+from clo_lib.common.languages import SOURCE_LANGUAGE
+from clo_lib.config.schema import RunConfig
+from clo_lib.method.pairs import build_clo_pairs
+from clo_lib.method.salt import neighbours
+from clo_lib.mt.backends import make_translator
+from clo_lib.mt.cache import translation_cache
+from clo_lib.mt.records import translate_records
+from clo_lib.stages.transfer import token_map
 
-DIRECTIONS = {"en": "English prompt", "tgt": "target prompt"}
+SIDE_NAMES = {"en": "English prompt", "tgt": "target prompt"}  # a row's side: the language of its prompt
 
 
 def pairs_table(records: Sequence[dict], n: int = 2) -> pd.DataFrame:
     """The CLO preference pairs of the first `n` records, both directions of each: prompt, chosen, rejected."""
-    from clo_lib.pairs import build_clo_pairs
-
     rows = build_clo_pairs(list(records[:n]))
-    return pd.DataFrame([{"record": row["pair_id"], "direction": DIRECTIONS["tgt" if row["is_target"] else "en"],
+    return pd.DataFrame([{"record": row["pair_id"], "side": SIDE_NAMES["tgt" if row["is_target"] else "en"],
                           "prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
                          for row in rows])
 
@@ -79,12 +83,9 @@ def plot_training(log: dict, title: str = ""):
 
 
 def both_ways(cfg: RunConfig, record: dict) -> pd.DataFrame:
-    """One English record translated separately and jointly (clo_lib.joint) with the config's translator, side by
+    """One English record translated separately and jointly (clo_lib.method.joint) with the config's translator, side by
     side: what joint translation changes, and whether its output split back. Uses and fills the stage's cache."""
     import dataclasses
-
-    from clo_lib.languages import SOURCE_LANGUAGE
-    from clo_lib.translate import make_translator, translate_records, translation_cache
 
     joint_cfg = dataclasses.replace(cfg.translation, mode="joint")
     translator = make_translator(joint_cfg, SOURCE_LANGUAGE, cfg.language)  # keeps markers; plain text as usual
@@ -117,53 +118,6 @@ def evaluated_run(template: str, cfg: RunConfig, what: str) -> Path | None:
     return folder
 
 
-def run_answers(run_dir: str | Path, cfg: RunConfig) -> list[dict] | None:
-    """A run folder's cached answers made with `cfg`'s decoding settings, or None when it has none yet."""
-    from clo_lib.evaluate import reference_answers
-
-    if not (Path(run_dir) / "generations.jsonl").is_file():
-        return None
-    return reference_answers(run_dir, cfg)
-
-
-def side_by_side(prompts: Sequence[dict], answers: dict[str, Sequence[dict] | None], cfg: RunConfig,
-                 n: int = 4) -> pd.DataFrame:
-    """`n` prompts spread over the file, each asked in the target language and in English: the prompt, the expected
-    answer, and for every labelled set of answers (base, SFT, this run, ...) the answer, the language lingua
-    detects in it ("?" when unsure) and whether it is right (✓ / ✗; blank where the prompt has no reference).
-
-    A label whose answers are None (that run was not evaluated) is left out, and said so in the table's caption.
-    """
-    from clo_lib import langid
-    from clo_lib.evaluate import is_correct, spread
-
-    codes = ["en", cfg.language]
-    chosen = spread(list(prompts), n)
-    keyed = {label: {(row["id"], row["side"]): row["answer"] for row in rows}
-             for label, rows in answers.items() if rows is not None}
-    table = []
-    for prompt in chosen:
-        for side in ("tgt", "en"):
-            expected = prompt.get(f"answer_{side}")
-            row = {"prompt": prompt[f"prompt_{side}"], "expected": expected or ""}
-            for label, by_key in keyed.items():
-                answer = by_key.get((prompt["id"], side))
-                if answer is None:
-                    continue
-                detected = langid.detect(answer, codes, cfg.eval.lid_min_confidence, cfg.eval.lid_min_letters)[0]
-                right = "" if expected is None else ("✓" if is_correct(answer, prompt) else "✗")
-                row[label] = answer
-                row[f"{label} lang"] = detected or "?"
-                row[f"{label} ok"] = right
-            table.append(row)
-    frame = pd.DataFrame(table)
-    missing = [label for label, rows in answers.items() if rows is None]
-    frame.attrs["caption"] = (f"{get_language(cfg.language).name} and English prompts; lang: lingua's pick between en "
-                              f"and {cfg.language}; ok: the expected answer in either language"
-                              + (f"; not evaluated yet: {', '.join(missing)}" if missing else ""))
-    return frame
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Vocabulary transfer (05_transfer)
 
@@ -183,9 +137,6 @@ def neighbours_table(new_tokenizer, llm_tokenizer, aux, count: int = 6, top: int
     tokens sparsemax gives a weight (k of them), the heaviest `top` with their weights."""
     import torch
 
-    from clo_lib.transfer import token_map
-    from clo_lib.vocab import neighbours
-
     mapped = token_map(new_tokenizer, llm_tokenizer)
     has = ~torch.isnan(aux).any(dim=1)
     names = new_tokenizer.convert_ids_to_tokens(list(range(aux.shape[0])))
@@ -198,21 +149,3 @@ def neighbours_table(new_tokenizer, llm_tokenizer, aux, count: int = 6, top: int
                      "heaviest neighbours": ", ".join(f"{new_tokenizer.decode([int(anchors[j])])!r} {row[j]:.2f}"
                                                       for j in order if row[j] > 0)})
     return pd.DataFrame(rows)
-
-
-def transfer_lesson_settings(language: str, donor: str = "", seed: int = 0,
-                             grid_file: str | Path = "params/grids/toy_salt.yaml", model: str = "toy-salt") -> dict:
-    """05_transfer's transfer.* settings: those of `model` in the toy study's grid (not a copy of them), `{lang}`
-    filled in; with `donor` (a folder or hub id) that donor, else the toy world's, built in
-    outputs/lesson/donor-<lang> (seconds) with its text for fastText and continued pretraining."""
-    from clo_lib import toyworld
-    from clo_lib.config import read_yaml
-
-    settings = {f"transfer.{key}": value.replace("{lang}", language) if isinstance(value, str) else value
-                for key, value in read_yaml(Path(grid_file))["models"][model]["transfer"].items()}
-    if donor:  # your own PLM; keep the study's text files only if they are in your language
-        return {**settings, "transfer.donor": donor}
-    built = Path(f"outputs/lesson/donor-{language}")
-    toyworld.build_donor(built, language, seed)
-    return {**settings, "transfer.donor": str(built / "model"), "transfer.aux_text": str(built / "text.txt"),
-            "transfer.pretrain_text": str(built / "text.txt")}

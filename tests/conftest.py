@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clo_lib import tiny
+from clo_lib.modeling import tiny
 
 torch.set_num_threads(2)
 
@@ -40,6 +40,17 @@ def checkout_changes(before: dict, after: dict) -> list[str]:
     return sorted([f"added {p}" for p in after.keys() - before.keys()] +
                   [f"removed {p}" for p in before.keys() - after.keys()] +
                   [f"changed {p}" for p in before.keys() & after.keys() if before[p] != after[p]])
+
+
+# The slow tier: end-to-end runs (executed notebooks, grids, two runners, real packaged models, benchmarks).
+# `make test-fast` (pytest -m "not slow") leaves them out for the inner loop; `make test` and CI run everything.
+SLOW_FILES = {"test_notebooks.py", "test_grid.py", "test_lock_stages.py", "test_real_models.py", "test_bench.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionstart(session):
@@ -83,10 +94,10 @@ def tiny_llama(tiny_model_dir):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """The toy world with a briefly pretrained base model (8 epochs, about 15 s): enough to show its bias."""
-    from clo_lib import toyworld
+    from clo_lib.toy import build as toy_build
 
     out = tmp_path_factory.mktemp("world")
-    toyworld.build(out, seed=0, epochs=8, log=lambda m: None)
+    toy_build.build(out, seed=0, epochs=8, log=lambda m: None)
     return out
 
 

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-from clo_lib import logps as logps_module
-from clo_lib.logps import bucketed_response_logps, length_buckets
-from clo_lib.loss import sequence_logps
+from clo_lib.method.loss import sequence_logps
+from clo_lib.modeling import logps as logps_module
+from clo_lib.modeling.logps import bucketed_response_logps, length_buckets
 
 CHUNK = 10
 

@@ -2,8 +2,10 @@
 
 import pandas as pd
 
-from clo_lib.analysis import collect, write_report
-from clo_lib.evaluate import wilson, write_metrics
+from clo_lib.artifacts.runs import write_metrics
+from clo_lib.common.stats import wilson
+from clo_lib.stages.report import write_report
+from clo_lib.stages.results import collect
 
 
 def run(grid, name, lang, method, size, seed=0, rate=None, n=42, ties=0.0, extra=None):
@@ -53,7 +55,8 @@ def phrasing(fidelity, accuracy=0.1, n=208):
 
 
 def test_premise_check_from_the_base_model_and_sft(tmp_path):
-    from clo_lib.analysis import collect, premise_check
+    from clo_lib.stages.claims import premise_check
+    from clo_lib.stages.results import collect
 
     grid = tmp_path / "grid"
     run(grid, "sw-base", "sw", "base", None, extra=phrasing(0.02))
@@ -71,7 +74,8 @@ def test_premise_check_from_the_base_model_and_sft(tmp_path):
 def test_claims_and_the_crpo_check_say_what_the_numbers_say(tmp_path):
     import json
 
-    from clo_lib.analysis import claims, collect, crpo_check
+    from clo_lib.stages.claims import claims, crpo_check
+    from clo_lib.stages.results import collect
 
     grid = tmp_path / "grid"
     for size, clo_rate, clo_fid, sft_fid in ((32, 0.70, 0.80, 0.60), (64, 0.52, 0.85, 0.62)):

@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clo_lib.config import ConfigError, load_config
+from clo_lib.config.load import load_config
+from clo_lib.config.schema import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    """`clo ARGS...` (as `python -m clo_lib`, the same entry point)."""
+    return subprocess.run([sys.executable, "-m", "clo_lib", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
 
 
 def one_sentence(result, *needles):
@@ -40,22 +43,22 @@ def grid_file(tmp_path, **change):
 
 @pytest.mark.parametrize("change,needles", [
     ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": ["lots"]}]},
-     ["slice 1 sizes = ['lots']", "whole numbers ≥ 1"]),
-    ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [0]}]}, ["slice 1 sizes = [0]", "≥ 1"]),
+     ["slices[1].sizes = ['lots']", "a list of whole numbers ≥ 1"]),
+    ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [0]}]}, ["slices[1].sizes = [0]", "≥ 1"]),
     ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "seeds": [-1]}]},
-     ["slice 1 seeds = [-1]", "whole numbers ≥ 0"]),
-    ({"slices": [{"languages": [["sw"]], "methods": ["clo"], "sizes": [4]}]}, ["slice 1 languages", "language codes"]),
+     ["slices[1].seeds = [-1]", "whole numbers ≥ 0"]),
+    ({"slices": [{"languages": [["sw"]], "methods": ["clo"], "sizes": [4]}]}, ["slices[1].languages", "a list of language codes"]),
     ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "overrides": "train.lam=0.3"}]},
-     ["slice 1 overrides = 'train.lam=0.3'", "a mapping"]),
+     ["slices[1].overrides = 'train.lam=0.3'", "a mapping"]),
     ({"models": {"toy": "meta-llama/Meta-Llama-3-8B"}}, ["models.toy = 'meta-llama/Meta-Llama-3-8B'", "mapping"]),
-    ({"resources": {"train": 4}}, ["resources.train = 4", "a mapping of submitit parameters"]),
-    ({"prepare": [{"id": "w", "command": "python -m x", "done": "f"}]}, ["prepare item 1", "command"]),
+    ({"resources": {"train": 4}}, ["resources.train = 4", "a mapping"]),
+    ({"prepare": [{"id": "w", "command": "python -m x", "done": "f"}]}, ["prepare[1].command = 'python -m x'", "a list of words"]),
     ({"overrides": ["train.lam=0.3"]}, ["overrides = ['train.lam=0.3']", "a mapping"]),
     ({"base": "yes"}, ["base = 'yes'", "true or false"]),
     ({"overrides": {"train.lam": 0.3, "train.learning_rate": float("nan")}}, ["train.learning_rate = nan", "finite"]),
 ])
 def test_bad_grid_fields(tmp_path, change, needles):
-    result = cli("clo_lib.grid", "plan", str(grid_file(tmp_path, **change)))
+    result = cli("grid", "plan", str(grid_file(tmp_path, **change)))
     assert result.returncode == 2
     one_sentence(result, str(tmp_path / "g.yaml"), *needles)
     assert not (tmp_path / "out").exists()
@@ -81,9 +84,9 @@ def test_numbers_must_be_finite(layer, needles):
 def test_config_paths(tmp_path):
     (tmp_path / "folder.yaml").mkdir()
     (tmp_path / "latin1.yaml").write_bytes("language: sw\nname: caf\xe9\n".encode("latin-1"))
-    one_sentence(cli("clo_lib.config", str(tmp_path / "folder.yaml")), "folder.yaml is a folder", "a YAML file")
-    one_sentence(cli("clo_lib.config", str(tmp_path / "latin1.yaml")), "latin1.yaml is not UTF-8")
-    one_sentence(cli("clo_lib.config", str(tmp_path / "nope.yaml")), "nope.yaml does not exist")
+    one_sentence(cli("config", str(tmp_path / "folder.yaml")), "folder.yaml is a folder", "a YAML file")
+    one_sentence(cli("config", str(tmp_path / "latin1.yaml")), "latin1.yaml is not UTF-8")
+    one_sentence(cli("config", str(tmp_path / "nope.yaml")), "nope.yaml does not exist")
 
 
 def test_data_and_prompt_paths(tmp_path):
@@ -92,12 +95,12 @@ def test_data_and_prompt_paths(tmp_path):
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"language": "sw", "model": {"name_or_path": "gpt2"},
                                    "eval": {"prompts": str(prompts)}}))
-    one_sentence(cli("clo_lib.evaluate", str(run), "--run", str(tmp_path / "r")), "prompts.jsonl:2", "truncated")
+    one_sentence(cli("evaluate", str(run), "--run", str(tmp_path / "r")), "prompts.jsonl:2", "truncated")
     assert not (tmp_path / "r").exists()
     data = tmp_path / "run2.yaml"
     data.write_text(yaml.safe_dump({"language": "sw", "output_dir": str(tmp_path / "o"),
                                     "data": {"source": "jsonl", "path": str(tmp_path)}}))
-    one_sentence(cli("clo_lib.translate", str(data)), "data.path", "is a folder", "JSON or JSONL file")
+    one_sentence(cli("translate", str(data)), "data.path", "is a folder", "JSON or JSONL file")
 
 
 # --- model paths and ids: checked before anything loads ---------------------------------------------------------------
@@ -112,7 +115,7 @@ def test_model_paths_are_checked_before_loading(tmp_path):
                           (str(tmp_path), ["holds no config.json"])):
         run = tmp_path / "run.yaml"
         run.write_text(yaml.safe_dump({"language": "sw", "model": {"name_or_path": name}, "data": {"size": 1}}))
-        one_sentence(cli("clo_lib.train", str(run), "--parallel", str(corpus), "--out", str(tmp_path / "out")),
+        one_sentence(cli("train", str(run), "--parallel", str(corpus), "--out", str(tmp_path / "out")),
                      *needles)
         assert not (tmp_path / "out").exists()
 
@@ -129,7 +132,7 @@ def test_an_output_path_that_is_a_file(tmp_path, tiny_llama):
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump({"language": "sw", "model": {"name_or_path": str(tiny_llama)},
                                    "data": {"size": 1}}))
-    one_sentence(cli("clo_lib.train", str(run), "--parallel", str(corpus), "--out", str(taken)),
+    one_sentence(cli("train", str(run), "--parallel", str(corpus), "--out", str(taken)),
                  f"{taken} is a file", "a folder for the run")
     assert taken.read_text() == "my notes"
 
@@ -138,7 +141,7 @@ def test_an_output_path_that_is_a_file(tmp_path, tiny_llama):
 
 
 def test_notebook_parameters_given_as_strings():
-    from clo_lib.config import notebook_config
+    from clo_lib.config.load import notebook_config
 
     cfg = notebook_config("params/presets/toy.yaml", "train.method=sft, train.lam=0.3", language="ko")
     assert cfg.train.method == "sft" and cfg.train.lam == 0.3 and cfg.language == "ko"

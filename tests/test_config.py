@@ -1,4 +1,4 @@
-"""clo_lib.config: paper defaults, layering, and one clear sentence for each kind of bad config."""
+"""clo_lib.config.schema: paper defaults, layering, and one clear sentence for each kind of bad config."""
 
 import subprocess
 import sys
@@ -6,16 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clo_lib.config import (
-    PARAMS_DIR,
-    ConfigError,
-    RunConfig,
-    describe,
-    describe_markdown,
-    load_config,
-    parse_overrides,
-    save_config,
-)
+from clo_lib.config.load import load_config, parse_overrides, save_config
+from clo_lib.config.schema import PARAMS_DIR, ConfigError, RunConfig, describe, describe_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +33,7 @@ def test_every_field_is_described():
 
 def test_reference_doc_is_current():
     assert (PARAMS_DIR / "REFERENCE.md").read_text() == describe_markdown(), (
-        "params/REFERENCE.md is stale: run `python -m clo_lib.config --describe > params/REFERENCE.md`")
+        "params/REFERENCE.md is stale: run `clo config --describe > params/REFERENCE.md`")
 
 
 @pytest.mark.parametrize("preset", ["paper", "colab", "toy"])
@@ -157,16 +149,16 @@ def test_bad_override_syntax():
 def test_cli_prints_one_line_and_no_traceback(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("language: sw\ntrain:\n  lam: 3\n")
-    result = subprocess.run([sys.executable, "-m", "clo_lib.config", str(path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "config", str(path)], capture_output=True, text=True,
                             cwd=REPO)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    expected = f"ConfigError: {path}: train.lam = 3; expected a number in [0.0, 1.0]."
+    expected = f"error: {path}: train.lam = 3; expected a number in [0.0, 1.0]."
     assert result.stderr.strip().splitlines() == [expected]
 
 
 def test_cli_prints_resolved_config(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "clo_lib.config", "params/presets/toy.yaml", "--set", "language=id"],
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "config", "params/presets/toy.yaml", "--set", "language=id"],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "language: id" in result.stdout and "backend: toy" in result.stdout

@@ -4,15 +4,9 @@ import json
 
 import pytest
 
-from clo_lib.config import load_config
-from clo_lib.data import (
-    ShortCorpusError,
-    english_from_rows,
-    load_english,
-    oasst_conversations,
-    read_rows,
-    run_records,
-)
+from clo_lib.artifacts.corpus import ShortCorpusError, read_rows, run_records
+from clo_lib.config.load import load_config
+from clo_lib.stages.sources import english_from_rows, load_english, oasst_conversations
 
 
 def oasst_messages():
@@ -58,7 +52,7 @@ def test_oasst_all_turns_adds_later_top_ranked_turns_with_their_context():
 def test_a_short_source_is_refused_before_anything_is_translated(tmp_path, monkeypatch):
     """The paper's 6,400 is more than oasst1's ~4,250 English first turns: the error names the count, and for
     oasst what reaches more, before a translator is made."""
-    import clo_lib.translate as translate
+    import clo_lib.stages.translate as translate
 
     messages = tmp_path / "oasst.jsonl"
     messages.write_text("".join(json.dumps(m) + "\n" for m in oasst_messages()))
@@ -66,7 +60,7 @@ def test_a_short_source_is_refused_before_anything_is_translated(tmp_path, monke
     monkeypatch.setattr(translate, "make_translator", lambda *a: pytest.fail("a translator was made"))
     with pytest.raises(ShortCorpusError, match=r"data.pool_size \(or data.size\) = 3 but 2 English records from "
                                                r"oasst1.*try data.split: train\+validation"):
-        translate.run_translation(cfg, progress=False)
+        translate.run_translate(cfg, progress=False)
     assert not (tmp_path / "data").exists()
 
 
@@ -105,11 +99,11 @@ def test_unreadable_files_give_one_clear_error(tmp_path):
 
 
 def test_toy_source_is_the_toy_worlds_sft_pool():
-    from clo_lib import toyworld
+    from clo_lib.toy import world
 
     cfg = load_config({"language": "sw", "data": {"source": "toy"}})
     records = load_english(cfg.data).records
-    assert len(records) == len(toyworld.world().pool()) and set(records[0]) == {"id", "prompt_en", "response_en"}
+    assert len(records) == len(world.world().pool()) and set(records[0]) == {"id", "prompt_en", "response_en"}
 
 
 def _corpus(tmp_path, lang, flagged=(), n=20):
@@ -171,7 +165,7 @@ def test_no_rows_give_no_records():
 def test_hub_failures_become_one_sentence(monkeypatch):
     import datasets
 
-    from clo_lib.data import HubUnreachableError
+    from clo_lib.artifacts.corpus import HubUnreachableError
 
     def offline(*args, **kwargs):
         raise RuntimeError("Name or service not known\n  (a long traceback follows)")
@@ -184,8 +178,8 @@ def test_hub_failures_become_one_sentence(monkeypatch):
 
 
 def test_appending_after_a_torn_line_keeps_the_new_rows(tmp_path):
-    from clo_lib.evaluate import JsonlCache
-    from clo_lib.io import append_jsonl
+    from clo_lib.common.cache import JsonlCache
+    from clo_lib.common.io import append_jsonl
 
     path = tmp_path / "cache.jsonl"
     append_jsonl(path, [{"key": "a", "v": 1}])
@@ -199,7 +193,7 @@ def test_outputs_get_the_mode_any_new_file_gets(tmp_path):
     """Atomic writes go through mkstemp (owner-only); the finished file must be readable as any new file is."""
     import os
 
-    from clo_lib.io import append_jsonl, atomic_write_json
+    from clo_lib.common.io import append_jsonl, atomic_write_json
 
     old = os.umask(0o022)
     try:

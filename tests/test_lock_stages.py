@@ -7,11 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from clo_lib import lock
-from clo_lib.grid import load_grid, run_grid, select, states
+from clo_lib.common import lock
+from clo_lib.grid.expand import load_grid
+from clo_lib.grid.run import run_grid, select
+from clo_lib.grid.state import states
 
 REPO = Path(__file__).resolve().parents[1]
-HOLD = ("import sys, time\nfrom clo_lib import lock\nassert lock.acquire(sys.argv[1]) is None\n"
+HOLD = ("import sys, time\nfrom clo_lib.common import lock\nassert lock.acquire(sys.argv[1]) is None\n"
         "print('held', flush=True)\ntime.sleep(120)\n")
 
 
@@ -54,7 +56,7 @@ def prepare_grid(tmp_path, steps=("a", "b"), seconds=2.0) -> Path:
 def test_two_runners_started_together_run_each_stage_once(tmp_path):
     """The review's probe: two `grid run` of one grid 3 s apart both ran every stage into the same folders."""
     grid = prepare_grid(tmp_path, steps=("a", "b", "c"))
-    command = [sys.executable, "-m", "clo_lib.grid", "run", str(grid), "--only", "prepare"]
+    command = [sys.executable, "-m", "clo_lib", "grid", "run", str(grid), "--only", "prepare"]
     runners = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
     outputs = [runner.communicate(timeout=120)[0] for runner in runners]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clo_lib.loss import clo_loss, sequence_logps
+from clo_lib.method.loss import clo_loss, sequence_logps
 
 # Four preference rows: two English-input (is_target False), two target-input (True).
 POLICY_CHOSEN = [-12.0, -20.5, -8.25, -30.0]
@@ -163,7 +163,7 @@ def test_english_nll_ablation_equals_trl_dpo_plus_sft(tiny_llama, tmp_path):
 def test_one_micro_batch_with_its_own_counts_gives_the_same_bits_as_before():
     """The step-count path of clo_loss_tensors (gradient accumulation) reduces to the plain loss, bit for bit, when
     the step is one batch: a run without accumulation trains exactly as before it existed."""
-    from clo_lib.loss import clo_loss_tensors
+    from clo_lib.method.loss import clo_loss_tensors
 
     generator = torch.Generator().manual_seed(3)
     logps = [-torch.rand(6, generator=generator) * 30 for _ in range(4)]

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from clo_lib.config import PARAMS_DIR, load_config
-from clo_lib.memory import PAPER_MODEL_SHAPES, check_fits, count_params, estimate_for_run
+from clo_lib.config.load import load_config
+from clo_lib.config.schema import PARAMS_DIR
+from clo_lib.modeling.memory import PAPER_MODEL_SHAPES, check_fits, count_params, estimate_for_run
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
@@ -31,7 +32,7 @@ def test_paper_models_have_their_published_sizes(name, billions):
 def test_llama2_13b_advice_follows_from_the_estimate():
     """The paper grid's Llama-2-13B settings are the ones the estimate says fit one 80 GB GPU, and they keep the
     preset's 32 rows per optimizer step."""
-    from clo_lib.grid import load_grid
+    from clo_lib.grid.expand import load_grid
 
     cfg = load_config(PARAMS_DIR / "presets" / "paper.yaml",
                       {"language": "sw", "model": {"name_or_path": "meta-llama/Llama-2-13b-hf"}})
@@ -56,9 +57,9 @@ def test_estimate_counts_what_a_bf16_training_step_allocates(tiny_llama, tmp_pat
     import torch
     from transformers import TrainerCallback
 
-    from clo_lib.memory import GB, estimate_memory
-    from clo_lib.pairs import METHOD_STAGES
-    from clo_lib.train import build_trainer
+    from clo_lib.method.pairs import METHOD_STAGES
+    from clo_lib.modeling.memory import GB, estimate_memory
+    from clo_lib.stages.train import build_trainer
 
     cfg = load_config({"language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf",
                                                    "max_length": 32, "dtype": "bfloat16"},
@@ -85,7 +86,7 @@ def test_estimate_counts_what_a_bf16_training_step_allocates(tiny_llama, tmp_pat
 
 
 def test_the_summary_says_megabytes_below_a_gigabyte():
-    from clo_lib.memory import GB, MemoryEstimate
+    from clo_lib.modeling.memory import GB, MemoryEstimate
 
     small = MemoryEstimate(850_000, 200_000, 3.3 / 1024, 0.0, 0.8 / 1024, 1.5 / 1024, 108 / 1024)
     assert small.summary().startswith("~113.6 MB: weights 3.3 + ") and "0.20M of 0.85M parameters" in small.summary()

@@ -77,10 +77,10 @@ def test_03_evaluate_writes_metrics(tmp_path, tiny_llama, kit):
 
 
 def test_02_train_trains_from_the_translated_corpus(tmp_path, tiny_llama, kit):
-    from clo_lib.config import load_config
-    from clo_lib.translate import run_translation
+    from clo_lib.config.load import load_config
+    from clo_lib.stages.translate import run_translate
 
-    run_translation(load_config({"preset": "toy", "language": "sw", "output_dir": str(tmp_path / "out"),
+    run_translate(load_config({"preset": "toy", "language": "sw", "output_dir": str(tmp_path / "out"),
                                  "data": {"size": 16}}), progress=False)
     run_dir = tmp_path / "run"
     run_notebook("02_train.ipynb", tmp_path, kit, language="sw", output_dir=str(tmp_path / "out"), run_dir=str(run_dir),
@@ -106,7 +106,9 @@ def _outputs(notebook: dict) -> tuple[str, int]:
 def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, small_world, monkeypatch):
     """A sandbox laid out like a clone after `make demo` (the toy world and a one-run slice of the demo grid), then
     01 -> 05 with no parameters at all, started in notebooks/ as Jupyter does."""
-    from clo_lib.grid import load_grid, run_grid, states
+    from clo_lib.grid.expand import load_grid
+    from clo_lib.grid.run import run_grid
+    from clo_lib.grid.state import states
 
     kit = tmp_path / "kit"
     kit.mkdir()

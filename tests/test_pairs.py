@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from clo_lib.pairs import (
+from clo_lib.method.pairs import (
     build_clo_pairs,
     build_sft_rows,
     encode_response,

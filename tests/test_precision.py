@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from clo_lib import tiny
-from clo_lib.config import load_config
-from clo_lib.models import BackendError, load_model_and_tokenizer
-from clo_lib.pairs import METHOD_STAGES
-from clo_lib.train import build_trainer, train_run
+from clo_lib.config.load import load_config
+from clo_lib.method.pairs import METHOD_STAGES
+from clo_lib.modeling import tiny
+from clo_lib.modeling.models import BackendError, load_model_and_tokenizer
+from clo_lib.stages.train import build_trainer, run_train
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -52,7 +52,7 @@ def test_bf16_training_moves_the_weights_as_float32_does(bf16_exact_llama, tmp_p
     names = [n for n in start if n.split(".")[-2] in ATTENTION]
     update, curve = {}, {}
     for dtype in ("float32", "bfloat16"):
-        log = train_run(config(bf16_exact_llama, dtype, method), records(80), tmp_path / dtype)
+        log = run_train(config(bf16_exact_llama, dtype, method), tmp_path / dtype, records(80))
         assert log["stages"][-1]["steps"] == 40
         curve[dtype] = torch.tensor([h["loss"] for h in log["stages"][-1]["log_history"] if "loss" in h])
         saved = load_file(str(tmp_path / dtype / "model" / "model.safetensors"))
@@ -71,7 +71,7 @@ def test_bf16_training_moves_the_weights_as_float32_does(bf16_exact_llama, tmp_p
 
 def test_first_bf16_step_sees_the_reference_exactly(bf16_exact_llama, tmp_path):
     """The reference pass runs under the same autocast as training: at step 0 policy = reference, DPO = log 2."""
-    log = train_run(config(bf16_exact_llama, "bfloat16", epochs=0.1), records(40), tmp_path / "run")
+    log = run_train(config(bf16_exact_llama, "bfloat16", epochs=0.1), tmp_path / "run", records(40))
     first = next(h for h in log["stages"][-1]["log_history"] if "dpo" in h)
     assert first["dpo"] == pytest.approx(0.6931472, abs=1e-6)
     assert first["en/rewards_margin"] == 0.0 and first["tgt/rewards_margin"] == 0.0
@@ -91,14 +91,14 @@ def test_float16_is_refused_where_the_loss_cannot_be_scaled(bf16_exact_llama, tm
     if torch.cuda.is_available():
         pytest.skip("float16 trains on CUDA, with loss scaling")
     with pytest.raises(BackendError, match="float16 trains only on a CUDA GPU"):
-        train_run(config(bf16_exact_llama, "float16"), records(4), tmp_path / "run")
+        run_train(config(bf16_exact_llama, "float16"), tmp_path / "run", records(4))
     assert not (tmp_path / "run").exists()
 
 
 def test_a_later_stage_starts_from_the_float32_master_weights(bf16_exact_llama, tmp_path):
     """sft_dpo's init_from: loading a run for training restores its trained tensors in float32 (not their bf16
     rounding); loading it for evaluation gives the plain bf16 model."""
-    train_run(config(bf16_exact_llama, "bfloat16", "sft"), records(16), tmp_path / "sft")
+    run_train(config(bf16_exact_llama, "bfloat16", "sft"), tmp_path / "sft", records(16))
     saved = load_file(str(tmp_path / "sft" / "model" / "model.safetensors"))
     cfg = config(bf16_exact_llama, "bfloat16", "sft_dpo", init_from=str(tmp_path / "sft" / "model"))
     model, _ = load_model_and_tokenizer(cfg, for_training=True)
@@ -112,7 +112,7 @@ def test_a_later_stage_starts_from_the_float32_master_weights(bf16_exact_llama, 
 @pytest.mark.parametrize("capability,expected", [((7, 5), torch.float32), ((8, 0), torch.bfloat16)])
 def test_dtype_auto_picks_bfloat16_only_where_the_gpu_computes_in_it(monkeypatch, capability, expected):
     """A T4 (7.5) says torch.cuda.is_bf16_supported() but only emulates bfloat16: auto gives float32 there."""
-    from clo_lib.models import torch_dtype
+    from clo_lib.modeling.models import torch_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

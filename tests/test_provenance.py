@@ -3,8 +3,14 @@ starting model at the same path makes what was made from it stale."""
 
 import shutil
 
-from clo_lib.config import load_config
-from clo_lib.provenance import evaluate_fingerprint, matches, path_digest, stage_fingerprint, train_fingerprint
+from clo_lib.artifacts.provenance import (
+    evaluate_fingerprint,
+    matches,
+    path_digest,
+    stage_fingerprint,
+    train_fingerprint,
+)
+from clo_lib.config.load import load_config
 
 
 def cfg_for(model, **extra):
@@ -47,7 +53,7 @@ def test_a_path_not_on_this_machine_is_not_compared(tmp_path):
 
 
 def test_large_files_are_sampled_and_still_tell_a_change(tmp_path, monkeypatch):
-    from clo_lib import provenance
+    from clo_lib.artifacts import provenance
 
     monkeypatch.setattr(provenance, "WHOLE_FILE_BYTES", 1024)
     monkeypatch.setattr(provenance, "SAMPLE_BYTES", 64)

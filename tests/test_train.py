@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from clo_lib.batches import collate_preferences, encode_preference_groups
-from clo_lib.config import load_config
-from clo_lib.logps import bucketed_response_logps, length_buckets
-from clo_lib.loss import sequence_logps
-from clo_lib.models import BackendError, load_model_and_tokenizer, resolve_backend, select_trainable
-from clo_lib.pairs import METHOD_STAGES, build_clo_pairs
-from clo_lib.train import build_trainer, train_run
+from clo_lib.config.load import load_config
+from clo_lib.method.loss import sequence_logps
+from clo_lib.method.pairs import METHOD_STAGES, build_clo_pairs
+from clo_lib.modeling.batches import collate_preferences, encode_preference_groups
+from clo_lib.modeling.logps import bucketed_response_logps, length_buckets
+from clo_lib.modeling.models import BackendError, load_model_and_tokenizer, resolve_backend, select_trainable
+from clo_lib.stages.train import build_trainer, run_train
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def config(model_path, **train):
 def test_attention_only_trains_only_qkvo(tiny_llama, tmp_path):
     cfg = config(tiny_llama, method="clo", epochs=1)
     before = AutoModelForCausalLM.from_pretrained(tiny_llama).state_dict()
-    log = train_run(cfg, parallel_records(8), tmp_path / "run")
+    log = run_train(cfg, tmp_path / "run", parallel_records(8))
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model").state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed, "training changed nothing"
@@ -74,7 +74,7 @@ def test_batches_hold_both_pairs_of_each_example(tiny_llama):
 
 
 def test_reference_logps_are_the_starting_model(tiny_llama, tmp_path, monkeypatch):
-    import clo_lib.train as train_module
+    import clo_lib.stages.train as train_module
 
     calls = []
     original = train_module.add_reference_logps
@@ -86,7 +86,7 @@ def test_reference_logps_are_the_starting_model(tiny_llama, tmp_path, monkeypatc
 
     monkeypatch.setattr(train_module, "add_reference_logps", spy)
     cfg = config(tiny_llama, method="clo", epochs=2)
-    train_run(cfg, parallel_records(8), tmp_path / "run")
+    run_train(cfg, tmp_path / "run", parallel_records(8))
     assert calls == [8]  # computed once for all examples, not per step
     start = AutoModelForCausalLM.from_pretrained(tiny_llama)
     batch = collate_preferences(spy.groups, pad_id=3)
@@ -100,7 +100,7 @@ def test_reference_logps_are_the_starting_model(tiny_llama, tmp_path, monkeypatc
 
 @pytest.mark.parametrize("method", ["clo", "sft", "sft_eng", "sft_tgt", "sft_dpo"])
 def test_every_method_lowers_its_loss(tiny_llama, tmp_path, method):
-    log = train_run(config(tiny_llama, method=method), parallel_records(16), tmp_path / method)
+    log = run_train(config(tiny_llama, method=method), tmp_path / method, parallel_records(16))
     assert len(log["stages"]) == (2 if method == "sft_dpo" else 1)
     for stage in log["stages"]:
         losses = [h["loss"] for h in stage["log_history"] if "loss" in h]
@@ -112,7 +112,7 @@ def test_every_method_lowers_its_loss(tiny_llama, tmp_path, method):
 
 
 def test_clo_logs_per_direction_metrics(tiny_llama, tmp_path):
-    log = train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(8), tmp_path / "run")
+    log = run_train(config(tiny_llama, method="clo", epochs=1), tmp_path / "run", parallel_records(8))
     first = next(h for h in log["stages"][0]["log_history"] if "dpo" in h)
     for key in ("nll", "dpo", "en/rewards_margin", "tgt/rewards_accuracy", "en/logps_chosen", "tgt/dpo"):
         assert key in first
@@ -138,7 +138,7 @@ def test_cli_refuses_bad_config_in_one_line(tmp_path):
     bad.write_text("language: sw\ntrain:\n  method: dpo\n")
     data = tmp_path / "p.jsonl"
     data.write_text("")
-    result = subprocess.run([sys.executable, "-m", "clo_lib.train", str(bad), "--parallel", str(data), "--out",
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "train", str(bad), "--parallel", str(data), "--out",
                              str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = (f"error: {bad}: train.method = 'dpo'; "
@@ -149,7 +149,7 @@ def test_cli_refuses_bad_config_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("arch,trainable", [("llama", "attention"), ("qwen2", "full"), ("mistral", "lora")])
 def test_response_only_head_equals_full_logits(tiny_model_dir, arch, trainable):
-    from clo_lib.logps import response_logps
+    from clo_lib.modeling.logps import response_logps
 
     cfg = config(tiny_model_dir(arch), trainable=trainable, lora_r=2, lora_dropout=0.0)  # no dropout: same passes
     model, tokenizer = load_model_and_tokenizer(cfg)
@@ -173,7 +173,7 @@ def test_lora_saves_adapter_and_optional_merged_model(tiny_llama, tmp_path):
     from peft import AutoPeftModelForCausalLM
 
     cfg = config(tiny_llama, method="sft", trainable="lora", lora_r=2, merge_lora=True, epochs=1)
-    train_run(cfg, parallel_records(8), tmp_path / "run")
+    run_train(cfg, tmp_path / "run", parallel_records(8))
     assert (tmp_path / "run" / "model" / "adapter_config.json").is_file()
     adapted = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "run" / "model").eval()
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged").eval()
@@ -183,8 +183,7 @@ def test_lora_saves_adapter_and_optional_merged_model(tiny_llama, tmp_path):
 
 
 def test_sft_dpo_with_lora_trains_one_adapter_through_both_stages(tiny_llama, tmp_path):
-    log = train_run(config(tiny_llama, method="sft_dpo", trainable="lora", lora_r=2, epochs=1), parallel_records(8),
-                    tmp_path / "run")
+    log = run_train(config(tiny_llama, method="sft_dpo", trainable="lora", lora_r=2, epochs=1), tmp_path / "run", parallel_records(8))
     sft, dpo = log["stages"]
     assert sft["trainable_params"] == dpo["trainable_params"] > 0  # not wrapped twice
 
@@ -195,58 +194,56 @@ def _files(folder):
 
 def test_a_finished_run_keeps_no_checkpoints_and_is_not_trained_again(tiny_llama, tmp_path):
     cfg = config(tiny_llama, method="sft_dpo", epochs=1, save_steps=1)  # two stages, a checkpoint every step
-    first = train_run(cfg, parallel_records(8), tmp_path / "run")
+    first = run_train(cfg, tmp_path / "run", parallel_records(8))
     assert not list((tmp_path / "run").rglob("checkpoint*")) and not (tmp_path / "run" / "sft").exists()
     assert first["saved"]["bytes"] == sum(f.stat().st_size for f in (tmp_path / "run" / "model").rglob("*")
                                           if f.is_file())
     assert first["examples_used"] == 8 and first["fingerprint"]["data"]
     before = _files(tmp_path / "run")
-    again = train_run(cfg, parallel_records(8), tmp_path / "run")
+    again = run_train(cfg, tmp_path / "run", parallel_records(8))
     assert again == first and _files(tmp_path / "run") == before
 
 
 def test_a_folder_holding_another_run_is_refused_and_left_as_it_was(tiny_llama, tmp_path):
     """Training sft into a finished clo run's folder once exited 0 having trained nothing, and rewrote its config
     and log to say sft. Now: one sentence naming what differs, and not a byte changed."""
-    from clo_lib.train import RunFolderError
+    from clo_lib.stages.train import RunFolderError
 
-    train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(8), tmp_path / "run")
+    run_train(config(tiny_llama, method="clo", epochs=1), tmp_path / "run", parallel_records(8))
     before = _files(tmp_path / "run")
     with pytest.raises(RunFolderError, match=r"holds a run trained under another config \(train.method: 'clo' → 'sft'"):
-        train_run(config(tiny_llama, method="sft", epochs=1), parallel_records(8), tmp_path / "run")
+        run_train(config(tiny_llama, method="sft", epochs=1), tmp_path / "run", parallel_records(8))
     with pytest.raises(RunFolderError, match="training records or starting run differ"):
-        train_run(config(tiny_llama, method="clo", epochs=1), parallel_records(9), tmp_path / "run")
+        run_train(config(tiny_llama, method="clo", epochs=1), tmp_path / "run", parallel_records(9))
     assert _files(tmp_path / "run") == before
 
 
 def test_a_failed_run_keeps_its_checkpoints_and_resumes_only_under_its_own_config(tiny_llama, tmp_path, monkeypatch):
-    import clo_lib.train as train_module
-    from clo_lib.train import RunFolderError
+    import clo_lib.stages.train as train_module
+    from clo_lib.stages.train import RunFolderError
 
     cfg = config(tiny_llama, method="clo", epochs=2, save_steps=1)
     saver = train_module.save_trained
     monkeypatch.setattr(train_module, "save_trained", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError, match="disk full"):
-        train_run(cfg, parallel_records(8), tmp_path / "run")
+        run_train(cfg, tmp_path / "run", parallel_records(8))
     assert list((tmp_path / "run" / "checkpoints").glob("checkpoint-*"))  # kept, so a rerun resumes
     monkeypatch.setattr(train_module, "save_trained", saver)
     before = _files(tmp_path / "run")
     with pytest.raises(RunFolderError, match=r"checkpoints made under another config or data \(train.learning_rate"):
-        train_run(config(tiny_llama, method="clo", epochs=2, save_steps=1, learning_rate=1e-3), parallel_records(8),
-                  tmp_path / "run")
+        run_train(config(tiny_llama, method="clo", epochs=2, save_steps=1, learning_rate=1e-3), tmp_path / "run", parallel_records(8))
     assert _files(tmp_path / "run") == before  # nothing written before the refusal
-    log = train_run(cfg, parallel_records(8), tmp_path / "run")
+    log = run_train(cfg, tmp_path / "run", parallel_records(8))
     assert log["stages"][0]["resumed"] and not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_saving_only_the_trained_tensors(tiny_llama, tmp_path):
     """save: trainable writes q/k/v/o and the base model's id; every loader gives the same model as a full save
     of the same training (CPU training is deterministic), also as sft_dpo's starting point."""
-    from clo_lib.evaluate import load_for_eval
+    from clo_lib.stages.generate import load_for_eval
 
-    full = train_run(config(tiny_llama, method="sft", epochs=1), parallel_records(8), tmp_path / "full")
-    slim = train_run(config(tiny_llama, method="sft", epochs=1, save="trainable"), parallel_records(8),
-                     tmp_path / "slim")
+    full = run_train(config(tiny_llama, method="sft", epochs=1), tmp_path / "full", parallel_records(8))
+    slim = run_train(config(tiny_llama, method="sft", epochs=1, save="trainable"), tmp_path / "slim", parallel_records(8))
     files = {f.name for f in (tmp_path / "slim" / "model").iterdir()}
     assert "trained.safetensors" in files and "clo_trained.json" in files and "model.safetensors" not in files
     manifest = json.loads((tmp_path / "slim" / "model" / "clo_trained.json").read_text())
@@ -262,7 +259,7 @@ def test_saving_only_the_trained_tensors(tiny_llama, tmp_path):
     assert torch.equal(logits["full"], logits["slim"])
     # sft_dpo from the slim SFT run, saved slim too: its manifest still points at the original base model
     dpo = config(tiny_llama, method="sft_dpo", epochs=1, save="trainable", init_from=str(tmp_path / "slim" / "model"))
-    log = train_run(dpo, parallel_records(8), tmp_path / "dpo")
+    log = run_train(dpo, tmp_path / "dpo", parallel_records(8))
     assert [s["stage"] for s in log["stages"]] == ["preference"]
     assert json.loads((tmp_path / "dpo" / "model" / "clo_trained.json").read_text())["base_model"] == str(tiny_llama)
     model, _ = load_for_eval(cfg, tmp_path / "dpo" / "model")
@@ -271,7 +268,7 @@ def test_saving_only_the_trained_tensors(tiny_llama, tmp_path):
 
 
 def test_fused_attention_names_are_refused_not_half_trained(tiny_llama):
-    from clo_lib.config import ConfigError
+    from clo_lib.config.schema import ConfigError
 
     cfg = config(tiny_llama, attention_modules=["qkv_proj", "o_proj"])  # as for Phi-3; Llama has q/k/v separate
     model, _ = load_model_and_tokenizer(cfg)
@@ -284,7 +281,7 @@ def test_bad_records_are_refused_before_anything_is_written(tiny_llama, tmp_path
     records = parallel_records(4)
     del records[1]["response_tgt"]
     with pytest.raises(ValueError, match="parallel record 1 .* 'response_tgt'"):
-        train_run(config(tiny_llama), records, tmp_path / "run")
+        run_train(config(tiny_llama), tmp_path / "run", records)
     assert not (tmp_path / "run").exists()
 
 
@@ -411,7 +408,7 @@ def test_unsloth_path_calls_fastlanguagemodel_as_documented(tiny_llama, monkeypa
 def test_gradient_accumulation_averages_the_clo_loss(tiny_llama, tmp_path):
     """With grad_accum 2, one micro-batch's step returns and back-propagates clo_loss / 2, computed independently
     here from a plain forward (full logits) and clo_loss on the same rows."""
-    from clo_lib.loss import clo_loss
+    from clo_lib.method.loss import clo_loss
 
     cfg = config(tiny_llama, method="clo", grad_accum=2, trainable="attention")
     trainer, _ = build_trainer(cfg, parallel_records(8), tmp_path / "run", METHOD_STAGES["clo"][0])
@@ -453,7 +450,7 @@ def test_two_processes_under_torchrun(tiny_llama, tmp_path, method):
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "clo_lib.train", str(run), "--parallel", str(data), "--out", str(out)],
+         "-m", "clo_lib", "train", str(run), "--parallel", str(data), "--out", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((out / "train_log.json").read_text())
@@ -489,7 +486,7 @@ def test_sft_loss_is_the_models_own_causal_lm_loss(tiny_llama, tmp_path, grad_ac
 
 
 def test_an_unset_logging_interval_logs_every_step_of_a_small_run_and_a_hundred_points_of_a_long_one(tiny_llama):
-    from clo_lib.train import logging_steps
+    from clo_lib.stages.train import logging_steps
 
     small = load_config({"language": "sw", "train": {"epochs": 17, "batch_size": 16}})
     assert small.train.logging_steps is None
@@ -501,16 +498,14 @@ def test_an_unset_logging_interval_logs_every_step_of_a_small_run_and_a_hundred_
 
 
 def test_train_loss_is_the_trainers_own_mean_over_every_step(tiny_llama, tmp_path):
-    log = train_run(config(tiny_llama, method="sft", epochs=2, logging_steps=3), parallel_records(16),
-                    tmp_path / "run")
+    log = run_train(config(tiny_llama, method="sft", epochs=2, logging_steps=3), tmp_path / "run", parallel_records(16))
     stage = log["stages"][-1]
     finished = next(entry for entry in stage["log_history"] if "train_loss" in entry)
     assert stage["train_loss"] == pytest.approx(finished["train_loss"])  # not the mean of the logged points
 
 
 def test_report_to_tensorboard_writes_its_events_beside_the_model(tiny_llama, tmp_path):
-    train_run(config(tiny_llama, method="clo", epochs=1, report_to="tensorboard"), parallel_records(8),
-              tmp_path / "run")
+    run_train(config(tiny_llama, method="clo", epochs=1, report_to="tensorboard"), tmp_path / "run", parallel_records(8))
     assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -518,12 +513,12 @@ def test_report_to_tensorboard_writes_its_events_beside_the_model(tiny_llama, tm
 def test_a_missing_logger_is_refused_before_the_model_loads(tiny_llama, tmp_path, monkeypatch):
     import importlib.util
 
-    from clo_lib.config import ConfigError
+    from clo_lib.config.schema import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match="train.report_to = wandb needs the wandb package"):
-        train_run(config(tiny_llama, report_to="wandb"), parallel_records(4), tmp_path / "run")
+        run_train(config(tiny_llama, report_to="wandb"), tmp_path / "run", parallel_records(4))
     assert not (tmp_path / "run").exists()
 
 
@@ -531,7 +526,7 @@ def test_with_gradient_accumulation_the_nll_is_a_token_mean_over_the_whole_step(
     """Two micro-batches whose target answers differ in length (1 and 12 words): the step's gradient is that of
     clo_loss over all rows of the step at once (NLL a token mean over the step's target tokens, DPO a mean over its
     rows), as SFT's is a token mean over the step; it once was a mean of per-micro-batch means."""
-    from clo_lib.loss import clo_loss
+    from clo_lib.method.loss import clo_loss
 
     records = [{"id": 0, "lang": "sw", "prompt_en": "Say one word.", "response_en": "Yes.",
                 "prompt_tgt": "Sema neno moja.", "response_tgt": "Ndiyo."},

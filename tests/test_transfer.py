@@ -1,19 +1,20 @@
-"""The transfer stage's assembly (clo_lib.transfer): an LLM given a target-language PLM's vocabulary."""
+"""The transfer stage's assembly (clo_lib.stages.transfer): an LLM given a target-language PLM's vocabulary."""
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from clo_lib import tiny, toyworld
-from clo_lib.transfer import tokens_per_word, transfer_model
-from clo_lib.vocab import aux_embeddings, shared_tokens, train_fasttext
+from clo_lib.modeling import tiny
+from clo_lib.modeling.tokens import aux_embeddings, shared_tokens, train_fasttext
+from clo_lib.stages.transfer import tokens_per_word, transfer_model
+from clo_lib.toy import world
 
 
 @pytest.fixture(scope="module")
 def german(tmp_path_factory):
     """The toy world's German sentences, a donor decoder whose tokenizer learnt them, and fastText vectors."""
     root = tmp_path_factory.mktemp("transfer")
-    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in toyworld.evaluation_prompts("de")]
+    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in world.evaluation_prompts("de")]
     (root / "de.txt").write_text("\n".join(texts))
     donor = tiny.make_tiny_causal_lm(root / "donor", "llama", corpus=texts, vocab_size=400, hidden_size=16)
     return texts, donor, train_fasttext(str(root / "de.txt"), dim=16, epochs=3)
@@ -81,7 +82,7 @@ def test_the_donors_tokenizer_cuts_the_target_language_into_fewer_tokens(tiny_ll
 
 
 def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_is_told(tiny_llama, german):
-    from clo_lib.transfer import continued_pretraining, held_out_loss
+    from clo_lib.stages.transfer import continued_pretraining, held_out_loss
 
     texts, donor_dir, vectors = german
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -107,7 +108,7 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
 def test_continued_pretraining_of_bfloat16_weights_keeps_float32_master_rows(tiny_llama, german):
     """The bf16 defect's shape: 16-bit rows updated in place lose small steps. Trained rows become float32 (the
     frozen layers stay bf16) and the held-out loss, measured under the same autocast, still falls."""
-    from clo_lib.transfer import continued_pretraining
+    from clo_lib.stages.transfer import continued_pretraining
 
     texts, donor_dir, vectors = german
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
@@ -127,9 +128,9 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
 
     import yaml
 
-    from clo_lib.config import load_config
-    from clo_lib.train import train_run
-    from clo_lib.transfer import main
+    from clo_lib.cli import main
+    from clo_lib.config.load import load_config
+    from clo_lib.stages.train import run_train
 
     texts, donor_dir, _ = german
     (tmp_path / "de.txt").write_text("\n".join(texts))
@@ -139,12 +140,12 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
                 "pretrain_steps": 10, "held_out": 40, "pretrain_learning_rate": 3e-3}
     model = {"name_or_path": str(tiny_llama), "dtype": "float32", "max_length": 64}
     run.write_text(yaml.safe_dump({"language": "de", "model": model, "transfer": transfer}))
-    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    assert main(["transfer", str(run), "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "transfer.json").read_text())
     assert report["after_tokens_per_word"] < report["before_tokens_per_word"] and report["method"] == "salt"
     assert report["curve"][-1]["loss"] < report["curve"][0]["loss"] and report["curve"][-1]["step"] == 10
     made = (tmp_path / "out" / "transfer.json").stat().st_mtime_ns
-    assert main([str(run), "--out", str(tmp_path / "out")]) == 0  # the same settings again: reused, not remade
+    assert main(["transfer", str(run), "--out", str(tmp_path / "out")]) == 0  # the same settings again: reused, not remade
     assert (tmp_path / "out" / "transfer.json").stat().st_mtime_ns == made
     base = str(tmp_path / "out" / "model")
     records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
@@ -152,9 +153,9 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
     cfg = load_config({"language": "de", "model": {"name_or_path": base, "backend": "hf", "dtype": "float32",
                                                    "max_length": 64},
                        "train": {"method": "clo", "epochs": 1, "batch_size": 4, "learning_rate": 1e-3}})
-    log = train_run(cfg, records, tmp_path / "clo")
+    log = run_train(cfg, tmp_path / "clo", records)
     assert log["stages"][-1]["steps"] == 2 and (tmp_path / "clo" / "model" / "config.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "clo_lib.transfer", str(run), "--out", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "clo_lib", "transfer", str(run), "--out", str(tmp_path / "x"),
                           "--set", "transfer.donor=null"], capture_output=True, text=True)
     assert bad.returncode == 2 and "transfer.donor is not set" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -172,10 +173,10 @@ def test_each_donor_family_keeps_the_llms_sequence_conventions_and_trains_clo(ti
     import yaml
     from transformers import AutoTokenizer
 
-    from clo_lib.batches import encode
-    from clo_lib.config import load_config
-    from clo_lib.train import train_run
-    from clo_lib.transfer import main
+    from clo_lib.cli import main
+    from clo_lib.config.load import load_config
+    from clo_lib.modeling.batches import encode
+    from clo_lib.stages.train import run_train
 
     texts, _, _ = german
     donor = tiny.make_tiny_donor(tmp_path / "donor", family, corpus=texts)
@@ -183,7 +184,7 @@ def test_each_donor_family_keeps_the_llms_sequence_conventions_and_trains_clo(ti
     model = {"name_or_path": str(tiny_llama), "dtype": "float32", "max_length": 64, "backend": "hf"}
     run.write_text(yaml.safe_dump({"language": "de", "model": model,
                                    "transfer": {"donor": str(donor), "method": "mean"}}))
-    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    assert main(["transfer", str(run), "--out", str(tmp_path / "out")]) == 0
     base = tmp_path / "out" / "model"
     llm, new = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(base)
     assert new.eos_token is not None and new.bos_token is not None
@@ -201,5 +202,5 @@ def test_each_donor_family_keeps_the_llms_sequence_conventions_and_trains_clo(ti
     assert encoded["labels"][-1] == new.eos_token_id
     records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
                 "prompt_tgt": f"Was ist {i} plus {i}?", "response_tgt": f"Es ist {2 * i}."} for i in range(4)]
-    log = train_run(cfg, records, tmp_path / "clo")
+    log = run_train(cfg, tmp_path / "clo", records)
     assert log["stages"][-1]["steps"] == 2

@@ -9,20 +9,21 @@ import sys
 import pytest
 from datasets import load_from_disk
 
-from clo_lib import languages, translate
-from clo_lib.config import ConfigError, load_config
-from clo_lib.io import read_jsonl
-from clo_lib.translate import (
-    TranslationCache,
-    Translator,
-    UnsupportedLanguageError,
-    language_code,
-    model_family,
-    quality_flags,
-    run_translation,
-    segment,
-    translate_records,
-)
+from clo_lib.common import endpoint as common_endpoint
+from clo_lib.common import languages
+from clo_lib.common.io import read_jsonl
+from clo_lib.config.load import load_config
+from clo_lib.config.schema import ConfigError
+from clo_lib.mt import backends, codes
+from clo_lib.mt.cache import TranslationCache
+from clo_lib.mt.codes import UnsupportedLanguageError, language_code, model_family
+from clo_lib.mt.flags import quality_flags
+from clo_lib.mt.records import translate_records
+from clo_lib.mt.segment import segment
+from clo_lib.mt.translator import Translator
+from clo_lib.stages.translate import run_translate
+from clo_lib.toy import translator as toy_translator
+from clo_lib.toy import world
 
 
 def words(text):
@@ -38,7 +39,7 @@ def test_language_codes_per_model_family():
     assert [language_code("nllb", c) for c in ("en", "zh", "sw", "yo")] == ["eng_Latn", "zho_Hans", "swh_Latn",
                                                                            "yor_Latn"]
     assert language_code("madlad", "ko") == "ko" and language_code("marian", "de") == "de"
-    assert translate.model_for_pair("Helsinki-NLP/opus-mt-{src}-{tgt}", "en", "sw") == "Helsinki-NLP/opus-mt-en-sw"
+    assert codes.model_for_pair("Helsinki-NLP/opus-mt-{src}-{tgt}", "en", "sw") == "Helsinki-NLP/opus-mt-en-sw"
 
 
 def test_unsupported_language_is_a_clear_error(monkeypatch):
@@ -64,13 +65,13 @@ def test_model_family_from_local_folders_and_unknown_names(tiny_model_dir):
 
 
 def test_bad_pairs_fail_before_any_data_or_model_is_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr("clo_lib.data.load_english", lambda cfg: pytest.fail("data was loaded"))
+    monkeypatch.setattr("clo_lib.stages.translate.load_english", lambda cfg: pytest.fail("data was loaded"))
     cfg = load_config({"preset": "toy", "language": "ar", "output_dir": str(tmp_path)})
     with pytest.raises(UnsupportedLanguageError, match=r"Arabic \(ar\) is not in the toy world"):
-        run_translation(cfg)
+        run_translate(cfg)
     cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "translation": {"model": "acme/unknown"}})
     with pytest.raises(ConfigError, match="cannot tell its family"):
-        run_translation(cfg)
+        run_translate(cfg)
     assert not (tmp_path / "data").exists()
 
 
@@ -169,7 +170,7 @@ def hf_config(tmp_path, model_dir, **translation):
 @pytest.mark.parametrize("arch", ["m2m100", "marian"])
 def test_hf_backend_writes_the_corpus_and_a_rerun_translates_nothing(tmp_path, tiny_model_dir, arch, monkeypatch):
     cfg = hf_config(tmp_path, tiny_model_dir(arch))
-    report = run_translation(cfg, progress=False)
+    report = run_translate(cfg, progress=False)
     out = tmp_path / "out" / "data" / "sw"
     rows = list(read_jsonl(out / "parallel.jsonl"))
     assert len(rows) == report["records"] == 6
@@ -184,14 +185,14 @@ def test_hf_backend_writes_the_corpus_and_a_rerun_translates_nothing(tmp_path, t
     def no_calls(self, texts, src, tgt):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr(translate.HFTranslator, "translate_batch", no_calls)
-    again = run_translation(cfg, progress=False)
+    monkeypatch.setattr(backends.HFTranslator, "translate_batch", no_calls)
+    again = run_translate(cfg, progress=False)
     assert again["translated"] == 0 and again["cached"] == report["chunks"]
     assert list(read_jsonl(out / "parallel.jsonl")) == rows
 
 
 def test_nllb_uses_flores_codes_for_source_and_target(tiny_model_dir):
-    translator = translate.HFTranslator(str(tiny_model_dir("nllb")), "en", "sw", num_beams=1, max_new_tokens=4)
+    translator = backends.HFTranslator(str(tiny_model_dir("nllb")), "en", "sw", num_beams=1, max_new_tokens=4)
     assert translator.family == "nllb" and translator.tokenizer.src_lang == "eng_Latn"
     assert translator.generate_kwargs["forced_bos_token_id"] == translator.tokenizer.convert_tokens_to_ids("swh_Latn")
     assert translator.tokenizer("Hello.")["input_ids"][0] == translator.tokenizer.convert_tokens_to_ids("eng_Latn")
@@ -199,7 +200,7 @@ def test_nllb_uses_flores_codes_for_source_and_target(tiny_model_dir):
 
 
 def test_m2m100_forces_the_target_language_token(tiny_model_dir):
-    translator = translate.HFTranslator(str(tiny_model_dir("m2m100")), "en", "yo", num_beams=1, max_new_tokens=4)
+    translator = backends.HFTranslator(str(tiny_model_dir("m2m100")), "en", "yo", num_beams=1, max_new_tokens=4)
     assert translator.generate_kwargs["forced_bos_token_id"] == translator.tokenizer.convert_tokens_to_ids("__yo__")
     assert translator.tokenizer.src_lang == "en"
     assert translator.device == "cpu" and str(translator.dtype) == "torch.float32"
@@ -211,19 +212,18 @@ def toy_config(tmp_path, size=40, **translation):
 
 
 def test_toy_backend_translates_exactly(tmp_path):
-    from clo_lib import toyworld
 
-    report = run_translation(toy_config(tmp_path), progress=False)
+    report = run_translate(toy_config(tmp_path), progress=False)
     rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
     assert report["flagged_records"] == 0 and len(rows) == 40
     for row in rows:
-        assert row["prompt_tgt"] == toyworld.translate(row["prompt_en"], "en", "ko")
-        assert row["response_tgt"] == toyworld.translate(row["response_en"], "en", "ko")
+        assert row["prompt_tgt"] == world.translate(row["prompt_en"], "en", "ko")
+        assert row["response_tgt"] == world.translate(row["response_en"], "en", "ko")
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     calls = []
-    real = translate.ToyTranslator.translate_batch
+    real = toy_translator.ToyTranslator.translate_batch
 
     def dies_on_third_batch(self, texts, src, tgt):
         calls.append(len(texts))
@@ -231,18 +231,18 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, texts, src, tgt)
 
-    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", dies_on_third_batch)
+    monkeypatch.setattr(toy_translator.ToyTranslator, "translate_batch", dies_on_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        run_translation(toy_config(tmp_path), progress=False)
+        run_translate(toy_config(tmp_path), progress=False)
     assert not (tmp_path / "data" / "ko" / "parallel.jsonl").exists()
-    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", real)
-    report = run_translation(toy_config(tmp_path), progress=False)
+    monkeypatch.setattr(toy_translator.ToyTranslator, "translate_batch", real)
+    report = run_translate(toy_config(tmp_path), progress=False)
     assert report["cached"] == 8 and report["translated"] == report["chunks"] - 8
 
 
 def test_corrupt_cache_lines_are_detected_and_redone(tmp_path):
     cfg = toy_config(tmp_path, size=10)
-    first = run_translation(cfg, progress=False)
+    first = run_translate(cfg, progress=False)
     rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
     cache_file = tmp_path / "cache" / "translations" / "toy__toy__en-ko.jsonl"
     lines = cache_file.read_text().splitlines()
@@ -250,7 +250,7 @@ def test_corrupt_cache_lines_are_detected_and_redone(tmp_path):
     tampered["out"] = "garbage"  # checksum no longer matches
     lines[0] = json.dumps(tampered, ensure_ascii=False)
     cache_file.write_text("\n".join(lines) + "\n" + lines[1][: len(lines[1]) // 2])  # and a torn last write
-    second = run_translation(cfg, progress=False)
+    second = run_translate(cfg, progress=False)
     # the torn line's chunk is still intact on line 2, so only the tampered chunk is translated again
     assert second["cache_corrupt_lines_redone"] == 2 and second["translated"] == 1
     assert list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl")) == rows
@@ -269,8 +269,7 @@ def test_cache_keys_hold_every_setting_that_changes_a_translation(tmp_path, monk
     give another key; entries made under other settings stay in the file but are never served."""
     from dataclasses import replace
 
-    from clo_lib import toyworld
-    from clo_lib.translate import translation_settings
+    from clo_lib.mt.backends import translation_settings
 
     base = load_config({"language": "sw"}).translation
     hf = [base, replace(base, num_beams=2), replace(base, max_new_tokens=64), replace(base, revision="abc123")]
@@ -281,8 +280,8 @@ def test_cache_keys_hold_every_setting_that_changes_a_translation(tmp_path, monk
     keys = {key(c) for c in hf}
     endpoint, toy = replace(base, backend="openai"), replace(base, backend="toy")
     keys |= {key(endpoint), key(toy)}
-    monkeypatch.setattr(translate, "TRANSLATOR_SYSTEM_PROMPT", "Translate {src} to {tgt}, formally.")
-    monkeypatch.setattr(toyworld, "WORLD_VERSION", toyworld.WORLD_VERSION + 1)
+    monkeypatch.setattr(backends, "TRANSLATOR_SYSTEM_PROMPT", "Translate {src} to {tgt}, formally.")
+    monkeypatch.setattr(world, "WORLD_VERSION", world.WORLD_VERSION + 1)
     keys |= {key(endpoint), key(toy)}
     assert len(keys) == 8
     four = TranslationCache(tmp_path, "hf", "m", "en", "sw", {"num_beams": 4})
@@ -297,7 +296,7 @@ def _dropping(every: int):
     """A toy translator whose translation of every `every`-th text (by checksum) comes back empty: flagged."""
     import zlib
 
-    real = translate.ToyTranslator.translate_batch
+    real = toy_translator.ToyTranslator.translate_batch
 
     def translate_batch(self, texts, src, tgt):
         outs = real(self, texts, src, tgt)
@@ -309,13 +308,13 @@ def _dropping(every: int):
 def test_translation_goes_on_until_the_pool_is_usable_and_keeps_the_order(tmp_path, monkeypatch):
     """A run labelled 40 examples used to get whatever was left of 40 after flags. Now the stage translates more
     records, in the same seeded order, until 40 are usable: a run can take its 40, and smaller runs still nest."""
-    from clo_lib.data import run_records
+    from clo_lib.artifacts.corpus import run_records
 
     plain = tmp_path / "plain"
-    run_translation(toy_config(plain), progress=False)
+    run_translate(toy_config(plain), progress=False)
     order = [r["id"] for r in read_jsonl(plain / "data" / "ko" / "parallel.jsonl")]
-    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", _dropping(3))
-    report = run_translation(toy_config(tmp_path), progress=False)
+    monkeypatch.setattr(toy_translator.ToyTranslator, "translate_batch", _dropping(3))
+    report = run_translate(toy_config(tmp_path), progress=False)
     rows = list(read_jsonl(tmp_path / "data" / "ko" / "parallel.jsonl"))
     assert report["flagged_records"] > 0 and report["usable_records"] >= 40 == report["needed_records"]
     assert report["records"] == len(rows) > 40
@@ -324,11 +323,11 @@ def test_translation_goes_on_until_the_pool_is_usable_and_keeps_the_order(tmp_pa
 
 
 def test_a_source_too_small_for_the_flags_is_written_and_refused(tmp_path, monkeypatch):
-    from clo_lib.data import ShortCorpusError
+    from clo_lib.artifacts.corpus import ShortCorpusError
 
-    monkeypatch.setattr(translate.ToyTranslator, "translate_batch", _dropping(1))  # every translation empty
+    monkeypatch.setattr(toy_translator.ToyTranslator, "translate_batch", _dropping(1))  # every translation empty
     with pytest.raises(ShortCorpusError, match=r"all 208 records of toy are translated and 0 are usable"):
-        run_translation(toy_config(tmp_path), progress=False)
+        run_translate(toy_config(tmp_path), progress=False)
     report = json.loads((tmp_path / "data" / "ko" / "report.json").read_text())
     assert report["records"] == 208 and report["usable_records"] == 0  # kept for inspection
 
@@ -363,8 +362,8 @@ def stub_endpoint(chat_stub):
 def test_openai_backend_translates_through_the_endpoint_with_retries(tmp_path, stub_endpoint, monkeypatch):
     url, seen = stub_endpoint
     monkeypatch.setenv("CLO_TEST_KEY", "sk-test-secret")
-    monkeypatch.setattr("clo_lib.endpoint.ChatEndpoint.backoff_s", 0.0)
-    translator = translate.OpenAITranslator("my-llm", url, "CLO_TEST_KEY", concurrency=2)
+    monkeypatch.setattr("clo_lib.common.endpoint.ChatEndpoint.backoff_s", 0.0)
+    translator = backends.OpenAITranslator("my-llm", url, "CLO_TEST_KEY", concurrency=2)
     assert translator.translate_batch(["Hello there.", "Good night."], "en", "sw") == ["[sw] Hello there.",
                                                                                     "[sw] Good night."]
     assert len(seen["requests"]) == 3  # one 503, retried
@@ -379,15 +378,15 @@ def test_openai_backend_without_its_key_fails_before_any_request(tmp_path, stub_
     cfg = load_config({"language": "sw", "output_dir": str(tmp_path), "data": {"source": "toy", "size": 4},
                        "translation": {"backend": "openai", "model": "m", "api_base_url": url,
                                        "api_key_env": "CLO_TEST_KEY"}})
-    with pytest.raises(translate.EndpointError, match="CLO_TEST_KEY is not set"):
-        run_translation(cfg, progress=False)
+    with pytest.raises(common_endpoint.EndpointError, match="CLO_TEST_KEY is not set"):
+        run_translate(cfg, progress=False)
     assert seen["requests"] == []
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("preset: toy\nlanguage: fr\n")
-    result = subprocess.run([sys.executable, "-m", "clo_lib.translate", str(bad)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "translate", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: French (fr) is not in the toy world; it has en, zh, de, ko, id, sw, yo"
 
@@ -395,7 +394,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
 def test_cli_writes_the_corpus(tmp_path):
     run = tmp_path / "run.yaml"
     run.write_text(f"preset: toy\nlanguage: yo\noutput_dir: {tmp_path}\ndata:\n  size: 5\n")
-    result = subprocess.run([sys.executable, "-m", "clo_lib.translate", str(run)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "translate", str(run)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["records"] == 5
     assert random.choice(list(read_jsonl(tmp_path / "data" / "yo" / "parallel.jsonl")))["lang"] == "yo"

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from clo_lib.config import ConfigError, load_config, notebook_config, save_config
-from clo_lib.views import pairs_table, run_folder, side_by_side, training_curves
+from clo_lib.config.load import load_config, notebook_config, save_config
+from clo_lib.config.schema import ConfigError
+from clo_lib.stages.results import side_by_side
+from clo_lib.views import pairs_table, run_folder, training_curves
 
 RECORD = {"id": "r1", "lang": "sw", "prompt_en": "What color is the banana?", "response_en": "The banana is yellow.",
           "prompt_tgt": "Ndizi ina rangi gani?", "response_tgt": "Ndizi ina rangi ya njano."}
@@ -15,9 +17,9 @@ RECORD = {"id": "r1", "lang": "sw", "prompt_en": "What color is the banana?", "r
 def test_the_pairs_table_shows_each_direction_with_the_other_language_rejected():
     table = pairs_table([RECORD, {**RECORD, "id": "r2"}], n=1)
     assert table.to_dict("records") == [
-        {"record": "r1", "direction": "English prompt", "prompt": "What color is the banana?",
+        {"record": "r1", "side": "English prompt", "prompt": "What color is the banana?",
          "chosen": "The banana is yellow.", "rejected": "Ndizi ina rangi ya njano."},
-        {"record": "r1", "direction": "target prompt", "prompt": "Ndizi ina rangi gani?",
+        {"record": "r1", "side": "target prompt", "prompt": "Ndizi ina rangi gani?",
          "chosen": "Ndizi ina rangi ya njano.", "rejected": "The banana is yellow."}]
 
 

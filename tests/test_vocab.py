@@ -1,4 +1,4 @@
-"""SALT and its baselines (clo_lib.vocab) against hand-computed small cases and independent computations."""
+"""SALT and its baselines (clo_lib.method.salt) against hand-computed small cases and independent computations."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clo_lib.vocab import init_embeddings, salt_embeddings, sparsemax
+from clo_lib.method.salt import init_embeddings, salt_embeddings, sparsemax
 
 NAN = float("nan")
 
@@ -129,7 +129,7 @@ def _tokenizer(kind, texts):
 
 
 def test_shared_tokens_match_words_across_tokenizer_conventions():
-    from clo_lib.vocab import canonical, shared_tokens, token_style
+    from clo_lib.modeling.tokens import canonical, shared_tokens, token_style
 
     texts = ["die katze sitzt auf der matte", "der hund und die katze", "café über straße"] * 20
     tokenizers = {kind: _tokenizer(kind, texts) for kind in ("byte_bpe", "sentencepiece", "wordpiece")}
@@ -158,10 +158,10 @@ def test_shared_tokens_match_words_across_tokenizer_conventions():
 
 
 def test_auxiliary_vectors_come_from_fasttext_by_token_text_and_are_reproducible(tmp_path):
-    from clo_lib import toyworld
-    from clo_lib.vocab import aux_embeddings, canonical, train_fasttext
+    from clo_lib.modeling.tokens import aux_embeddings, canonical, train_fasttext
+    from clo_lib.toy import world
 
-    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in toyworld.evaluation_prompts("de")]
+    texts = [r["prompt_tgt"] + " " + r["answer_tgt"] for r in world.evaluation_prompts("de")]
     corpus = tmp_path / "de.txt"
     corpus.write_text("\n".join(texts))
     tokenizer = _tokenizer("wordpiece", texts)
@@ -179,7 +179,7 @@ def test_auxiliary_vectors_come_from_fasttext_by_token_text_and_are_reproducible
 
 
 def test_a_missing_or_empty_text_file_is_one_clear_error(tmp_path):
-    from clo_lib.vocab import load_fasttext, train_fasttext
+    from clo_lib.modeling.tokens import load_fasttext, train_fasttext
 
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="holds no text"):
@@ -191,7 +191,7 @@ def test_a_missing_or_empty_text_file_is_one_clear_error(tmp_path):
 def test_salt_diagnostics_count_neighbours_and_conditions_as_numpy_does_and_warn_when_flat():
     """transfer.json records how well posed SALT's fits are; with flat similarities (every auxiliary vector nearly
     the same) k reaches the donor's width and a warning says SALT cannot be tested with these inputs."""
-    from clo_lib.vocab import neighbour_weights, salt_diagnostics, salt_warning
+    from clo_lib.method.salt import neighbour_weights, salt_diagnostics, salt_warning
 
     generator = torch.Generator().manual_seed(0)
     donor = torch.randn(40, 4, dtype=torch.float64, generator=generator)

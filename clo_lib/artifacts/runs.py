@@ -1,0 +1,45 @@
+"""A run's metrics.json: the facts that identify the run (model, language, method, size, seed, variant), its
+metrics and details, written atomically and read back as rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from clo_lib.common.io import atomic_write_json
+from clo_lib.config.schema import RunConfig
+
+# ---------------------------------------------------------------------------------------------------------------
+# metrics.json and the long-format table
+
+
+def run_facts(cfg: RunConfig, method: str | None = None, model_label: str | None = None,
+              run_dir: str | Path | None = None, variant: str = "") -> dict[str, Any]:
+    """What identifies a run in the results table (the grid's short model label, else the model's id; the grid
+    slice's variant for an ablation run, "" otherwise), and how many examples it really trained on (its train log's
+    `examples_used`; None for an untrained model)."""
+    method = method or cfg.train.method
+    log = Path(run_dir) / "train_log.json" if run_dir else None
+    used = json.loads(log.read_text(encoding="utf-8")).get("examples_used") if log and log.is_file() else None
+    return {"model": model_label or cfg.model.name_or_path, "lang": cfg.language,
+            "size": None if method == "base" else cfg.data.size,  # the untrained model has no data size
+            "method": method, "seed": cfg.seed, "name": cfg.name, "examples_used": used, "variant": variant}
+
+
+def write_metrics(run_dir: str | Path, facts: dict, metrics: dict, details: dict | None = None,
+                  fingerprint: dict | None = None) -> Path:
+    """metrics.json, written atomically and last: a run folder without it is not done. `fingerprint` says what the
+    numbers came from (clo_lib.artifacts.provenance), so a grid can tell when they no longer match its config."""
+    path = Path(run_dir) / "metrics.json"
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    atomic_write_json(path, {"run": facts, "metrics": clean, "details": details or {}, "fingerprint": fingerprint})
+    return path
+
+
+def metrics_rows(path: str | Path) -> list[dict]:
+    """One long-format row per metric: model, lang, size, method, seed, name, examples_used, metric, value."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [{**data["run"], "metric": metric, "value": value} for metric, value in data["metrics"].items()]
