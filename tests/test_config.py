@@ -158,8 +158,8 @@ def test_cli_prints_one_line_and_no_traceback(tmp_path):
 
 
 def test_cli_prints_resolved_config(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "clo_lib", "config", "params/presets/toy.yaml", "--set", "language=id"],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([sys.executable, "-m", "clo_lib", "config", "params/presets/toy.yaml", "--set",
+                             "language=id"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "language: id" in result.stdout and "backend: toy" in result.stdout
 

@@ -203,13 +203,13 @@ def test_submitit_local_executor_runs_the_same_stages(tmp_path, tiny_llama):
 
 @pytest.mark.parametrize("change,message", [
     ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "modles": ["x"]}]},
-     "unknown key in slice 1: 'modles' (did you mean models?)"),
+     "unknown key slices[1].modles (did you mean slices[1].models?)"),
     ({"slices": [{"languages": ["sw"], "methods": ["magic"], "sizes": [4]}]}, "train.method = 'magic'"),
     ({"slices": [{"languages": ["xx"], "methods": ["clo"], "sizes": [4]}]}, "language = 'xx'"),
-    ({"models": {}}, "models must map a short label"),
+    ({"models": {}}, "models is empty; expected a short label per model"),
     ({"layers": ["params/presets/nope.yaml"]}, "layer 'params/presets/nope.yaml' does not exist"),
     ({"slices": [{"languages": ["sw"], "methods": ["clo"], "sizes": [4], "models": ["gpt"]}]},
-     "slice 1 names model 'gpt'"),
+     "slices[1].models names 'gpt'"),
 ])
 def test_bad_grid_files_are_refused_in_one_sentence(tmp_path, tiny_llama, change, message):
     path = write_grid(tmp_path, tiny_llama, **change)

@@ -154,3 +154,13 @@ def test_the_console_script_is_declared():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"clo": "clo_lib.cli:main"}
+
+
+def test_importing_the_pipeline_does_not_import_the_toy_world():
+    """At run time too: every module but the edge (toy/, the CLI, the demo) imports without clo_lib.toy."""
+    modules = [name for name in MODULES if layer(name) < 7 and name != "clo_lib"]
+    script = "import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules) + \
+        "print(sorted(m for m in sys.modules if m.startswith('clo_lib.toy')))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -135,3 +135,16 @@ def test_the_donors_text_has_nothing_evaluation_asks_and_a_changed_recipe_rebuil
     monkeypatch.setattr(build, "DONOR_STEPS", 4)
     assert build.build_donor(tmp_path, "sw", log=messages.append)["curve"][-1]["step"] == 4
     assert json.loads((tmp_path / "donor.json").read_text())["recipe"][3] == 4
+
+
+def test_the_hf_causal_few_shot_examples_are_the_toy_worlds_first_question_and_answer():
+    """mt/few_shot.json holds the words the hf_causal translator's base-model prompt always used (the toy world's
+    first evaluation question and its answer in each language), so its prompts and cache keys did not change when
+    the toy world left the pipeline."""
+    from clo_lib.mt.backends import FEW_SHOT
+
+    assert list(FEW_SHOT) == list(world.LANGS)
+    for lang in world.TARGETS:
+        row = world.evaluation_prompts(lang)[0]
+        assert FEW_SHOT[lang] == [row["prompt_tgt"], row["answer_tgt"]]
+        assert FEW_SHOT["en"] == [row["prompt_en"], row["answer_en"]]

@@ -183,7 +183,8 @@ def test_lora_saves_adapter_and_optional_merged_model(tiny_llama, tmp_path):
 
 
 def test_sft_dpo_with_lora_trains_one_adapter_through_both_stages(tiny_llama, tmp_path):
-    log = run_train(config(tiny_llama, method="sft_dpo", trainable="lora", lora_r=2, epochs=1), tmp_path / "run", parallel_records(8))
+    log = run_train(config(tiny_llama, method="sft_dpo", trainable="lora", lora_r=2, epochs=1), tmp_path / "run",
+                    parallel_records(8))
     sft, dpo = log["stages"]
     assert sft["trainable_params"] == dpo["trainable_params"] > 0  # not wrapped twice
 
@@ -231,7 +232,8 @@ def test_a_failed_run_keeps_its_checkpoints_and_resumes_only_under_its_own_confi
     monkeypatch.setattr(train_module, "save_trained", saver)
     before = _files(tmp_path / "run")
     with pytest.raises(RunFolderError, match=r"checkpoints made under another config or data \(train.learning_rate"):
-        run_train(config(tiny_llama, method="clo", epochs=2, save_steps=1, learning_rate=1e-3), tmp_path / "run", parallel_records(8))
+        run_train(config(tiny_llama, method="clo", epochs=2, save_steps=1, learning_rate=1e-3), tmp_path / "run",
+                  parallel_records(8))
     assert _files(tmp_path / "run") == before  # nothing written before the refusal
     log = run_train(cfg, tmp_path / "run", parallel_records(8))
     assert log["stages"][0]["resumed"] and not (tmp_path / "run" / "checkpoints").exists()
@@ -243,7 +245,8 @@ def test_saving_only_the_trained_tensors(tiny_llama, tmp_path):
     from clo_lib.stages.generate import load_for_eval
 
     full = run_train(config(tiny_llama, method="sft", epochs=1), tmp_path / "full", parallel_records(8))
-    slim = run_train(config(tiny_llama, method="sft", epochs=1, save="trainable"), tmp_path / "slim", parallel_records(8))
+    slim = run_train(config(tiny_llama, method="sft", epochs=1, save="trainable"), tmp_path / "slim",
+                     parallel_records(8))
     files = {f.name for f in (tmp_path / "slim" / "model").iterdir()}
     assert "trained.safetensors" in files and "clo_trained.json" in files and "model.safetensors" not in files
     manifest = json.loads((tmp_path / "slim" / "model" / "clo_trained.json").read_text())
@@ -505,7 +508,8 @@ def test_train_loss_is_the_trainers_own_mean_over_every_step(tiny_llama, tmp_pat
 
 
 def test_report_to_tensorboard_writes_its_events_beside_the_model(tiny_llama, tmp_path):
-    run_train(config(tiny_llama, method="clo", epochs=1, report_to="tensorboard"), tmp_path / "run", parallel_records(8))
+    run_train(config(tiny_llama, method="clo", epochs=1, report_to="tensorboard"), tmp_path / "run",
+              parallel_records(8))
     assert list((tmp_path / "run" / "runs").glob("events.out.tfevents.*"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 

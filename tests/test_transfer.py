@@ -145,7 +145,8 @@ def test_the_stage_writes_a_base_model_that_clo_trains_from(tiny_llama, german, 
     assert report["after_tokens_per_word"] < report["before_tokens_per_word"] and report["method"] == "salt"
     assert report["curve"][-1]["loss"] < report["curve"][0]["loss"] and report["curve"][-1]["step"] == 10
     made = (tmp_path / "out" / "transfer.json").stat().st_mtime_ns
-    assert main(["transfer", str(run), "--out", str(tmp_path / "out")]) == 0  # the same settings again: reused, not remade
+    # the same settings again: reused, not remade
+    assert main(["transfer", str(run), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "transfer.json").stat().st_mtime_ns == made
     base = str(tmp_path / "out" / "model")
     records = [{"id": i, "lang": "de", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",

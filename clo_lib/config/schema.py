@@ -144,7 +144,8 @@ class TranslationConfig:
         "languages the top one is always at least 0.5; clo_lib.common.langid).", min=0.0, max=1.0
     )
     lid_min_letters: int = _field(
-        5, "Letters of prose a translation needs before its language is judged (assumed; clo_lib.common.langid).", min=1)
+        5, "Letters of prose a translation needs before its language is judged (assumed; clo_lib.common.langid).",
+        min=1)
     mode: Literal["separate", "joint"] = _field(
         "separate", "separate: prompt and response translated apart (the CLO paper); joint: one MT input per record "
         "with a Catalyst Statement and Indicator Tokens, split back after (Moon et al. 2024; clo_lib.method.joint).")
@@ -264,7 +265,8 @@ class EvalConfig:
 
 @dataclass
 class TransferConfig:
-    """Vocabulary transfer before training (clo_lib.stages.transfer; SALT, SIBLINGS.md 2). Unused unless the stage runs."""
+    """Vocabulary transfer before training (clo_lib.stages.transfer; SALT, SIBLINGS.md 2). Unused unless the stage
+    runs."""
 
     method: Literal["salt", "focus", "mean", "multivariate", "none"] = _field(
         "salt", "How the new vocabulary's embeddings start: SALT, FOCUS, the LLM rows' mean, or a multivariate "

@@ -1,6 +1,7 @@
 """Tokenized training items and the batches they make: one item per SFT row, or per source example for CLO.
 
-Every method shares one tokenization (clo_lib.method.pairs.encode_response), so the loss sees exactly the response tokens.
+Every method shares one tokenization (clo_lib.method.pairs.encode_response), so the loss sees exactly the response
+tokens.
 A CLO item holds both preference rows of one source example, so a batch of items never splits a pair (PAPER.md:
 "batch-based"). A preference batch stacks all chosen sequences, then all rejected ones, for one forward pass.
 """

@@ -134,9 +134,10 @@ def fetch_gemma3(models_dir: str | Path = MODELS_DIR, log=print) -> Path:
 
 
 def add_arguments(parser) -> None:
-    """`clo fetch smollm2 [--models-dir outputs/models]`, `clo fetch gemma3` or `clo fetch install`."""
+    """`clo fetch smollm2 [--out outputs/models]`, `clo fetch gemma3` or `clo fetch install`."""
     parser.add_argument("what", choices=("smollm2", "gemma3", "install"))
-    parser.add_argument("--models-dir", default=str(MODELS_DIR))
+    parser.add_argument("--out", "--models-dir", dest="models_dir", default=str(MODELS_DIR),
+                        help="folder the models go in (each in a folder of its own)")
 
 
 def command(args) -> int:

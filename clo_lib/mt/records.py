@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 from clo_lib.common.languages import SOURCE_LANGUAGE
 from clo_lib.config.schema import TranslationConfig
 from clo_lib.method.joint import compose, goes_jointly, pack, split
-from clo_lib.mt import records as mt_records
 from clo_lib.mt.backends import Translator, catalyst_text
 from clo_lib.mt.cache import TranslationCache
 from clo_lib.mt.flags import quality_flags
@@ -131,8 +130,8 @@ def translate_records(records: Sequence[dict], translator: Translator, cache: Tr
         return [piece for to_translate, piece in pieces[text] if to_translate]
 
     if cfg.mode == "joint":
-        result = mt_records.translate_jointly([(chunks_of(r["prompt_en"]), chunks_of(r["response_en"])) for r in records],
-                                         cfg, count, translated, cache.was_cut)
+        result = translate_jointly([(chunks_of(r["prompt_en"]), chunks_of(r["response_en"])) for r in records],
+                                   cfg, count, translated, cache.was_cut)
         done_per_record, fallback, parted = result.translations, result.fallback, result.parted
         stats.update({"joint_inputs": result.inputs, "joint_split": result.split})
     else:

@@ -22,8 +22,8 @@ ANSWER_KEY = 24  # hex digits of an answer cache's keys (as long as they have al
 
 
 def load_for_eval(cfg: RunConfig, model_path: str | Path):
-    """A trained run's model (any form clo_lib.modeling.models reads: full, trained tensors only, LoRA adapter merged into
-    its base) or a base model, for inference."""
+    """A trained run's model (any form clo_lib.modeling.models reads: full, trained tensors only, LoRA adapter
+    merged into its base) or a base model, for inference."""
     model, tokenizer = load_model_and_tokenizer(cfg, str(model_path), backend="hf")
     tokenizer.padding_side = "left"  # generation continues every prompt from its own last token
     return model.eval(), tokenizer
@@ -73,8 +73,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
     for row in prompts:
         for side in sides:
             text, lang = row[f"prompt_{side}"], cfg.language if side == "tgt" else SOURCE_LANGUAGE
-            items.append({"key": digest([side, lang, text, settings, model_id, *chat_template], ANSWER_KEY), "id": row["id"],
-                          "side": side, "lang": lang, "prompt": text, "settings": digest([settings], ANSWER_KEY)})
+            key = digest([side, lang, text, settings, model_id, *chat_template], ANSWER_KEY)
+            items.append({"key": key, "id": row["id"], "side": side, "lang": lang, "prompt": text,
+                          "settings": digest([settings], ANSWER_KEY)})
     todo = [item for item in items if item["key"] not in cache.rows]
     formatted = {item["key"]: format_prompt(item["prompt"], tokenizer, cfg.model.prompt_format,
                                             cfg.model.prompt_template) for item in todo}

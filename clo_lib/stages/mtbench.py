@@ -5,9 +5,9 @@ are template-like, so this adds real, open-ended English. Two metrics (eval.mtbe
 
     mtbench_ref_nll       per-token negative log-likelihood of GPT-4's reference answers (the 30 of FastChat's
                           reference_answer/gpt-4.jsonl: math, reasoning, coding) given their first-turn question,
-                          formatted as every training example is (clo_lib.modeling.batches.encode: the run's prompt format,
-                          the answer's tokens plus EOS). Token-weighted over all 30 answers. Lower = the model
-                          finds fluent English answers likelier; compare a run with its base model.
+                          formatted as every training example is (clo_lib.modeling.batches.encode: the run's
+                          prompt format, the answer's tokens plus EOS). Token-weighted over all 30 answers. Lower =
+                          the model finds fluent English answers likelier; compare a run with its base model.
     fidelity_en@mtbench   share of greedy answers to the 80 first-turn questions that lingua identifies as English
                           (clo_lib.stages.scores.fidelity), answers cut at eval.mtbench_max_new_tokens.
     mtbench_ref_tokens    how many answer tokens the NLL averages over (so a truncated run is visible).

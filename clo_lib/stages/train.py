@@ -1,12 +1,14 @@
 """Training for every method of the grid: sft, sft_eng, sft_tgt (SFT rows), clo and sft_dpo (SFT, then CLO's loss
 with λ = 0 on the same pairs); clo_lib.method.pairs.METHOD_STAGES says which stages a method runs.
 
-Preference stages use `clo_lib.method.loss.clo_loss`. The reference model is the model before training: its log-probs are
-computed once, before the first step, and stored with the data, so no second copy of the model is held in memory.
-Models, precision and run folders are clo_lib.modeling.models' job, batches clo_lib.modeling.batches', log-probs clo_lib.modeling.logps'.
+Preference stages use `clo_lib.method.loss.clo_loss`. The reference model is the model before training: its log-probs
+are computed once, before the first step, and stored with the data, so no second copy of the model is held in memory.
+Models, precision and run folders are clo_lib.modeling.models' job, batches clo_lib.modeling.batches', log-probs
+clo_lib.modeling.logps', the trainer clo_lib.modeling.trainer's.
 
-A run folder is protected: a finished run with the same fingerprint (clo_lib.artifacts.provenance) is not trained again, one
-made under another config or data is refused with one sentence, and so are checkpoints made under another config.
+A run folder is protected: a finished run with the same fingerprint (clo_lib.artifacts.provenance) is not trained
+again, one made under another config or data is refused with one sentence, and so are checkpoints made under another
+config.
 After a successful save, the checkpoints are removed (weights and optimizer state: tens of GB for a 7B model).
 
     clo train RUN.yaml --parallel outputs/data/sw/parallel.jsonl --out outputs/my-run

@@ -12,8 +12,10 @@ digits differ from the source's is flagged `numbers_changed`.
 Backends (`translation.backend`):
     hf      a seq2seq model through generate(): M2M100 (the paper's facebook/m2m100_1.2B), NLLB-200, MADLAD-400,
             Marian opus-mt (one model per pair; `{src}`/`{tgt}` in the model id are filled in)
+    hf_causal  a local causal LM (also from GGUF): through its chat template, or few-shot for a base model
     openai  an OpenAI-compatible chat endpoint as an LLM translator (key from the environment variable only)
-    toy     the toy world's exact translator (clo_lib.toy.world)
+    toy     the toy world's exact translator (clo_lib.toy.translator, reached by name)
+The library parts are in clo_lib.mt (segment, backends, cache, flags, records); this module is the stage.
 
 Every chunk's translation is cached on disk, keyed by (backend, model, source, target, text): a rerun translates
 nothing twice and a killed run resumes where it stopped.
