@@ -164,3 +164,15 @@ def test_importing_the_pipeline_does_not_import_the_toy_world():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_is_short_and_its_pages_links_resolve():
+    """The README reads in five minutes; the rest is in docs/, and no relative link points nowhere."""
+    import re
+
+    assert len((REPO / "README.md").read_text(encoding="utf-8")) < 15_000
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "notebooks" / "README.md"]
+    broken = [f"{page.relative_to(REPO)} -> {target}" for page in pages
+              for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8"))
+              if not target.startswith(("http://", "https://")) and not (page.parent / target).exists()]
+    assert not broken, broken

@@ -83,9 +83,9 @@ def summary(frame: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFra
     keys = ["model", "lang", "size", "method"]
     stats = chosen.groupby([*keys, "metric"], dropna=False)["value"].agg(["mean", "std", "count"])  # base: no size
     wide = stats["mean"].unstack("metric")
-    spread = stats["std"].unstack("metric")
+    sd = stats["std"].unstack("metric")
     seeds = stats["count"].groupby(level=keys, dropna=False).max().rename("seeds")
-    wide = wide.join(spread.add_suffix("_sd")).join(seeds).reset_index()
+    wide = wide.join(sd.add_suffix("_sd")).join(seeds).reset_index()
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
     wide["_order"] = wide["method"].map(lambda m: order.get(m, len(order)))
     return wide.sort_values(["model", "lang", "size", "_order"], na_position="first").drop(columns="_order")[

@@ -254,6 +254,6 @@ def transfer_lesson_settings(language: str, donor: str = "", seed: int = 0,
     if donor:  # your own PLM; keep the study's text files only if they are in your language
         return {**settings, "transfer.donor": donor}
     built = Path(f"outputs/lesson/donor-{language}")
-    build.build_donor(built, language, seed)
+    build_donor(built, language, seed)
     return {**settings, "transfer.donor": str(built / "model"), "transfer.aux_text": str(built / "text.txt"),
             "transfer.pretrain_text": str(built / "text.txt")}
