@@ -31,7 +31,7 @@ from clo_lib.config.schema import RunConfig
 from clo_lib.method.pairs import PARALLEL_FIELDS
 
 
-def _read_text(path: Path, what: str, key: str | None = None) -> str:
+def read_text(path: Path, what: str, key: str | None = None) -> str:
     """A text file's content, or one sentence for a missing file, a folder or bytes that are not UTF-8."""
     named = f"{key} = {str(path)!r}" if key else str(path)
     if path.is_dir():
@@ -47,7 +47,7 @@ def _read_text(path: Path, what: str, key: str | None = None) -> str:
 def numbered_rows(path: str | Path, what: str = "a JSON or JSONL file", key: str | None = None):
     """(line number, row) of a local JSON list or JSONL file; a bad line is named by file and line number."""
     path = Path(path)
-    text = _read_text(path, what, key)
+    text = read_text(path, what, key)
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

@@ -13,7 +13,7 @@ import yaml
 from clo_lib.common.errors import CloError
 from clo_lib.common.io import atomic_write_text
 from clo_lib.config.schema import PARAMS_DIR, PRESETS_DIR, ConfigError, RunConfig, describe_markdown
-from clo_lib.config.validate import _build, _check_consistency
+from clo_lib.config.validate import build_checked, check_consistency
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading and merging layers
@@ -29,8 +29,8 @@ def load_config(*sources: str | Path | dict, overrides: list[str] | None = None)
         _merge_layer(merged, origin, source, depth=0)
     if overrides:
         _merge(merged, origin, parse_overrides(overrides), "the command line")
-    config = _build(RunConfig, merged, "", origin)
-    _check_consistency(config, origin)
+    config = build_checked(RunConfig, merged, "", origin)
+    check_consistency(config, origin)
     return config
 
 

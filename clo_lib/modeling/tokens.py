@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clo_lib.artifacts.corpus import _read_text
+from clo_lib.artifacts.corpus import read_text
 from clo_lib.common.errors import InputError, MissingInputError
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def train_fasttext(text_file: str, dim: int = 100, epochs: int = 5, seed: int = 
     file, one sentence or paragraph per line. One worker thread, so the vectors are the same on every run."""
     from gensim.models import FastText
 
-    lines = [line.split() for line in _read_text(Path(text_file), "a target-language text file").splitlines()
+    lines = [line.split() for line in read_text(Path(text_file), "a target-language text file").splitlines()
              if line.strip()]
     if not lines:
         raise InputError(f"{text_file} holds no text; expected target-language text, one sentence or paragraph a line")

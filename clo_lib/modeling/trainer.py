@@ -13,7 +13,7 @@ from clo_lib.method.loss import clo_loss_tensors, step_counts
 # Trainers
 
 
-def _make_trainer_class():
+def make_trainer_class():
     from transformers import Trainer
 
     class CLOTrainer(Trainer):
@@ -99,7 +99,7 @@ def step_totals(batches: list[dict], nll_sides: list[str], dpo_sides: list[str],
     return totals[0].item() / world, totals[1].item() / world
 
 
-class _ListDataset(torch.utils.data.Dataset):
+class ListDataset(torch.utils.data.Dataset):
     def __init__(self, items: list):
         self.items = items
 

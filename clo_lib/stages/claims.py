@@ -13,7 +13,7 @@ import pandas as pd
 
 from clo_lib.common.languages import get_language
 from clo_lib.common.stats import wilson
-from clo_lib.stages.results import summary
+from clo_lib.stages.results import cells_of, language_metric, share_interval, summary
 
 
 def _mean(frame: pd.DataFrame, metric: str, **where: Any) -> float:
@@ -102,48 +102,23 @@ def findings(frame: pd.DataFrame) -> list[str]:
 PREMISE_SHARE = 0.10  # "a clear share": SFT answers at least this share of unseen-form target prompts otherwise
 
 
-def _cells(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple[float, int]]:
-    """(model, lang, size) -> (the metric's mean over seeds, prompts behind it over all seeds), for one method."""
-    group = metric.split("@")[1] if "@" in metric else None
-    count_metric = f"prompts@{group}" if group else "prompts"
-    rows = frame[(frame["method"] == method) & frame["metric"].isin([metric, count_metric])]
-    if rows.empty or metric not in set(rows["metric"]):
-        return {}
-    wide = rows.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value",
-                            dropna=False).reset_index()
-    cells = {}
-    for (model, lang, size), part in wide.groupby(["model", "lang", "size"], dropna=False):
-        n = int(part[count_metric].sum()) if count_metric in part else 0
-        cells[(model, lang, None if pd.isna(size) else int(size))] = (float(part[metric].mean()), n)
-    return cells
-
-
-def _share(mean: float, n: int) -> dict[str, float]:
-    return wilson(mean, n) if n else {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 0}
-
-
 def _below(a: dict, b: dict) -> bool:
     """a clearly below b: their 95 % intervals do not overlap."""
     return a["high"] < b["low"]
-
-
-def _language_metric(frame: pd.DataFrame) -> str:
-    """Target-language fidelity on unseen forms where the prompts name that group (the toy world), else overall."""
-    return "fidelity_tgt@new_phrasing" if "fidelity_tgt@new_phrasing" in set(frame["metric"]) else "fidelity_tgt"
 
 
 def premise_check(frame: pd.DataFrame) -> tuple[list[str], dict[tuple, str]]:
     """The paper's premise, from the base model and SFT alone: the base model answers most target-language prompts
     in English, and SFT with little data still answers a clear share (PREMISE_SHARE) of them otherwise, less so as
     its data grows. Lines for the report and a verdict per (model, language)."""
-    metric = _language_metric(frame)
-    base, sft = _cells(frame, metric, "base"), _cells(frame, metric, "sft")
+    metric = language_metric(frame)
+    base, sft = cells_of(frame, metric, "base"), cells_of(frame, metric, "sft")
     lines, verdicts = [], {}
     for model, lang in sorted({(m, lang) for m, lang, _ in sft}):
         name = get_language(lang).name
-        by_size = {size: _share(*value) for (m, la, size), value in sft.items() if (m, la) == (model, lang)}
+        by_size = {size: share_interval(*value) for (m, la, size), value in sft.items() if (m, la) == (model, lang)}
         sizes = sorted(by_size)
-        start = next((_share(*v) for (m, la, _), v in base.items() if (m, la) == (model, lang)), None)
+        start = next((share_interval(*v) for (m, la, _), v in base.items() if (m, la) == (model, lang)), None)
         parts = []
         if start is not None:
             parts.append(f"the base model answers {start['mean']:.0%} of them in {name}")
@@ -196,7 +171,7 @@ def _beats_sft_in_target(frame: pd.DataFrame) -> tuple[str, str, str] | None:
 
 def _mean_over_shared_cells(frame: pd.DataFrame, metric: str) -> tuple[float, float] | None:
     """CLO's and SFT's mean of `metric` over the cells both have, or None."""
-    cells = {m: _cells(frame, metric, m) for m in ("clo", "sft")}
+    cells = {m: cells_of(frame, metric, m) for m in ("clo", "sft")}
     shared = [c for c in cells["clo"] if c in cells["sft"]]
     if not shared:
         return None
@@ -223,9 +198,9 @@ def _keeps_english(frame: pd.DataFrame) -> tuple[str, str, str] | None:
 def _size_comparisons(frame: pd.DataFrame, small_method: str, large_method: str, pairs_of, low_resource_only: bool):
     """(lang, n, big, {"fidelity": (small share, large share), "accuracy": ...}) for each cell pair to compare:
     `small_method` at n against `large_method` at big, for the (n, big) that `pairs_of(sizes)` gives."""
-    metric = _language_metric(frame)
-    small, large = _cells(frame, metric, small_method), _cells(frame, metric, large_method)
-    acc_small, acc_large = _cells(frame, "accuracy_tgt", small_method), _cells(frame, "accuracy_tgt", large_method)
+    metric = language_metric(frame)
+    small, large = cells_of(frame, metric, small_method), cells_of(frame, metric, large_method)
+    acc_small, acc_large = cells_of(frame, "accuracy_tgt", small_method), cells_of(frame, "accuracy_tgt", large_method)
     found = []
     for model, lang in sorted({(m, la) for m, la, _ in small}):
         if low_resource_only and get_language(lang).resource not in ("low", None):
@@ -235,9 +210,9 @@ def _size_comparisons(frame: pd.DataFrame, small_method: str, large_method: str,
             a, b = (model, lang, n), (model, lang, big)
             if b not in large:
                 continue
-            shares = {"fidelity": (_share(*small[a]), _share(*large[b]))}
+            shares = {"fidelity": (share_interval(*small[a]), share_interval(*large[b]))}
             if a in acc_small and b in acc_large:
-                shares["accuracy"] = (_share(*acc_small[a]), _share(*acc_large[b]))
+                shares["accuracy"] = (share_interval(*acc_small[a]), share_interval(*acc_large[b]))
             found.append((lang, n, big, shares))
     return found
 
@@ -254,7 +229,7 @@ def _half_data(frame: pd.DataFrame) -> tuple[str, str, str] | None:
         return None
     below = any(_below(x, y) for *_, shares in found for x, y in shares.values())
     return ("does not hold" if below else "holds (no significant gap)",
-            f"CLO at n vs SFT at 2n, {_language_metric(frame)} and accuracy_tgt: " + _compared(found),
+            f"CLO at n vs SFT at 2n, {language_metric(frame)} and accuracy_tgt: " + _compared(found),
             "CLO with n examples fell clearly below SFT with 2n in at least one low-resource cell." if below else
             "CLO with n examples was never clearly below SFT with 2n (intervals overlap).")
 
@@ -265,7 +240,7 @@ def _size_sensitivity(frame: pd.DataFrame) -> tuple[str, str, str] | None:
         return None
     moved = any(_below(x, y) or _below(y, x) for *_, shares in found for x, y in shares.values())
     return ("holds" if moved else "inconclusive (no significant change)",
-            f"SFT at the smallest vs the largest size, {_language_metric(frame)} and accuracy_tgt: " + _compared(found),
+            f"SFT at the smallest vs the largest size, {language_metric(frame)} and accuracy_tgt: " + _compared(found),
             "SFT's target-language fidelity or accuracy changed clearly between the smallest and largest size."
             if moved else "SFT did not change clearly with data size here.")
 
@@ -304,12 +279,12 @@ def english_retention(frame: pd.DataFrame) -> list[str]:
     lines = ["| model | lang | size | method | seeds | MT-bench reference NLL | change from base | answers in English "
              "[95 % interval] |", "|---|---|---|---|---|---|---|---|"]
     table = summary(frame, ["mtbench_ref_nll"])
-    shares = {m: _cells(frame, "fidelity_en@mtbench", m) for m in set(table["method"])}
+    shares = {m: cells_of(frame, "fidelity_en@mtbench", m) for m in set(table["method"])}
     for row in table.itertuples(index=False):
         base = _mean(frame, "mtbench_ref_nll", model=row.model, lang=row.lang, method="base")
         size = None if pd.isna(row.size) else int(row.size)
         cell = shares[row.method].get((row.model, row.lang, size))
-        share = _share(*cell) if cell else None
+        share = share_interval(*cell) if cell else None
         english = f"{share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}]" if share else "–"
         change = "–" if row.method == "base" or pd.isna(base) else f"{row.mtbench_ref_nll - base:+.3f}"
         lines.append(f"| {row.model} | {row.lang} | {'–' if size is None else size} | {row.method} | {row.seeds} | "

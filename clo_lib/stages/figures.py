@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from clo_lib.stages.claims import _cells, _language_metric, _share, pooled_win_rates
-from clo_lib.stages.results import LABELS, METHOD_NAMES, METHOD_ORDER
+from clo_lib.stages.claims import pooled_win_rates
+from clo_lib.stages.results import LABELS, METHOD_NAMES, METHOD_ORDER, cells_of, language_metric, share_interval
 
 
 def _plt():
@@ -107,10 +107,10 @@ def figure_language_vs_english(frame: pd.DataFrame, out: Path) -> Path | None:
     English accuracy on y, both with 95 % intervals. Up and to the right is the paper's goal: the target language
     learnt, English kept."""
     plt = _plt()
-    x_metric = _language_metric(frame)
-    xs = {m: _cells(frame, x_metric, m) for m in METHOD_ORDER}
-    ys = {m: _cells(frame, "accuracy_en", m) for m in METHOD_ORDER}
-    points = [(m, key, _share(*xs[m][key]), _share(*ys[m][key])) for m in METHOD_ORDER for key in xs[m]
+    x_metric = language_metric(frame)
+    xs = {m: cells_of(frame, x_metric, m) for m in METHOD_ORDER}
+    ys = {m: cells_of(frame, "accuracy_en", m) for m in METHOD_ORDER}
+    points = [(m, key, share_interval(*xs[m][key]), share_interval(*ys[m][key])) for m in METHOD_ORDER for key in xs[m]
               if key in ys[m]]
     if not points:
         return None

@@ -25,9 +25,6 @@ from clo_lib.common.errors import MissingInputError
 from clo_lib.common.io import atomic_write_text
 from clo_lib.config.load import load_config
 from clo_lib.stages.claims import (
-    _cells,
-    _language_metric,
-    _share,
     claims,
     crpo_check,
     english_retention,
@@ -38,7 +35,18 @@ from clo_lib.stages.claims import (
 )
 from clo_lib.stages.evaluate import load_prompts
 from clo_lib.stages.figures import figure_by_size, figure_language_vs_english, figure_transfer_curves, figure_winrates
-from clo_lib.stages.results import GLOSSARY, HEADLINE, METHOD_NAMES, collect, run_answers, side_by_side, summary
+from clo_lib.stages.results import (
+    GLOSSARY,
+    HEADLINE,
+    METHOD_NAMES,
+    cells_of,
+    collect,
+    language_metric,
+    run_answers,
+    share_interval,
+    side_by_side,
+    summary,
+)
 
 
 def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -73,8 +81,8 @@ def _with_intervals(frame: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
             if metric.startswith("winrate_vs_sft_"):
                 intervals[metric, method] = pooled_win_rates(frame, method, metric.rsplit("_", 1)[1])
             elif metric.startswith(("fidelity_", "accuracy_")):
-                intervals[metric, method] = {cell: _share(*value) for cell, value in
-                                             _cells(frame, metric, method).items() if value[1]}
+                intervals[metric, method] = {cell: share_interval(*value) for cell, value in
+                                             cells_of(frame, metric, method).items() if value[1]}
             else:
                 intervals[metric, method] = {}
         return intervals[metric, method].get(key)
@@ -227,10 +235,10 @@ def transfer_summary(grid_dir: Path, frame: pd.DataFrame, figures_dir: Path) -> 
     metrics = [m for m in ("accuracy_tgt", "fidelity_tgt", "accuracy_en") if m in set(frame["metric"])]
     rows = []
     for method in ("base", "clo"):  # each model before CLO, then after
-        per_metric = {m: _cells(frame, m, method) for m in metrics}
+        per_metric = {m: cells_of(frame, m, method) for m in metrics}
         for key in sorted({k for cells in per_metric.values() for k in cells},
                           key=lambda k: (k[1], models.index(k[0]) if k[0] in models else len(models), k[2] or 0)):
-            shares = [_share(*per_metric[m][key]) if key in per_metric[m] else None for m in metrics]
+            shares = [share_interval(*per_metric[m][key]) if key in per_metric[m] else None for m in metrics]
             rows.append(f"| {key[0]} | {key[1]} | {METHOD_NAMES.get(method, method)} | {key[2] or '–'} | " + " | ".join(
                 f"{x['mean']:.2f} [{x['low']:.2f}, {x['high']:.2f}]" if x else "–" for x in shares) + " |")
     if rows:
@@ -345,7 +353,7 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, grid_name: str, notes:
     if premise:
         lines += ["## The premise, from the base model and SFT alone", "",
                   "Does SFT with little target-language data stay English-biased, the problem CLO is meant to fix? "
-                  f"Share of target-language prompts answered in the target language ({_language_metric(frame)}), "
+                  f"Share of target-language prompts answered in the target language ({language_metric(frame)}), "
                   "with 95 % intervals:", ""] + premise + training_sanity(frame) + [""]
     lines += claims_section(grid_dir, frame)
     lines += english_retention(frame) + translation_summary(grid_dir)

@@ -14,6 +14,7 @@ from clo_lib.artifacts.runs import metrics_rows
 from clo_lib.common import langid
 from clo_lib.common.io import atomic_write_text
 from clo_lib.common.languages import get_language
+from clo_lib.common.stats import wilson
 from clo_lib.config.schema import RunConfig
 from clo_lib.stages.evaluate import reference_answers, spread
 from clo_lib.stages.scores import is_correct
@@ -132,3 +133,28 @@ def side_by_side(prompts: Sequence[dict], answers: dict[str, Sequence[dict] | No
                               f"and {cfg.language}; ok: the expected answer in either language"
                               + (f"; not evaluated yet: {', '.join(missing)}" if missing else ""))
     return frame
+
+
+def cells_of(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple[float, int]]:
+    """(model, lang, size) -> (the metric's mean over seeds, prompts behind it over all seeds), for one method."""
+    group = metric.split("@")[1] if "@" in metric else None
+    count_metric = f"prompts@{group}" if group else "prompts"
+    rows = frame[(frame["method"] == method) & frame["metric"].isin([metric, count_metric])]
+    if rows.empty or metric not in set(rows["metric"]):
+        return {}
+    wide = rows.pivot_table(index=["model", "lang", "size", "seed"], columns="metric", values="value",
+                            dropna=False).reset_index()
+    cells = {}
+    for (model, lang, size), part in wide.groupby(["model", "lang", "size"], dropna=False):
+        n = int(part[count_metric].sum()) if count_metric in part else 0
+        cells[(model, lang, None if pd.isna(size) else int(size))] = (float(part[metric].mean()), n)
+    return cells
+
+
+def share_interval(mean: float, n: int) -> dict[str, float]:
+    return wilson(mean, n) if n else {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 0}
+
+
+def language_metric(frame: pd.DataFrame) -> str:
+    """Target-language fidelity on unseen forms where the prompts name that group (the toy world), else overall."""
+    return "fidelity_tgt@new_phrasing" if "fidelity_tgt@new_phrasing" in set(frame["metric"]) else "fidelity_tgt"

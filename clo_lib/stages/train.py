@@ -54,7 +54,7 @@ from clo_lib.modeling.models import (
     to_training_device,
     training_autocast,
 )
-from clo_lib.modeling.trainer import _ListDataset, _make_trainer_class
+from clo_lib.modeling.trainer import ListDataset, make_trainer_class
 
 
 class RunFolderError(InputError):
@@ -135,10 +135,10 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
             add_reference_logps(model, groups, pad_id, batch_size=max(1, cfg.train.batch_size // 2),
                                 buckets=cfg.train.length_buckets)
         lam = 0.0 if cfg.train.method == "sft_dpo" else cfg.train.lam
-        trainer = _make_trainer_class()(
+        trainer = make_trainer_class()(
             model=model,
             args=training_arguments(cfg, out_dir, max(1, cfg.train.batch_size // 2), len(groups)),
-            train_dataset=_ListDataset(groups),
+            train_dataset=ListDataset(groups),
             data_collator=lambda batch: collate_preferences(batch, pad_id),
             processing_class=tokenizer,
             beta=cfg.train.beta, lam=lam, nll_sides=cfg.train.nll_sides, dpo_sides=cfg.train.dpo_sides,
@@ -150,7 +150,7 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
         trainer = Trainer(
             model=model,
             args=training_arguments(cfg, out_dir, cfg.train.batch_size, len(encoded)),
-            train_dataset=_ListDataset(encoded),
+            train_dataset=ListDataset(encoded),
             data_collator=lambda batch: with_response_labels(collate_sft(batch, pad_id)),
             processing_class=tokenizer,
             compute_loss_func=sft_response_loss,

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from clo_lib.artifacts.corpus import _read_text
+from clo_lib.artifacts.corpus import read_text
 from clo_lib.artifacts.provenance import stage_fingerprint
 from clo_lib.common.errors import InputError
 from clo_lib.common.io import atomic_write_json
@@ -319,7 +319,7 @@ def run_transfer(cfg, out_dir, log=print) -> dict:
     if tcfg.pretrain_steps:
         if not tcfg.pretrain_text:
             raise InputError("transfer.pretrain_steps > 0 needs transfer.pretrain_text, a target-language text file")
-        lines = [line for line in _read_text(Path(tcfg.pretrain_text), "transfer.pretrain_text").splitlines()
+        lines = [line for line in read_text(Path(tcfg.pretrain_text), "transfer.pretrain_text").splitlines()
                  if line.strip()]
         if len(lines) <= tcfg.held_out:
             raise InputError(f"transfer.pretrain_text has {len(lines)} lines, not more than transfer.held_out = "

@@ -20,8 +20,8 @@ from clo_lib.toy.world import (
     TEMPLATE,
     WORLD_SEED,
     WORLD_VERSION,
-    _check_lang,
     all_facts,
+    check_lang,
     evaluation_prompts,
     generate_english,
     render,
@@ -158,7 +158,7 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
 def target_text(lang: str, seed: int = 0, world_seed: int = WORLD_SEED) -> list[str]:
     """The world's plain text in `lang` for vocabulary transfer: each SFT-pool item's question and answer (known
     facts in training phrasings, nothing held out from evaluation), one line each, in an order set by `seed`."""
-    _check_lang(lang)
+    check_lang(lang)
     facts = all_facts()
     lines = [" ".join(render(*facts[fact], lang, phrasing)) for fact, phrasing in world(world_seed).pool()]
     random.Random(seed).shuffle(lines)

@@ -186,7 +186,7 @@ class ToyTranslationError(InputError):
     """Raised for text that is not a sentence of the toy world, or a language the world does not have."""
 
 
-def _check_lang(lang: str) -> None:
+def check_lang(lang: str) -> None:
     if lang not in LANGS:
         raise ToyTranslationError(f"language {lang!r} is not in the toy world; it has {', '.join(LANGS)}")
 
@@ -211,7 +211,7 @@ def question_template(kind: str, lang: str, phrasing: int) -> str:
 
 def render(kind: str, slots: dict, lang: str, phrasing: int = 0) -> tuple[str, str]:
     """(question, answer) of one fact of the world in `lang` and phrasing 0-7. Slots hold English keys and ints."""
-    _check_lang(lang)
+    check_lang(lang)
     return _fill(question_template(kind, lang, phrasing), slots, lang), _fill(ANSWERS[kind][lang], slots, lang)
 
 
@@ -284,7 +284,7 @@ def generate_english(n: int | None = None, seed: int = 0, world_seed: int = WORL
 def evaluation_prompts(lang: str, world_seed: int = WORLD_SEED) -> list[dict]:
     """Evaluation rows `{id, kind, group, prompt_en, prompt_tgt, answer_en, answer_tgt}`: every known fact in every
     held-out phrasing (group new_phrasing), and every held-out fact in every phrasing (group new_fact)."""
-    _check_lang(lang)
+    check_lang(lang)
     split = world(world_seed)
     rows = []
     for fact, (kind, slots) in enumerate(all_facts()):
@@ -332,7 +332,7 @@ def _parsers(lang: str) -> list[tuple[re.Pattern, str, int, dict[str, dict[str, 
 
 def parse(text: str, lang: str) -> tuple[str, int, dict]:
     """(kind, phrasing 0-7 for a question or -1 for an answer, slots) of one sentence of the world in `lang`."""
-    _check_lang(lang)
+    check_lang(lang)
     for pattern, kind, phrasing, reverse in _parsers(lang):
         match = pattern.match(text.strip())
         if match:
@@ -346,7 +346,7 @@ def parse(text: str, lang: str) -> tuple[str, int, dict]:
 
 def translate(text: str, src: str, tgt: str) -> str:
     """Exact translation of one sentence of the world from `src` to `tgt`, in the same phrasing."""
-    _check_lang(tgt)
+    check_lang(tgt)
     kind, phrasing, slots = parse(text, src)
     # A question carries only its own slots (no answer), so fill just the matching template.
     template = ANSWERS[kind][tgt] if phrasing < 0 else question_template(kind, tgt, phrasing)
