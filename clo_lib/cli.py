@@ -25,6 +25,7 @@ COMMANDS = {
     "train": ("clo_lib.stages.train", "train one run (SFT, SFT+DPO, CLO, ablations)"),
     "evaluate": ("clo_lib.stages.evaluate", "evaluate one run: language fidelity, accuracy, win rates"),
     "grid": ("clo_lib.grid.run", "plan, run or show the stages of a grid file"),
+    "select": ("clo_lib.grid.search", "keep a run's best search trial on validation (a grid's search does this)"),
     "study": ("clo_lib.studies", "joint vs separate translation of MT-bench pairs"),
     "demo": ("clo_lib.demo", "the offline CPU toy grid (what `make demo` runs)"),
 }

@@ -387,3 +387,43 @@ def test_an_always_prepare_step_runs_each_time_and_what_it_rebuilds_makes_its_ru
         run_grid(load_grid(path), log=lambda m: None)
     state = grid_state.states(list(load_grid(path).stages.values()))
     assert state["evaluate/tiny-sw-sft-n4-s0"] == "stale" and state["train/tiny-sw-sft-n4-s0"] == "done"
+
+
+def test_a_search_tunes_each_method_on_validation_and_tests_only_the_picks(tmp_path, tiny_llama):
+    """Every trial trains (the one at the shared budget is the shared run, not trained twice) and is evaluated on
+    the validation prompts only; the best by the grid's metric is evaluated on the test prompts in <run>-best/;
+    the results table tells the two views apart. Changing the space or the metric makes the search stale."""
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps({"id": f"v{i}", "prompt_en": f"What is the sum of {i} and 2?",
+                                              "prompt_tgt": f"{i} jumlisha 2 ni ngapi?"}) + "\n" for i in range(3)))
+
+    def grid_with(values, metric=("fidelity_tgt", "fidelity_en")):
+        return load_grid(write_grid(tmp_path, tiny_llama, search={
+            "space": {"train.learning_rate": values}, "metric": list(metric), "prompts": str(validation)}))
+
+    grid = grid_with([3e-4, 1e-3])  # 3e-4: the preset's, the shared budget
+    kinds = [s.kind for s in grid.stages.values()]
+    assert (kinds.count("train"), kinds.count("validate"), kinds.count("select")) == (4, 4, 2)
+    assert "train/tiny-sw-sft-n4-s0-t1" not in grid.stages  # the shared run is trial 1
+    assert grid.stages["validate/tiny-sw-clo-n4-s0-t2"].config.eval.prompts == str(validation)
+    assert grid.stages["evaluate/tiny-sw-clo-n4-s0-best"].parameters["reference_run"].endswith("sft-n4-s0-best")
+    assert run_grid(grid, log=lambda m: None) == 0
+    out = tmp_path / "out"
+    for run in ("tiny-sw-sft-n4-s0", "tiny-sw-clo-n4-s0"):
+        pick = json.loads((out / f"{run}-best" / "pick.json").read_text())
+        assert [t["trial"] for t in pick["trials"]] == [run, f"{run}-t2"]
+        assert [t["settings"]["train.learning_rate"] for t in pick["trials"]] == [3e-4, 1e-3]
+        best = max(pick["trials"], key=lambda t: t["score"])["score"]
+        assert pick["picked"] == next(t["trial"] for t in pick["trials"] if t["score"] == best)  # the first best
+        assert (out / f"{run}-best" / "model").resolve() == (out / pick["picked"] / "model").resolve()
+        assert json.loads((out / f"{run}-t2" / "validation" / "metrics.json").read_text())["metrics"]["prompts"] == 3
+        assert not (out / f"{run}-t2" / "metrics.json").exists()  # a trial is never evaluated on test
+        assert (out / f"{run}-best" / "metrics.json").is_file()
+    table = __import__("pandas").read_csv(out / "results.csv")
+    assert set(table["view"]) == {"shared", "tuned"}
+    assert set(grid_state.states(list(grid_with([3e-4, 1e-3]).stages.values())).values()) == {"done"}
+    state = grid_state.states(list(grid_with([3e-4, 2e-3]).stages.values()))
+    assert state["train/tiny-sw-clo-n4-s0-t2"] == state["select/tiny-sw-clo-n4-s0"] == "stale"
+    assert state["evaluate/tiny-sw-clo-n4-s0-best"] == "stale" and state["train/tiny-sw-clo-n4-s0"] == "done"
+    state = grid_state.states(list(grid_with([3e-4, 1e-3], metric=["fidelity_tgt"]).stages.values()))
+    assert state["select/tiny-sw-clo-n4-s0"] == "stale" and state["validate/tiny-sw-clo-n4-s0-t2"] == "done"

@@ -62,18 +62,64 @@ def test_language_id_tells_each_toy_language_from_english(lang):
 def test_heldout_facts_and_forms_never_reach_sft_data(seed):
     split = world.world(seed)
     rows = world.evaluation_prompts("sw", seed)
-    assert len(rows) >= 200 and collections.Counter(r["group"] for r in rows) == {"new_phrasing": 208, "new_fact": 96}
+    assert collections.Counter(r["group"] for r in rows) == {"new_phrasing": 144, "new_fact": 96}
     assert len(set(collections.Counter(r["kind"] for r in rows).values())) == 1  # balanced kinds
     sft_prompts = {r["prompt_en"] for r in world.generate_english(world_seed=seed)}
-    assert not sft_prompts & {r["prompt_en"] for r in rows}
+    validation = world.evaluation_prompts("sw", seed, "validation")
+    assert not sft_prompts & {r["prompt_en"] for r in rows + validation}
+    assert not {r["answer_en"] for r in validation if r["group"] == "new_fact"} & {
+        r["response_en"] for r in world.generate_english(world_seed=seed)}  # validation's new facts are new too
     for kind, held in split.heldout_phrasings.items():  # a whole question form: its four frames
         assert len(held) == 4 and len({p % 2 for p in held}) == 1
     assert world.world(seed) != world.world(seed + 3)  # seeds vary the split
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("lang", ["sw", "ko", "de"])
+def test_validation_questions_are_never_test_questions(seed, lang):
+    """Settings are chosen on validation (a grid's search) and reported on test: no validation question, fact asked
+    in a form, or prompt text (either language) is a test one, and validation asks both groups of every kind."""
+    test, validation = (world.evaluation_prompts(lang, seed, split) for split in world.SPLITS)
+    assert collections.Counter(r["group"] for r in validation) == {"new_phrasing": 48, "new_fact": 32}
+    assert len(set(collections.Counter(r["kind"] for r in validation).values())) == 1  # balanced kinds
+
+    def fact_in_form(row):  # ids are toy-<fact>-p<phrasing>; the form is the phrasing's parity
+        fact, phrasing = row["id"].split("-")[1:]
+        return fact, int(phrasing[1:]) % 2
+
+    assert not {r["id"] for r in test} & {r["id"] for r in validation}
+    assert not {fact_in_form(r) for r in test} & {fact_in_form(r) for r in validation}
+    for side in ("prompt_en", "prompt_tgt"):
+        assert not {r[side] for r in test} & {r[side] for r in validation}
+    new_facts = {split: {r["id"].split("-")[1] for r in rows if r["group"] == "new_fact"}
+                 for split, rows in zip(world.SPLITS, (test, validation))}
+    assert len(new_facts["validation"]) == 4 and not new_facts["test"] & new_facts["validation"]
+    with pytest.raises(world.InputError, match="split = 'dev'"):
+        world.evaluation_prompts(lang, seed, "dev")
+
+
+def test_version_3_keeps_version_2s_test_split():
+    """Validation was drawn after the test split: test's new facts and held-out form are version 2's (checked
+    against version 2's rule, written out here), so only known facts moved to validation left test."""
+    import random
+
+    rng = random.Random(0)
+    by_kind = collections.defaultdict(list)
+    for index, (kind, _) in enumerate(world.all_facts()):
+        by_kind[kind].append(index)
+    facts, forms = set(), {}
+    for kind, indices in by_kind.items():
+        facts |= set(rng.sample(indices, 3))
+        forms[kind] = rng.randrange(2)
+    split = world.world(0)
+    assert split.heldout_facts == facts
+    assert {kind: min(p) % 2 for kind, p in split.heldout_phrasings.items()} == forms
+
+
 def test_pretraining_teaches_knowledge_in_english_only():
     corpus = build.pretraining_corpus()
-    rows = {lang: world.evaluation_prompts(lang) for lang in world.TARGETS}
+    rows = {lang: world.evaluation_prompts(lang) + world.evaluation_prompts(lang, split="validation")
+            for lang in world.TARGETS}
     for document in corpus:
         if document.startswith("### Instruction:"):
             continue
@@ -112,7 +158,7 @@ def test_the_base_model_answers_target_language_questions_in_english(small_world
     to_english = langid.detect_many(answers["en"], ["en", "sw"])
     assert to_swahili.count("en") / len(rows) >= 0.6, list(zip(to_swahili, answers["tgt"]))[:5]
     assert to_english.count("en") / len(rows) >= 0.9
-    for name in ("eval_sw.jsonl", "pool.jsonl", "world.json"):
+    for name in ("eval_sw.jsonl", "val_sw.jsonl", "pool.jsonl", "world.json"):
         assert (small_world / name).is_file()
 
 
@@ -122,7 +168,7 @@ def test_the_donors_text_has_nothing_evaluation_asks_and_a_changed_recipe_rebuil
     import json
 
     lines = build.target_text("sw")
-    asked = {r["prompt_tgt"] for r in world.evaluation_prompts("sw")}
+    asked = {r["prompt_tgt"] for split in world.SPLITS for r in world.evaluation_prompts("sw", split=split)}
     assert len(lines) == len(world.world().pool()) and not any(q in line for q in asked for line in lines)
     assert lines == build.target_text("sw") != build.target_text("sw", seed=1)  # an order set by the seed
     monkeypatch.setattr(build, "DONOR_STEPS", 3)

@@ -13,6 +13,7 @@ from pathlib import Path
 from clo_lib.artifacts.provenance import config_fingerprint
 from clo_lib.config.load import load_config, nest_dotted
 from clo_lib.config.schema import ConfigError, RunConfig
+from clo_lib.grid.search import VALIDATION, trials_of
 from clo_lib.grid.spec import GridError, GridSpec, SliceSpec, chosen_slices, read_spec, run_id, slice_variant, with_seed
 from clo_lib.grid.state import Grid, Stage, states
 
@@ -66,6 +67,8 @@ def load_grid(path: str | Path, chosen: list[str] | None = None) -> Grid:
     configs = {rid: grid.config(run, rid) for rid, run in grid.runs.items()}
     add_translate_stages(grid, configs)
     evaluations = [add_run_stages(grid, rid, configs[rid]) for rid in grid.runs]
+    if spec.search is not None:  # after every run: a tuned SFT+DPO starts from the tuned SFT
+        evaluations += [add_search_stages(grid, rid, configs[rid]) for rid in grid.runs]
     if spec.base:
         evaluations += add_base_stages(grid)
     grid.stages["analyze"] = Stage(
@@ -192,6 +195,62 @@ def add_run_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
                                            done_file=run_dir / "metrics.json", deps=eval_deps, config=cfg,
                                            facts=facts, parameters=eval_params)
     return f"evaluate/{rid}"
+
+
+def add_search_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
+    """The grid's search for run `rid` (clo_lib.grid.search): a train stage per trial (the trial whose settings are
+    the run's own is the run itself), a validate stage per trial, a select stage, and the tuned run's evaluation on
+    the test prompts; returns that evaluation's id."""
+    search, run, out = grid.spec.search, grid.runs[rid], grid.output_dir
+    facts = {k: run[k] for k in ("model", "lang", "method", "size", "seed", "variant")}
+    sft = run_id(run["model"], run["lang"], "sft", run["size"], run["seed"], run["variant"])
+    shared = grid.stages[f"train/{rid}"]
+    trial_dirs, validations = [], []
+    for number, settings in enumerate(trials_of(search.space, search.methods, run["method"]), 1):
+        try:
+            trial = load_config(cfg.to_dict(), nest_dotted(settings))
+        except ConfigError as err:
+            raise GridError(f"{grid.path}: search trial {number} of run {rid}: {err}") from None
+        deps = list(shared.deps)
+        if cfg.train.init_from == str(out / sft / "model"):  # SFT+DPO at its best starts from SFT at its best
+            trial.train.init_from = str(out / f"{sft}-best" / "model")
+            deps = [d for d in deps if d != f"train/{sft}"] + [f"select/{sft}"]
+        same = (config_fingerprint(trial, "train") == config_fingerprint(cfg, "train")
+                and trial.train.init_from == cfg.train.init_from)
+        trial_dir = shared.workdir if same else out / f"{rid}-t{number}"
+        if not same:
+            grid.stages[f"train/{trial_dir.name}"] = Stage(
+                id=f"train/{trial_dir.name}", kind="train", workdir=trial_dir, done_file=trial_dir / "train_log.json",
+                deps=deps, config=trial, facts={**facts, "trial": number},
+                parameters=dict(shared.parameters, run_dir=str(trial_dir)))
+        validation = copy.deepcopy(trial)
+        validation.eval.prompts = with_seed(search.prompts, run["seed"], run["lang"])
+        validation.eval.seen_prompts, validation.eval.mtbench, validation.eval.mc_tasks = 0, False, {}
+        workdir = trial_dir / VALIDATION
+        grid.stages[f"validate/{trial_dir.name}"] = Stage(
+            id=f"validate/{trial_dir.name}", kind="validate", workdir=workdir, done_file=workdir / "metrics.json",
+            deps=[f"train/{trial_dir.name}"], config=validation, facts={**facts, "trial": number},
+            parameters={"language": run["lang"], "output_dir": str(out), "run_dir": str(workdir),
+                        "model_path": str(trial_dir / "model"), "method": run["method"],
+                        "model_label": run["model"], "reference_run": "", "base_run": "", "variant": run["variant"]})
+        trial_dirs.append(trial_dir)
+        validations.append(f"validate/{trial_dir.name}")
+    best = out / f"{rid}-best"
+    keys = list(search.methods.get(run["method"], search.space))
+    grid.stages[f"select/{rid}"] = Stage(
+        id=f"select/{rid}", kind="select", workdir=best, done_file=best / "pick.json", deps=validations, facts=facts,
+        command=["python", "-m", "clo_lib", "select", "--metric", *search.metric, "--keys", *keys, "--out",
+                 str(best), *map(str, trial_dirs)],
+        parameters={"metric": list(search.metric), "trials": [str(d) for d in trial_dirs]})
+    params = dict(grid.stages[f"evaluate/{rid}"].parameters, run_dir=str(best), reference_run="")
+    deps = [f"select/{rid}"]
+    if run["method"] != "sft" and sft in grid.runs:  # judged against SFT at its best
+        params["reference_run"] = str(out / f"{sft}-best")
+        deps.append(f"evaluate/{sft}-best")
+    grid.stages[f"evaluate/{rid}-best"] = Stage(
+        id=f"evaluate/{rid}-best", kind="evaluate", workdir=best, done_file=best / "metrics.json", deps=deps,
+        config=cfg, facts={**facts, "view": "tuned"}, parameters=params)
+    return f"evaluate/{rid}-best"
 
 
 def add_base_stages(grid: Expansion) -> list[str]:

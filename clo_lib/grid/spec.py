@@ -48,6 +48,21 @@ class PrepareItem:
 
 
 @dataclass
+class SearchSpec:
+    """Each method at its own best on validation prompts (clo_lib.grid.search): every trial trains, is evaluated on
+    `prompts` only, and the best by `metric` is the one evaluated on the test prompts."""
+
+    space: dict[str, Any] = required_setting("Dotted config keys, each with the values to try (a list); the trials "
+                                             "are their product, the same for every method.")
+    metric: list[str] = required_setting("Validation metrics (metrics.json names) summed to rank trials; the first "
+                                         "trial in the space's order wins a tie.", items="metric names")
+    prompts: str = required_setting("The validation prompt file ({lang} and {seed} filled in), disjoint from the "
+                                    "test prompts (eval.prompts).")
+    methods: dict[str, dict[str, Any]] = setting({}, "A method's own space instead (e.g. train.beta for a preference "
+                                                     "method); it must give as many trials as `space`.")
+
+
+@dataclass
 class GridSpec:
     models: dict[str, dict[str, Any] | None] = required_setting("Model labels, each with its config overrides.")
     slices: list[SliceSpec] = required_setting("Languages x methods x sizes x seeds to run.")
@@ -62,6 +77,8 @@ class GridSpec:
     same_ids_across_languages: bool = setting(False, "Every language trains on the same source examples.")
     prepare: list[PrepareItem] = setting([], "Commands that make what runs need (a world, a model).")
     resources: dict[str, dict[str, Any]] = setting({}, "submitit parameters per stage kind (gpus_per_node, ...).")
+    search: SearchSpec | None = setting(None, "Tune every method on validation prompts; the report shows the tuned "
+                                              "runs beside the runs at the shared budget.")
 
     def overrides_of(self, label: str) -> dict[str, Any]:
         return self.models[label] or {}
@@ -106,9 +123,42 @@ def _check_across_fields(spec: GridSpec, path: Path) -> None:
         if piece.name is not None and not SLICE_NAME.fullmatch(piece.name):
             raise GridError(f"{path}: slices[{number}].name = {piece.name!r}; expected letters, digits, '-', '_' "
                             "or '.' (it names run folders)")
+    if spec.search is not None:
+        _check_search(spec.search, path)
     unknown_kinds = sorted(set(spec.resources) - set(STAGE_KINDS))
     if unknown_kinds:
         raise GridError(f"{path}: unknown key resources.{unknown_kinds[0]}; expected one of {', '.join(STAGE_KINDS)}")
+
+
+def _check_search(search: SearchSpec, path: Path) -> None:
+    """Every space a mapping of dotted keys to non-empty lists, and as many trials for every method."""
+    for where, space in [("search.space", search.space)] + [(f"search.methods.{m}", s)
+                                                           for m, s in search.methods.items()]:
+        if not space:
+            raise GridError(f"{path}: {where} is empty; expected dotted config keys with the values to try, e.g. "
+                            "{train.learning_rate: [1.5e-4, 3e-4, 6e-4]}")
+        for key, values in space.items():
+            if not str(key).startswith("train."):
+                raise GridError(f"{path}: {where}.{key}: expected train.* settings only (a trial changes how a run "
+                                "trains, never its data, translation or evaluation)")
+            if not isinstance(values, list) or not values:
+                raise GridError(f"{path}: {where}.{key} = {values!r}; expected a non-empty list of values to try")
+    counts = {method: trial_count(space) for method, space in search.methods.items()}
+    unequal = {m: n for m, n in counts.items() if n != trial_count(search.space)}
+    if unequal:
+        method, n = next(iter(unequal.items()))
+        raise GridError(f"{path}: search.methods.{method} gives {n} trials and search.space "
+                        f"{trial_count(search.space)}; expected the same number of trials for every method")
+    if not search.metric:
+        raise GridError(f"{path}: search.metric is empty; expected the validation metrics that rank trials, e.g. "
+                        "[fidelity_tgt, accuracy_tgt]")
+
+
+def trial_count(space: dict[str, list]) -> int:
+    count = 1
+    for values in space.values():
+        count *= len(values)
+    return count
 
 
 def _layer_path(layer: str, grid_path: Path) -> str:

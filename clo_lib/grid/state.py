@@ -21,11 +21,13 @@ from clo_lib.artifacts.provenance import (
 from clo_lib.common import lock
 from clo_lib.common.errors import CloError
 from clo_lib.config.schema import REPO, RunConfig
+from clo_lib.grid.search import select_fingerprint
 
 NOTEBOOKS = REPO / "notebooks"
 NOTEBOOK_OF = {"translate": "01_translate.ipynb", "train": "02_train.ipynb", "evaluate": "03_evaluate.ipynb",
-               "analyze": "04_analyze.ipynb"}
-STAGE_KINDS = ("prepare", "transfer", "translate", "train", "evaluate", "analyze")
+               "validate": "03_evaluate.ipynb", "analyze": "04_analyze.ipynb"}
+# validate: a search trial on the validation prompts; select: the best trial of a run (clo_lib.grid.search)
+STAGE_KINDS = ("prepare", "transfer", "translate", "train", "validate", "select", "evaluate", "analyze")
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Stage:
         if self.kind == "analyze":
             return "done" if _analysis_current(self) else ("failed" if self.failed_file.exists() else "pending")
         if self.done_file.exists():
+            if self.kind == "select":
+                marker = json.loads(self.done_file.read_text(encoding="utf-8"))
+                return "done" if matches(marker.get("fingerprint"), self.expected_fingerprint()) else "stale"
             if self.config is None:  # prepare: its command has no config
                 return "done"
             marker = json.loads(self.done_file.read_text(encoding="utf-8"))
@@ -78,12 +83,16 @@ class Stage:
             return stage_fingerprint(cfg, self.kind)
         if self.kind == "train":
             return train_fingerprint(cfg, _training_records_now(cfg))
-        trained = self.workdir if self.facts.get("method") != "base" else None
+        if self.kind == "select":
+            return select_fingerprint(self.parameters["metric"], [Path(d) for d in self.parameters["trials"]])
+        # the evaluated weights' run: the run folder, or for a validation the trial whose model it names
+        trained = Path(self.parameters["model_path"]).parent if self.kind == "validate" else self.workdir
+        trained = trained if self.facts.get("method") != "base" else None
         return evaluate_fingerprint(cfg, trained, self.parameters.get("reference_run"))
 
     def outputs(self) -> list[Path]:
         """What this stage wrote, moved aside when it is run again as stale."""
-        if self.kind in ("translate", "train", "transfer"):
+        if self.kind in ("translate", "train", "transfer", "validate", "select"):
             return [self.workdir]  # the corpus; the run folder (its evaluation depends on it and is stale too)
         if self.kind == "evaluate":
             return [self.workdir / name for name in ("metrics.json", "generations.jsonl", "judgments.jsonl",

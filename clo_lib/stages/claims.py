@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from clo_lib.common.languages import get_language
-from clo_lib.common.stats import wilson
+from clo_lib.common.stats import seed_interval, wilson
 from clo_lib.stages.results import cells_of, language_metric, share_interval, summary
 
 
@@ -25,7 +25,8 @@ def _mean(frame: pd.DataFrame, metric: str, **where: Any) -> float:
 
 def pooled_win_rates(frame: pd.DataFrame, method: str, side: str) -> dict[tuple, dict[str, float]]:
     """Per (model, lang, size): the win rate against SFT on `side` prompts, pooled over seeds (each seed's rate
-    weighted by its number of comparisons), with its Wilson interval and share of ties."""
+    weighted by its number of comparisons), with its share of ties and a seed-aware 95 % interval: the Wilson
+    interval over every comparison, widened by the seeds' spread where there are several (seed_interval)."""
     metric = f"winrate_vs_sft_{side}"
     runs = frame[(frame["method"] == method) & frame["metric"].isin([metric, f"{metric}_n", f"{metric}_ties"])]
     if runs.empty:
@@ -40,7 +41,7 @@ def pooled_win_rates(frame: pd.DataFrame, method: str, side: str) -> dict[tuple,
             continue
         mean = (group[metric] * group[f"{metric}_n"]).sum() / n
         ties = (group[f"{metric}_ties"] * group[f"{metric}_n"]).sum() / n if f"{metric}_ties" in group else float("nan")
-        cells[key] = {**wilson(mean, int(n)), "ties": ties}
+        cells[key] = {**seed_interval(wilson(mean, int(n)), list(group[metric])), "ties": ties}
     return cells
 
 
@@ -267,8 +268,20 @@ CLAIMS = (
 
 
 def claims(frame: pd.DataFrame) -> list[tuple[str, str, str, str]]:
-    """(claim, verdict, the numbers, the conclusion in one line) for each of the paper's claims the grid can test."""
-    return [(claim.text, *result) for claim in CLAIMS if (result := claim.check(frame)) is not None]
+    """(claim, verdict, the numbers, the conclusion in one line) for each of the paper's claims the grid can test.
+    A verdict from cells of one training seed says so: prompt intervals cannot show training noise."""
+    seeds = seeds_per_cell(frame)
+    caveat = " (1 seed: indicative only)" if seeds == 1 else ""
+    return [(claim.text, result[0] + caveat, *result[1:]) for claim in CLAIMS
+            if (result := claim.check(frame)) is not None]
+
+
+def seeds_per_cell(frame: pd.DataFrame) -> int:
+    """The fewest training seeds behind any trained cell (model, lang, size, method) of the frame; 0: none."""
+    trained = frame[frame["method"] != "base"]
+    if trained.empty:
+        return 0
+    return int(trained.groupby(["model", "lang", "size", "method"], dropna=False)["seed"].nunique().min())
 
 
 def english_retention(frame: pd.DataFrame) -> list[str]:
@@ -295,12 +308,12 @@ def english_retention(frame: pd.DataFrame) -> list[str]:
             "share of the model's own answers to the 80 first-turn questions that are in English.", ""] + lines + [""]
 
 
-def crpo_check(grid_dir: Path) -> tuple[str, str, str] | None:
+def crpo_check(run_dirs: list[Path]) -> tuple[str, str, str] | None:
     """The CRPO critique (CLO mostly suppresses the English answer rather than raising the target one), from the
-    rewards the CLO runs logged on target-language prompts at the end of training: the share of the reward margin
-    that comes from lowering the rejected (English) answer."""
+    rewards the CLO runs among `run_dirs` logged on target-language prompts at the end of training: the share of the
+    reward margin that comes from lowering the rejected (English) answer."""
     shares, chosen, rejected = [], [], []
-    for log_file in sorted(Path(grid_dir).glob("*/train_log.json")):
+    for log_file in sorted(Path(d) / "train_log.json" for d in run_dirs if (Path(d) / "train_log.json").is_file()):
         log = json.loads(log_file.read_text(encoding="utf-8"))
         if log.get("method") != "clo":
             continue

@@ -260,7 +260,7 @@ def run_evaluate(cfg: RunConfig, out_dir: str | Path, model_path: str | Path | N
             metrics[f"winrate_vs_sft_{side}_ties"], metrics[f"winrate_vs_sft_{side}_n"] = rate["ties"], rate["n"]
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
     write_metrics(out_dir, run_facts(cfg, method, model_label, out_dir, variant), metrics, details,
-                  evaluate_fingerprint(cfg, out_dir, reference_run))
+                  evaluate_fingerprint(cfg, model_path.parent if method != "base" else None, reference_run))
     return metrics
 
 

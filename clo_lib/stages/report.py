@@ -41,6 +41,7 @@ from clo_lib.stages.results import (
     METHOD_NAMES,
     cells_of,
     collect,
+    in_view,
     language_metric,
     run_answers,
     share_interval,
@@ -298,20 +299,24 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "",
     if not grid_dir.is_dir():
         raise MissingInputError(f"grid_dir = {str(grid_dir)!r}: no such folder (looked in {grid_dir.resolve()}); "
                                 "expected a grid's output folder, e.g. outputs/toy.")
-    frame = collect(grid_dir, None if run_states is None else
+    every = collect(grid_dir, None if run_states is None else
                     {name for name, state in run_states.items() if state == "done"})
+    # The shared budget is the report's main view (the premise is decided on it); a grid's search adds the tuned
+    # view beside it, never mixed into one table.
+    frame, tuned = in_view(every, "shared"), in_view(every, "tuned")
+    tuned = tuned if (tuned["method"] != "base").any() else None
     figures_dir = grid_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(frame, figures_dir)
     table = summary(frame)
-    overview, transfer_figure = overview_section(grid_dir, frame, grid_name, notes, run_states, figures_dir)
+    overview, transfer_figure = overview_section(grid_dir, frame, tuned, grid_name, notes, run_states, figures_dir)
     figures += [transfer_figure] if transfer_figure else []
     failed = failures(grid_dir)
     sections = {
         "overview": overview,
-        "summary": ["## Summary", "", "Mean over seeds, [95 % interval] for shares (pooled over the prompts of all "
-                    "seeds), ± standard deviation over seeds where there are several. The metrics are explained in "
-                    "the glossary below.", "", _markdown_table(_with_intervals(frame, table)), ""],
+        "summary": ["## Summary" + (": at a shared budget (fixed from SFT alone)" if tuned is not None else ""), "",
+                    INTERVALS, "", _markdown_table(_with_intervals(frame, table)), ""]
+        + (tuned_section(grid_dir, tuned) if tuned is not None else []),
         "examples": (["## Example answers", ""] + examples) if (examples := example_answers(grid_dir, frame)) else [],
         "figures": (["## Figures", ""] + [f"![{f.stem}](figures/{f.name})" for f in figures] + [""]) if figures
         else [],
@@ -320,7 +325,7 @@ def write_report(grid_dir: str | Path, grid_name: str = "", notes: str = "",
                                                  for f in failed] + [""]) if failed else [],
     }
     atomic_write_text(grid_dir / "report.md", "\n".join(line for lines in sections.values() for line in lines))
-    runs = frame.drop_duplicates(["model", "lang", "size", "method", "seed"])
+    runs = every.drop_duplicates(["model", "lang", "size", "method", "seed", "view"])
     return {"results": grid_dir / "results.csv", "report": grid_dir / "report.md", "figures": figures,
             "runs": len(runs), "failed": len(failed), "table": table,
             "sections": {name: "\n".join(lines) for name, lines in sections.items()}}
@@ -334,7 +339,31 @@ def draw_figures(frame: pd.DataFrame, figures_dir: Path) -> list[Path]:
     return [f for f in figures if f is not None]
 
 
-def overview_section(grid_dir: Path, frame: pd.DataFrame, grid_name: str, notes: str,
+INTERVALS = ("Mean over seeds, [95 % interval] for shares, ± standard deviation over seeds where there are several. "
+             "An interval covers prompt sampling (Wilson, over the prompts of all seeds) and, with two or more "
+             "seeds, training noise too: it is widened to the Student t interval over the seeds' own values where "
+             "that is wider. The metrics are explained in the glossary below.")
+
+
+def tuned_section(grid_dir: Path, tuned: pd.DataFrame) -> list[str]:
+    """The runs a grid's search picked on validation (clo_lib.grid.search): what each picked, then their table."""
+    rows = []
+    for path in sorted(grid_dir.glob("*/pick.json")):
+        pick = json.loads(path.read_text(encoding="utf-8"))
+        settings = ", ".join(f"{k.split('.')[-1]} {v:g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
+                             for k, v in pick["settings"].items())
+        scores = " / ".join(f"{t['score']:.2f}" for t in pick["trials"])
+        rows.append(f"| {path.parent.name} | {settings} | {pick['score']:.2f} | {scores} |")
+    metric = json.loads(next(grid_dir.glob("*/pick.json")).read_text(encoding="utf-8"))["metric"]
+    return ["## Summary: each method at its own best on validation", "",
+            "Every method's trials (the grid file's `search`, the same number for every method) were evaluated on the "
+            f"validation prompts only, ranked by {' + '.join(metric)}, and only the pick of each run was evaluated "
+            "on the test prompts below. Picks, in the order of the trials' validation scores:", "",
+            "| run | picked | validation score | every trial's score |", "|---|---|---|---|", *rows, "",
+            _markdown_table(_with_intervals(tuned, summary(tuned))), ""]
+
+
+def overview_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | None, grid_name: str, notes: str,
                      run_states: dict[str, str] | None, figures_dir: Path) -> tuple[list[str], Path | None]:
     """Everything the report says before its summary table: what was run and with what, the runs left out, the
     premise, the claims, English retention, translation, transfer and what it measured."""
@@ -355,7 +384,7 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, grid_name: str, notes:
                   "Does SFT with little target-language data stay English-biased, the problem CLO is meant to fix? "
                   f"Share of target-language prompts answered in the target language ({language_metric(frame)}), "
                   "with 95 % intervals:", ""] + premise + training_sanity(frame) + [""]
-    lines += claims_section(grid_dir, frame)
+    lines += claims_section(grid_dir, frame, tuned)
     lines += english_retention(frame) + translation_summary(grid_dir)
     transfer_lines, transfer_figure = transfer_summary(grid_dir, frame, figures_dir)
     lines += transfer_lines
@@ -378,18 +407,32 @@ def left_out_section(grid_dir: Path, run_states: dict[str, str] | None) -> list[
         [f"- `{name}`: {why}" for name, why in excluded.items()] + [""]
 
 
-def claims_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
-    table_of_claims = claims(frame)
-    crpo = crpo_check(grid_dir)
-    if crpo:
-        table_of_claims.append(("CRPO critique: CLO mostly suppresses English rather than raising the target answer",
-                                *crpo))
-    if not table_of_claims:
+def claims_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | None = None) -> list[str]:
+    """The claims at the shared budget and, after a search, beside them each method at its own best."""
+    views = {"at a shared budget (fixed from SFT alone)": frame}
+    if tuned is not None:
+        views["each method at its own best on validation"] = tuned
+    verdicts = {}
+    for view, part in views.items():
+        found = claims(part)
+        clo_runs = [grid_dir / name for name in set(part.loc[part["method"] == "clo", "name"])]
+        if (crpo := crpo_check(clo_runs)) is not None:
+            found.append(("CRPO critique: CLO mostly suppresses English rather than raising the target answer",
+                          *crpo))
+        verdicts[view] = {claim: rest for claim, *rest in found}
+    first = next(iter(verdicts.values()))
+    if not first:
         return []
-    lines = ["## The paper's claims", "", "In one line each:", ""]
-    lines += [f"- **{claim.split(' (')[0]}: {said}.** {line}" for claim, said, _, line in table_of_claims]
-    lines += ["", "| claim | verdict | the numbers |", "|---|---|---|"]
-    return lines + [f"| {claim} | {said} | {numbers} |" for claim, said, numbers, _ in table_of_claims] + [""]
+    lines = ["## The paper's claims", ""]
+    for view, found in verdicts.items():
+        lines += [f"In one line each, {view}:" if len(views) > 1 else "In one line each:", ""]
+        lines += [f"- **{claim.split(' (')[0]}: {said}.** {line}" for claim, (said, _, line) in found.items()] + [""]
+    header = " | ".join(f"{view}: verdict | the numbers" for view in verdicts)
+    lines += [f"| claim | {header} |", "|---|" + "---|---|" * len(verdicts)]
+    for claim in dict.fromkeys(c for found in verdicts.values() for c in found):
+        cells = [" | ".join(found[claim][:2]) if claim in found else "– | –" for found in verdicts.values()]
+        lines.append(f"| {claim} | {' | '.join(cells)} |")
+    return lines + [""]
 
 
 def glossary_section(frame: pd.DataFrame) -> list[str]:

@@ -14,7 +14,7 @@ from clo_lib.artifacts.runs import metrics_rows
 from clo_lib.common import langid
 from clo_lib.common.io import atomic_write_text
 from clo_lib.common.languages import get_language
-from clo_lib.common.stats import wilson
+from clo_lib.common.stats import seed_interval, wilson
 from clo_lib.config.schema import RunConfig
 from clo_lib.stages.evaluate import reference_answers, spread
 from clo_lib.stages.scores import is_correct
@@ -56,16 +56,19 @@ METHOD_NAMES = {"base": "base model", "sft": "SFT", "sft_eng": "SFT (English onl
 
 def collect(grid_dir: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
     """All `*/metrics.json` under the grid folder (only the run folders named in `keep`, when given) as one long
-    table, also written to results.csv (atomically)."""
+    table, also written to results.csv (atomically). Column `view`: "tuned" for a run a grid's search picked on
+    validation (pick.json beside it, clo_lib.grid.search), "shared" for the rest (the shared budget, the base)."""
     grid_dir = Path(grid_dir)
     rows: list[dict[str, Any]] = []
     for path in sorted(grid_dir.glob("*/metrics.json")):
         if keep is None or path.parent.name in keep:
-            rows.extend(metrics_rows(path))
+            view = "tuned" if (path.parent / "pick.json").is_file() else "shared"
+            rows.extend({**row, "view": view, "name": path.parent.name} for row in metrics_rows(path))
     for row in rows:  # an ablation slice's runs are a method of their own in every table: never pooled, never in
         if row.get("variant"):  # the paper's claims (which compare the plain methods)
             row["method"] = f"{row['method']}+{row['variant']}"
-    columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "variant", "metric", "value"]
+    columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "variant", "view", "metric",
+               "value"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["variant"] = frame["variant"].fillna("")
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
@@ -73,6 +76,11 @@ def collect(grid_dir: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     atomic_write_text(grid_dir / "results.csv", frame.to_csv(index=False))
     return frame
+
+
+def in_view(frame: pd.DataFrame, view: str) -> pd.DataFrame:
+    """The runs of one view ("shared" or "tuned") and the base model's (the same untrained model in both)."""
+    return frame[(frame["view"] == view) | (frame["method"] == "base")]
 
 
 def summary(frame: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
@@ -135,8 +143,9 @@ def side_by_side(prompts: Sequence[dict], answers: dict[str, Sequence[dict] | No
     return frame
 
 
-def cells_of(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple[float, int]]:
-    """(model, lang, size) -> (the metric's mean over seeds, prompts behind it over all seeds), for one method."""
+def cells_of(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple[float, int, tuple]]:
+    """(model, lang, size) -> (the metric's mean over seeds, prompts behind it over all seeds, each seed's value),
+    for one method; share_interval(*cell) is its seed-aware interval."""
     group = metric.split("@")[1] if "@" in metric else None
     count_metric = f"prompts@{group}" if group else "prompts"
     rows = frame[(frame["method"] == method) & frame["metric"].isin([metric, count_metric])]
@@ -147,12 +156,17 @@ def cells_of(frame: pd.DataFrame, metric: str, method: str) -> dict[tuple, tuple
     cells = {}
     for (model, lang, size), part in wide.groupby(["model", "lang", "size"], dropna=False):
         n = int(part[count_metric].sum()) if count_metric in part else 0
-        cells[(model, lang, None if pd.isna(size) else int(size))] = (float(part[metric].mean()), n)
+        cells[(model, lang, None if pd.isna(size) else int(size))] = (float(part[metric].mean()), n,
+                                                                       tuple(part[metric].dropna()))
     return cells
 
 
-def share_interval(mean: float, n: int) -> dict[str, float]:
-    return wilson(mean, n) if n else {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 0}
+def share_interval(mean: float, n: int, seed_means: Sequence[float] = ()) -> dict[str, float]:
+    """The 95 % interval of a share observed over `n` prompts in all, widened by the spread of its seeds' values
+    where there are several (clo_lib.common.stats.seed_interval)."""
+    if not n:
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": 0, "seeds": len(seed_means)}
+    return seed_interval(wilson(mean, n), seed_means)
 
 
 def language_metric(frame: pd.DataFrame) -> str:

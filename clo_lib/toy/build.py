@@ -113,8 +113,9 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
 
 
 def build_tasks(out: str | Path, seed: int = 0, log=print) -> dict:
-    """World `seed`'s data without a base model: pool.jsonl (the English SFT pool), eval_<lang>.jsonl (held-out
-    questions) and tasks.json, for grids that bring their own base model (params/grids/smol.yaml). Cached per seed
+    """World `seed`'s data without a base model: pool.jsonl (the English SFT pool), eval_<lang>.jsonl (the test
+    questions), val_<lang>.jsonl (the validation questions, disjoint from test) and tasks.json, for grids that bring
+    their own base model (params/grids/smol.yaml). Cached per seed
     and WORLD_VERSION; tasks.json is written last, so its presence means the files are complete."""
     import json
 
@@ -127,10 +128,13 @@ def build_tasks(out: str | Path, seed: int = 0, log=print) -> dict:
             return summary
     for lang in TARGETS:
         write_jsonl(out / f"eval_{lang}.jsonl", evaluation_prompts(lang, seed))
+        write_jsonl(out / f"val_{lang}.jsonl", evaluation_prompts(lang, seed, "validation"))
     write_jsonl(out / "pool.jsonl", generate_english(world_seed=seed))
     split = world(seed)
     summary = {"version": WORLD_VERSION, "seed": seed, "sft_pool": len(split.pool()),
                "heldout_facts": len(split.heldout_facts), "evaluation_prompts": len(evaluation_prompts("sw", seed)),
+               "validation_prompts": len(evaluation_prompts("sw", seed, "validation")),
+               "validation_facts": len(split.validation_facts), "validation_known": len(split.validation_known),
                "heldout_phrasings": {k: sorted(v) for k, v in split.heldout_phrasings.items()},
                "languages": list(LANGS)}
     atomic_write_json(summary_file, summary)

@@ -6,8 +6,8 @@ Here the instructions are questions over a small knowledge base, written in real
 lingua can tell the languages apart, as it does for real answers), and the "MT model" is an exact translator: it
 parses a sentence of the world back into (kind, phrasing, slots) and renders it in another language.
 
-Design (version 2), written down before any CLO result was looked at, to make the paper's premise testable: with
-little target-language data, SFT stays English-biased on what it has not seen.
+Design (version 2, and version 3's validation split), written down before any CLO result was looked at, to make
+the paper's premise testable: with little target-language data, SFT stays English-biased on what it has not seen.
 - Four kinds of question, balanced: 16 facts each (the colour of a thing, the kind of a thing, the number of legs
   of an animal, the sum of two numbers from 1 to 9).
 - Eight phrasings per kind and language: four frames (bare, "Question: ...", "Please answer this: ...", "I would
@@ -19,7 +19,11 @@ little target-language data, SFT stays English-biased on what it has not seen.
   base model's pretraining has either, so the held-out form's words are new in the target language, as a real
   evaluation set's phrasings are new to a small SFT set. Evaluation asks `new_phrasing` questions (known facts in
   the held-out form: does answering in the prompt's language generalise to unseen forms?) and `new_fact` questions
-  (held-out facts in every phrasing: does knowledge taught in English carry over?): 304 questions per language.
+  (held-out facts in every phrasing: does knowledge taught in English carry over?).
+- Version 3 adds a validation split, disjoint from test, for choosing settings (a grid's `search`): one more
+  held-out fact per kind (validation's new_fact) and a quarter of the remaining known facts, whose held-out form is
+  asked at validation only (validation's new_phrasing). Test keeps version 2's held-out facts and form: 240
+  questions per language (144 new_phrasing, 96 new_fact); validation has 80 (48, 32); the SFT pool 192 items.
 - A first version held out 3 of the 8 phrasings (one frame wholly, one frame with one form) and kept both forms
   in SFT data: SFT at 64 examples then answered 97-99 % of the held-out phrasings in the target language, leaving
   no English bias to study. That was decided from the base model and SFT alone, before any CLO run.
@@ -29,7 +33,7 @@ little target-language data, SFT stays English-biased on what it has not seen.
 - Every language has the same facts and phrasings, so no language is easier by construction.
 
 Public names: `LANGS`, `KINDS_OF_QUESTION`, `render(kind, slots, lang, phrasing)`, `all_facts()`, `World` and
-`world(seed)`, `generate_english(n, seed, world_seed)`, `evaluation_prompts(lang, world_seed)`, `translate(text,
+`world(seed)`, `generate_english(n, seed, world_seed)`, `evaluation_prompts(lang, world_seed, split)`, `translate(text,
 src, tgt)` and `ToyTranslationError` for text that is not a sentence of this world.
 """
 
@@ -47,7 +51,7 @@ from clo_lib.method.pairs import DEFAULT_PROMPT_TEMPLATE
 LANGS = ("en", "zh", "de", "ko", "id", "sw", "yo")
 # Raised whenever what the world generates changes (questions, answers, translations, the base model's corpus): a
 # cached world or cached toy translations of another version are not reused.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 # thing -> its name per language (German with its article, as the sentences need it)
 THINGS: dict[str, dict[str, str]] = {
@@ -225,28 +229,52 @@ def all_facts() -> list[tuple[str, dict]]:
     return facts
 
 
-HELDOUT_FACT_SHARE = 0.2  # of each kind's facts: never in SFT data or target-language text, asked at evaluation
+HELDOUT_FACT_SHARE = 0.2  # of each kind's facts: never in SFT data or target-language text, asked at test
+# Validation (version 3), drawn after the test split so the test questions stay those of version 2 less the known
+# facts that moved to validation: per kind, one more fact held out from everything (validation's new_fact) and a
+# quarter of the known facts whose held-out form is asked at validation only (validation's new_phrasing). Methods are
+# tuned on these (a grid's `search`), never on test questions; no validation question, fact in a form, or prompt
+# text is a test one (tests/test_toyworld.py checks).
+VALIDATION_NEW_FACTS = 1
+VALIDATION_PHRASING_SHARE = 0.25
+SPLITS = ("test", "validation")
 WORLD_SEED = 0  # the default world; a grid can build one per seed
 
 
 @dataclass(frozen=True)
 class World:
-    """The split a world seed makes: held-out facts (indices into all_facts()) and held-out phrasings per kind."""
+    """The split a world seed makes (indices into all_facts()): held-out facts and question forms for test, and
+    validation's own held-out facts and known facts."""
 
     seed: int
-    heldout_facts: frozenset
-    heldout_phrasings: dict
+    heldout_facts: frozenset  # test's new facts
+    heldout_phrasings: dict  # kind -> the held-out form's four phrasings (test and validation alike)
+    validation_facts: frozenset = frozenset()  # validation's new facts: held out from everything, like test's
+    validation_known: frozenset = frozenset()  # known facts whose held-out form is asked at validation only
 
     def pool(self) -> list[tuple[int, int]]:
         """(fact, phrasing) pairs SFT data may use: known facts in training phrasings."""
-        return [(f, p) for f, (kind, _) in enumerate(all_facts()) if f not in self.heldout_facts
+        unseen = self.heldout_facts | self.validation_facts
+        return [(f, p) for f, (kind, _) in enumerate(all_facts()) if f not in unseen
                 for p in range(PHRASINGS) if p not in self.heldout_phrasings[kind]]
+
+    def asked(self, split: str) -> list[tuple[int, int, str]]:
+        """(fact, phrasing, group) of every question `split` asks: known facts in the held-out form (new_phrasing)
+        and new facts in every phrasing (new_fact)."""
+        new = self.heldout_facts if split == "test" else self.validation_facts
+        rows = []
+        for fact, (kind, _) in enumerate(all_facts()):
+            if fact in self.heldout_facts | self.validation_facts:
+                rows += [(fact, p, "new_fact") for p in range(PHRASINGS) if fact in new]
+            elif (fact in self.validation_known) == (split == "validation"):
+                rows += [(fact, p, "new_phrasing") for p in sorted(self.heldout_phrasings[kind])]
+        return rows
 
 
 @lru_cache(maxsize=8)
 def world(seed: int = WORLD_SEED) -> World:
-    """The held-out split of world `seed`: 20 % of each kind's facts, and for each kind one of its two question
-    forms in all four frames."""
+    """The held-out split of world `seed`: 20 % of each kind's facts and, for each kind, one of its two question
+    forms in all four frames, for test; then validation's own facts (see VALIDATION_NEW_FACTS)."""
     rng = random.Random(seed)
     by_kind: dict[str, list[int]] = {}
     for index, (kind, _) in enumerate(all_facts()):
@@ -256,7 +284,15 @@ def world(seed: int = WORLD_SEED) -> World:
         heldout_facts |= set(rng.sample(indices, max(1, round(HELDOUT_FACT_SHARE * len(indices)))))
         form = rng.randrange(2)
         heldout_phrasings[kind] = frozenset(2 * frame + form for frame in range(4))
-    return World(seed, frozenset(heldout_facts), heldout_phrasings)
+    rng = random.Random(f"{seed}-validation")  # a stream of its own: the test split is version 2's
+    validation_facts, validation_known = set(), set()
+    for indices in by_kind.values():
+        rest = [i for i in indices if i not in heldout_facts]
+        drawn = rng.sample(rest, VALIDATION_NEW_FACTS + round(VALIDATION_PHRASING_SHARE * len(rest)))
+        validation_facts |= set(drawn[:VALIDATION_NEW_FACTS])
+        validation_known |= set(drawn[VALIDATION_NEW_FACTS:])
+    return World(seed, frozenset(heldout_facts), heldout_phrasings, frozenset(validation_facts),
+                 frozenset(validation_known))
 
 
 def generate_english(n: int | None = None, seed: int = 0, world_seed: int = WORLD_SEED) -> list[dict]:
@@ -281,21 +317,19 @@ def generate_english(n: int | None = None, seed: int = 0, world_seed: int = WORL
     return records
 
 
-def evaluation_prompts(lang: str, world_seed: int = WORLD_SEED) -> list[dict]:
-    """Evaluation rows `{id, kind, group, prompt_en, prompt_tgt, answer_en, answer_tgt}`: every known fact in every
-    held-out phrasing (group new_phrasing), and every held-out fact in every phrasing (group new_fact)."""
+def evaluation_prompts(lang: str, world_seed: int = WORLD_SEED, split: str = "test") -> list[dict]:
+    """Evaluation rows `{id, kind, group, prompt_en, prompt_tgt, answer_en, answer_tgt}` of `split` (test or
+    validation): known facts in the held-out form (group new_phrasing) and new facts in every phrasing (group
+    new_fact); see World.asked."""
     check_lang(lang)
-    split = world(world_seed)
-    rows = []
-    for fact, (kind, slots) in enumerate(all_facts()):
-        known = fact not in split.heldout_facts
-        for phrasing in range(PHRASINGS):
-            if known and phrasing not in split.heldout_phrasings[kind]:
-                continue  # a pool item: SFT data, not evaluation
-            (q_en, a_en), (q_tgt, a_tgt) = render(kind, slots, "en", phrasing), render(kind, slots, lang, phrasing)
-            rows.append({"id": f"toy-{fact:03d}-p{phrasing}", "kind": kind,
-                         "group": "new_phrasing" if known else "new_fact", "prompt_en": q_en, "prompt_tgt": q_tgt,
-                         "answer_en": a_en, "answer_tgt": a_tgt})
+    if split not in SPLITS:
+        raise InputError(f"split = {split!r}; expected one of {', '.join(SPLITS)}")
+    facts, rows = all_facts(), []
+    for fact, phrasing, group in world(world_seed).asked(split):
+        kind, slots = facts[fact]
+        (q_en, a_en), (q_tgt, a_tgt) = render(kind, slots, "en", phrasing), render(kind, slots, lang, phrasing)
+        rows.append({"id": f"toy-{fact:03d}-p{phrasing}", "kind": kind, "group": group, "prompt_en": q_en,
+                     "prompt_tgt": q_tgt, "answer_en": a_en, "answer_tgt": a_tgt})
     return rows
 
 
