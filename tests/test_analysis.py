@@ -90,7 +90,8 @@ def test_claims_and_the_crpo_check_say_what_the_numbers_say(tmp_path):
     assert table["CLO beats SFT in the target language"][0] == "inconclusive (1 seed: indicative only)"
     assert "better in 1, worse in 0, inconclusive in 1 of 2" in table["CLO beats SFT in the target language"][1]
     half = table["CLO with half the data matches SFT with all of it in low-resource languages"]
-    assert half[0] == "holds (no significant gap) (1 seed: indicative only)" and "sw 32 vs 64: fidelity 0.80 vs 0.62" in half[1]
+    assert half[0] == "holds (no significant gap) (1 seed: indicative only)"
+    assert "sw 32 vs 64: fidelity 0.80 vs 0.62" in half[1]
     assert table["SFT is sensitive to data size"][0].startswith("inconclusive (no significant change)")
     assert table["CLO beats SFT in the target language"][2] == ("CLO answered target-language prompts clearly better "
                                                                 "than SFT in 1 of 2 cells and clearly worse in 0.")

@@ -112,7 +112,7 @@ def test_a_two_run_slice_runs_end_to_end_then_resumes_with_nothing_twice(tmp_pat
     assert "tiny,sw,4,clo,0" in results and (out / "report.md").read_text().startswith("# Results: mini")
     assert any("left 0" in m for m in messages)
     # a second run finds everything done and runs nothing
-    monkeypatch.setattr(grid_run, "execute_stage", lambda stage: pytest.fail(f"{stage.id} ran twice"))
+    monkeypatch.setattr(grid_run, "execute_stage", lambda stage, **_: pytest.fail(f"{stage.id} ran twice"))
     again = []
     assert run_grid(load_grid(write_grid(tmp_path, tiny_llama)), log=again.append) == 0
     assert "0 to run" in again[0]
@@ -151,7 +151,7 @@ def test_a_changed_config_is_stale_never_done(tmp_path, tiny_llama, monkeypatch)
 
     ran = []
     real = grid_run.execute_stage
-    monkeypatch.setattr(grid_run, "execute_stage", lambda stage: (ran.append(stage.id), real(stage)))
+    monkeypatch.setattr(grid_run, "execute_stage", lambda stage, **_: (ran.append(stage.id), real(stage)))
     assert run_grid(grid, log=lambda m: None, rerun_stale=True) == 0
     assert ran == ["train/tiny-sw-sft-n4-s0", "evaluate/tiny-sw-sft-n4-s0", "analyze"]
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["learning_rate"] == 5e-4
@@ -164,7 +164,7 @@ def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, mo
     grid = load_grid(write_grid(tmp_path, tiny_llama))
     real = grid_run.execute_stage
 
-    def killed_at_clo_training(stage):
+    def killed_at_clo_training(stage, **_):
         if stage.id == "train/tiny-sw-clo-n4-s0":
             raise KeyboardInterrupt
         real(stage)
@@ -177,7 +177,7 @@ def test_a_killed_run_resumes_and_a_failure_is_isolated(tmp_path, tiny_llama, mo
 
     ran = []
 
-    def fails_on_clo_training(stage):
+    def fails_on_clo_training(stage, **_):
         ran.append(stage.id)
         if stage.id == "train/tiny-sw-clo-n4-s0":
             raise RuntimeError("CUDA out of memory (simulated)")
@@ -427,3 +427,23 @@ def test_a_search_tunes_each_method_on_validation_and_tests_only_the_picks(tmp_p
     assert state["evaluate/tiny-sw-clo-n4-s0-best"] == "stale" and state["train/tiny-sw-clo-n4-s0"] == "done"
     state = grid_state.states(list(grid_with([3e-4, 1e-3], metric=["fidelity_tgt"]).stages.values()))
     assert state["select/tiny-sw-clo-n4-s0"] == "stale" and state["validate/tiny-sw-clo-n4-s0-t2"] == "done"
+
+
+def test_the_python_engine_in_two_workers_writes_what_the_notebooks_write(tmp_path, tiny_llama):
+    """The same grid through notebooks (one stage at a time) and through the library in two warm workers (one
+    torch thread each): the same stages done, the same metrics."""
+    import shutil
+
+    import pandas
+
+    frames = {}
+    for engine, workers in (("notebooks", 1), ("python", 2)):
+        grid = load_grid(write_grid(tmp_path, tiny_llama))
+        assert run_grid(grid, log=lambda m: None, workers=workers, engine=engine) == 0
+        assert set(grid_state.states(list(grid.stages.values())).values()) == {"done"}
+        frames[engine] = pandas.read_csv(tmp_path / "out" / "results.csv").sort_values(["name", "metric"])
+        notebooks = sorted(p.name for p in (tmp_path / "out").rglob("*.ipynb"))
+        assert bool(notebooks) == (engine == "notebooks")
+        shutil.rmtree(tmp_path / "out")
+    first, second = (frames[e].reset_index(drop=True) for e in ("notebooks", "python"))
+    pandas.testing.assert_frame_equal(first, second)

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable
 
 from clo_lib.common import lock
+from clo_lib.common.registry import resolve
 from clo_lib.common.io import atomic_write_json
 from clo_lib.config.load import save_config
 from clo_lib.grid.expand import load_grid
@@ -112,10 +113,19 @@ def _error_tail(err: BaseException, limit: int = 3000) -> str:
     return text[-limit:]
 
 
-def execute_stage(stage: Stage) -> None:
-    """Run one stage in a fresh process or kernel; raise on failure. Used by every executor."""
+ENGINES = ("notebooks", "python")
+INLINE = "clo_lib.grid.inline:run_stage"  # by name: `grid plan` and `grid status` never import torch
+
+
+def execute_stage(stage: Stage, engine: str = "notebooks") -> None:
+    """Run one stage: a command in a fresh process; otherwise its notebook in a fresh kernel (engine notebooks),
+    or the library calls its notebook makes in this process (engine python, clo_lib.grid.inline). Raise on
+    failure. Used by every executor."""
     stage.workdir.mkdir(parents=True, exist_ok=True)
-    if stage.command is not None:  # prepare, transfer
+    if stage.command is None and engine == "python":
+        resolve(INLINE)(stage)
+        return
+    if stage.command is not None:  # prepare, transfer, select
         if stage.config is not None:  # a transfer's command reads the model's resolved config
             save_config(stage.config, stage.workdir / "transfer.yaml")
         # "python" means this interpreter (the kit's venv), not whatever python is first on PATH.
@@ -169,7 +179,7 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-def _run_and_record(stage: Stage, force: bool = False) -> tuple[str, float | None]:
+def _run_and_record(stage: Stage, force: bool = False, engine: str = "notebooks") -> tuple[str, float | None]:
     """("done" | "failed", seconds), or ("held by pid … on … since …", None) when another runner holds the stage
     (clo_lib.common.lock). A failure leaves its marker with the error's tail; a stage another runner finished meanwhile
     is done with nothing run, unless `force` (an `always` prepare step)."""
@@ -182,7 +192,7 @@ def _run_and_record(stage: Stage, force: bool = False) -> tuple[str, float | Non
             return "done", 0.0
         stage.failed_file.unlink(missing_ok=True)
         try:
-            execute_stage(stage)
+            execute_stage(stage, engine=engine)
         except Exception as err:  # any error of a stage is that stage's failure, not the grid's
             atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err),
                                                   "when": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -233,11 +243,14 @@ class Progress:
 
 
 def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
-             log: Callable[[str], None] = print, rerun_stale: bool = False) -> int:
+             log: Callable[[str], None] = print, rerun_stale: bool = False, workers: int = 1,
+             engine: str = "notebooks") -> int:
     """Run every selected stage not yet done, in dependency order. Exit code 0 when all are done.
 
     Stale stages (made under another config or data) stop the grid before anything runs, unless `rerun_stale`:
-    then what they wrote moves to <output_dir>/stale/<time>/ and they run again.
+    then what they wrote moves to <output_dir>/stale/<time>/ and they run again. Local executor: `workers` stages
+    at a time, each worker's torch on its share of the cores; engine python runs stages in warm worker processes
+    instead of a kernel each (clo_lib.grid.inline).
     """
     stages = select(grid, only)
     selected = {s.id for s in stages}
@@ -272,7 +285,9 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
                 return dep
         return None
 
-    if executor == "local":
+    if executor == "local" and (workers > 1 or engine == "python"):
+        _run_in_workers(todo, outcome, selected, blocked_by, progress, workers, engine)
+    elif executor == "local":
         for stage in todo:
             if (dep := blocked_by(stage)) is not None:
                 outcome[stage.id] = "skipped"
@@ -283,7 +298,7 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
             outcome[stage.id] = state
             progress.finished(stage, state if seconds is not None else f"skipped: {state}", seconds)
     else:
-        _run_with_submitit(grid, todo, outcome, blocked_by, progress, executor)
+        _run_with_submitit(grid, todo, outcome, blocked_by, progress, executor, engine)
     failed = [s for s in todo if outcome.get(s.id) != "done"]
     for stage in failed:
         if outcome.get(stage.id, "").startswith("held by"):
@@ -298,8 +313,53 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
     return 1 if failed else 0
 
 
+def _run_in_workers(todo: list[Stage], outcome: dict, selected: set[str], blocked_by, progress: Progress,
+                    workers: int, engine: str) -> None:
+    """Up to `workers` stages at a time, each as soon as what it waits for is done, in worker processes that stay
+    up from stage to stage. Each worker's torch gets cores // workers threads: more threads than cores made two
+    concurrent trainings five times slower each (bench/README.md)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                  // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # kernels and commands the workers start inherit it
+    pending, running = list(todo), {}
+    # fork: the workers inherit this process's modules (and a test's monkeypatches); the runner holds no threads
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=resolve("clo_lib.grid.inline:start_worker") if engine == "python" else None,
+                             initargs=(threads,) if engine == "python" else ()) as pool:
+        while pending or running:
+            for stage in list(pending):
+                if len(running) >= workers:
+                    break
+                waits = [d for d in stage.deps if d in selected and d not in outcome]
+                if waits:
+                    continue
+                pending.remove(stage)
+                if (dep := blocked_by(stage)) is not None:
+                    outcome[stage.id] = "skipped"
+                    progress.finished(stage, f"skipped (needs {dep})")
+                    continue
+                progress.started(stage)
+                running[pool.submit(_run_and_record, stage, False, engine)] = stage
+            if not running:
+                continue
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                stage = running.pop(future)
+                try:
+                    state, seconds = future.result()
+                except Exception as err:  # the worker itself died (out of memory, a crash in native code)
+                    atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err)})
+                    state, seconds = "failed", None
+                outcome[stage.id] = state
+                progress.finished(stage, state if seconds is not None or state == "failed" else f"skipped: {state}",
+                                  seconds)
+
+
 def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by, progress: Progress,
-                       executor: str) -> None:
+                       executor: str, engine: str = "notebooks") -> None:
     """Submit stages as jobs, one wave of ready stages at a time, each wave waiting for the one before.
 
     Waves keep the dependency order without scheduler-specific dependency flags, so the same code runs on SLURM
@@ -326,7 +386,7 @@ def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by,
             resources = dict(grid.resources.get(stage.kind, {}))
             job_executor.update_parameters(name=f"clo-{stage.id.replace('/', '-')}", **resources)
             progress.started(stage)
-            jobs.append((stage, job_executor.submit(_run_and_record, stage)))
+            jobs.append((stage, job_executor.submit(_run_and_record, stage, False, engine)))
         for stage, job in jobs:
             try:
                 state, seconds = job.result()
@@ -345,6 +405,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--slices", nargs="+", metavar="NAME",
                         help="named slices to run (all: every one); default: the grid's default_slices, else all")
     parser.add_argument("--executor", choices=("local", "slurm", "submitit-local"), default="local")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="local: stages run at a time (each worker's torch gets cores / workers threads)")
+    parser.add_argument("--engine", choices=ENGINES, default="notebooks",
+                        help="notebooks: each stage's notebook in a kernel, kept in its folder; python: the same "
+                             "library calls in warm worker processes (faster for many small stages)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="run stages made under another config again, their old outputs moved to <grid>/stale/")
 
@@ -356,7 +421,10 @@ def command(args) -> int:
         print(table(stages, with_state=args.what == "status"))
         return 0
     try:
-        return run_grid(grid, args.only, args.executor, rerun_stale=args.rerun_stale)
+        if args.workers < 1:
+            raise GridError(f"--workers {args.workers}; expected 1 or more")
+        return run_grid(grid, args.only, args.executor, rerun_stale=args.rerun_stale, workers=args.workers,
+                        engine=args.engine)
     except KeyboardInterrupt:
         print("\ninterrupted: finished stages are kept; run the same command again to finish the grid",
               file=sys.stderr)

@@ -1,0 +1,64 @@
+"""`grid run --engine python`: a stage as the library calls its notebook makes, in a warm worker process.
+
+The notebooks (01-04) stay the way to run, read and teach one stage; a grid of many small stages (the toy demo: a
+training takes seconds) spends most of its time starting kernels and importing torch for each. Here each worker
+process imports once and runs stage after stage; the config reaches the library exactly as it reaches a notebook
+(the stage's run.yaml through notebook_config), so the outputs are the notebook's, less the executed notebook.
+tests/test_grid.py checks that both engines write the same metrics.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clo_lib import views
+from clo_lib.artifacts.corpus import corpus_dir, run_records
+from clo_lib.config.load import notebook_config, save_config
+from clo_lib.grid.expand import run_states
+from clo_lib.grid.state import Stage
+from clo_lib.mt.backends import check_pair
+from clo_lib.stages.evaluate import run_evaluate
+from clo_lib.stages.report import write_report
+from clo_lib.stages.sources import load_english
+from clo_lib.stages.train import run_train
+from clo_lib.stages.translate import run_translate
+
+
+def start_worker(threads: int) -> None:
+    """Each worker's torch uses `threads` threads: workers × threads stays within the machine's cores (two torch
+    processes of two threads each on two cores ran a training 5 times slower than one thread each; bench/README)."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_stage(stage: Stage) -> None:
+    """Run a translate, train, validate, evaluate or analyze stage in this process."""
+    p = stage.parameters
+    config_files = []
+    if stage.config is not None:
+        config_file = stage.workdir / ("translate.yaml" if stage.kind == "translate" else "run.yaml")
+        save_config(stage.config, config_file)
+        config_files = [str(config_file.resolve())]
+    if stage.kind == "translate":  # 01_translate
+        cfg = notebook_config(config_files, {}, language=p["language"], output_dir=p["output_dir"])
+        check_pair(cfg.translation, "en", cfg.language)
+        run_translate(cfg, english=load_english(cfg.data))
+    elif stage.kind == "train":  # 02_train
+        run_dir = Path(p["run_dir"])
+        cfg = notebook_config(config_files, {}, language=p["language"], output_dir=p["output_dir"], name=run_dir.name)
+        run_train(cfg, run_dir, run_records(cfg, corpus_dir(cfg) / "parallel.jsonl"))
+    elif stage.kind in ("evaluate", "validate"):  # 03_evaluate
+        run_dir = Path(p["run_dir"])
+        model = Path(p["model_path"]) if p.get("model_path") else run_dir / "model"
+        cfg = notebook_config(config_files, {}, run_dir=run_dir, language=p["language"], output_dir=p["output_dir"])
+        reference = views.evaluated_run(p.get("reference_run", ""), cfg, "win rates against SFT")
+        run_evaluate(cfg, run_dir, model, reference, p.get("method") or None, model_label=p.get("model_label") or None,
+                     variant=p.get("variant", ""))
+    elif stage.kind == "analyze":  # 04_analyze
+        states = run_states(p["grid_file"]) if p.get("grid_file") else None
+        write_report(Path(p["grid_dir"]), p.get("grid_name", ""), p.get("notes", ""), states)
+    else:
+        raise ValueError(f"stage {stage.id}: kind {stage.kind} has no notebook to stand in for")
