@@ -32,7 +32,8 @@ def add_arguments(parser) -> None:
 def command(args) -> int:
     start = time.time()
     grid = load_grid(args.grid)
-    code = run_grid(grid)
+    # many stages of seconds each: two warm workers of one torch thread each, no kernel per stage (grid/inline.py)
+    code = run_grid(grid, workers=2, engine="python")
     out = Path(grid.output_dir)
     print(f"\n{'done' if code == 0 else 'finished with failures'} in {time.time() - start:.0f} s. Read first:")
     print(f"  report   {out / 'report.md'}")
