@@ -1,12 +1,12 @@
 """`make demo`: the kit's default job, the toy grid, offline on a CPU.
 
-It runs `clo grid run params/grids/toy.yaml`: builds the toy world (a tiny English-centric model
-pretrained on CPU, held-out facts and question forms), translates the toy SFT set into Swahili, Korean and German
-with the exact translator, trains SFT, SFT+DPO and CLO at two sizes, evaluates every run and the untrained base
-model on the held-out questions, and writes the analysis: the premise check, the paper's claims, the details. A
-rerun skips what is done. The full toy sweep (every method, four sizes, three seeds, a world per seed) is
-`params/grids/toy_sweep.yaml`.
-"""
+It runs `clo grid run params/grids/toy.yaml --workers 2 --engine python` (on two cores): builds the toy world (a tiny
+English-centric model pretrained on CPU, held-out facts and question forms, validation questions of their own),
+translates the toy SFT set into Swahili with the exact translator, trains SFT, SFT+DPO and CLO at two sizes and three
+seeds at a shared budget and at three learning rates each, keeps each method's best on the validation questions,
+evaluates the shared-budget runs, the picks and the untrained base model on the test questions, and writes the
+analysis: the premise check, the paper's claims in both views, the details. A rerun skips what is done. The full
+toy sweep (three languages, every method, four sizes, a world per seed) is `params/grids/toy_sweep.yaml`."""
 
 from __future__ import annotations
 
@@ -27,13 +27,16 @@ GRID = "params/grids/toy.yaml"
 def add_arguments(parser) -> None:
     """`clo demo [GRID.yaml]`: run a grid (default: the toy grid) and say what to read first."""
     parser.add_argument("grid", nargs="?", default=GRID)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser.add_argument("--workers", type=int, default=max(1, min(cores, 4)),
+                        help="stages at a time, one torch thread each (default: the cores, at most 4)")
 
 
 def command(args) -> int:
     start = time.time()
     grid = load_grid(args.grid)
-    # many stages of seconds each: two warm workers of one torch thread each, no kernel per stage (grid/inline.py)
-    code = run_grid(grid, workers=2, engine="python")
+    # many stages of seconds each: warm workers of one torch thread each, no kernel per stage (grid/inline.py)
+    code = run_grid(grid, workers=args.workers, engine="python")
     out = Path(grid.output_dir)
     print(f"\n{'done' if code == 0 else 'finished with failures'} in {time.time() - start:.0f} s. Read first:")
     print(f"  report   {out / 'report.md'}")

@@ -243,3 +243,24 @@ def test_tuned_runs_are_reported_beside_the_shared_budget_never_pooled_with_it(t
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1].startswith("does not hold") and cells[3].startswith("holds")  # worse shared, better tuned
     assert "In one line each, each method at its own best on validation:" in report
+
+
+def test_preference_accuracy_saturating_early_is_warned_in_the_log_and_the_report(tmp_path):
+    import json
+
+    from clo_lib.stages.train import preference_saturation
+
+    history = [{"step": step, "tgt/rewards_accuracy": 1.0 if step >= 5 else 0.5,
+                "en/rewards_accuracy": 0.995 if step >= 50 else 0.6} for step in range(1, 101)]
+    warnings = preference_saturation(history)
+    assert len(warnings) == 1 and warnings[0].startswith("preference accuracy on tgt prompts reached 0.99 at step 5 "
+                                                         "of 100 (within the first 10%)")
+    assert preference_saturation([{"step": 1, "loss": 2.0}]) == []  # SFT: no preference logs, no warning
+    assert preference_saturation(history[:4] + [{"step": 10, "tgt/rewards_accuracy": 0.99}]) == []  # step 10 of 10
+    grid = tmp_path / "grid"
+    for name, warned in (("sw-clo-s0", True), ("sw-clo-s1", False)):
+        run(grid, name, "sw", "clo", 32, seed=int(name[-1]))
+        stage = {"log_history": history, **({"warnings": warnings} if warned else {})}
+        (grid / name / "train_log.json").write_text(json.dumps({"method": "clo", "stages": [stage]}))
+    report = write_report(grid)["report"].read_text()
+    assert "## A warning from training" in report and "in CLO 1 of 2 runs" in report

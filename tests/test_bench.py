@@ -35,3 +35,10 @@ def test_translate_bench_prints_its_ratios():
     out = _run("translate.py", "--texts", "8", "--batch", "4", "--d-model", "32", "--new-tokens", "4", "--rounds", "2")
     assert re.search(r"length_grouped vs one_at_a_time: \d+\.\d\dx \(per round [\d.]+-[\d.]+\) chunks/s", out), out
     assert re.search(r"warm-cache rerun [\d.]+ s: [\d.]+x \(per round [\d.]+-[\d.]+\) faster", out), out
+
+
+def test_grid_workers_bench_prints_its_ratios(tmp_path):
+    out = _run("grid_workers.py", "--rounds", "1", "--size", "4", "--world", str(tmp_path / "world"), "--epochs", "1")
+    for variant in ("side by side, capped", "side by side, uncapped"):
+        assert re.search(rf"{variant} +\(2 at a time, \d+ threads each\): [\d.]+ \[[\d.-]+\] s, "
+                         rf"\d+\.\d\d \[[\d.-]+\]x the time of one after the other", out), out

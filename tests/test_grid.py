@@ -1,6 +1,7 @@
 """The grid runner: plans, a two-run slice end to end through papermill, resume, isolated failures, bad files."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -419,6 +420,9 @@ def test_a_search_tunes_each_method_on_validation_and_tests_only_the_picks(tmp_p
         assert json.loads((out / f"{run}-t2" / "validation" / "metrics.json").read_text())["metrics"]["prompts"] == 3
         assert not (out / f"{run}-t2" / "metrics.json").exists()  # a trial is never evaluated on test
         assert (out / f"{run}-best" / "metrics.json").is_file()
+    status = subprocess.run([sys.executable, "-m", "clo_lib", "grid", "status", str(grid.path)], capture_output=True,
+                            text=True, cwd=REPO).stdout
+    assert re.search(r"done +select/tiny-sw-clo-n4-s0 .* picked tiny-sw-clo-n4-s0(-t2)? \(train.learning_rate=", status)
     table = __import__("pandas").read_csv(out / "results.csv")
     assert set(table["view"]) == {"shared", "tuned"}
     assert set(grid_state.states(list(grid_with([3e-4, 1e-3]).stages.values())).values()) == {"done"}

@@ -120,6 +120,7 @@ def test_every_notebook_runs_with_its_defaults_after_a_small_demo(tmp_path, smal
     demo = yaml.safe_load((REPO / "params" / "grids" / "toy.yaml").read_text())
     world = kit / "outputs" / "toy" / "world"
     demo.pop("prepare")  # the world is there (pretrained briefly)
+    demo.pop("search")  # the notebooks read the shared-budget runs; tests/test_grid.py runs a search
     demo["overrides"].update({"model.name_or_path": str(world / "base_model"), "data.path": str(world),
                               "eval.prompts": str(world / "eval_{lang}.jsonl"), "train.epochs": 1})
     demo["slices"] = [{"languages": ["sw"], "methods": ["sft", "clo"], "sizes": [64], "seeds": [0]}]

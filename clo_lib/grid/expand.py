@@ -241,12 +241,15 @@ def add_search_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
         id=f"select/{rid}", kind="select", workdir=best, done_file=best / "pick.json", deps=validations, facts=facts,
         command=["python", "-m", "clo_lib", "select", "--metric", *search.metric, "--keys", *keys, "--out",
                  str(best), *map(str, trial_dirs)],
-        parameters={"metric": list(search.metric), "trials": [str(d) for d in trial_dirs]})
+        parameters={"metric": list(search.metric), "trials": [str(d) for d in trial_dirs], "keys": keys})
     params = dict(grid.stages[f"evaluate/{rid}"].parameters, run_dir=str(best), reference_run="")
     deps = [f"select/{rid}"]
-    if run["method"] != "sft" and sft in grid.runs:  # judged against SFT at its best
-        params["reference_run"] = str(out / f"{sft}-best")
-        deps.append(f"evaluate/{sft}-best")
+    # judged against SFT at its best: of its own slice variant, else the plain one (as at the shared budget)
+    reference = next((r for r in (sft, run_id(run["model"], run["lang"], "sft", run["size"], run["seed"]))
+                      if r in grid.runs), None)
+    if reference is not None and reference != rid:
+        params["reference_run"] = str(out / f"{reference}-best")
+        deps.append(f"evaluate/{reference}-best")
     grid.stages[f"evaluate/{rid}-best"] = Stage(
         id=f"evaluate/{rid}-best", kind="evaluate", workdir=best, done_file=best / "metrics.json", deps=deps,
         config=cfg, facts={**facts, "view": "tuned"}, parameters=params)

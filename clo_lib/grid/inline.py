@@ -9,6 +9,7 @@ tests/test_grid.py checks that both engines write the same metrics.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from clo_lib import views
 from clo_lib.artifacts.corpus import corpus_dir, run_records
 from clo_lib.config.load import notebook_config, save_config
 from clo_lib.grid.expand import run_states
+from clo_lib.grid.search import pick
 from clo_lib.grid.state import Stage
 from clo_lib.mt.backends import check_pair
 from clo_lib.stages.evaluate import run_evaluate
@@ -35,7 +37,15 @@ def start_worker(threads: int) -> None:
 
 
 def run_stage(stage: Stage) -> None:
-    """Run a translate, train, validate, evaluate or analyze stage in this process."""
+    """Run a translate, train, validate, select, evaluate or analyze stage in this process; what it prints
+    (progress bars, the trainer's logs) goes to `<kind>.log` in its folder, as a notebook keeps it in its cells."""
+    stage.workdir.mkdir(parents=True, exist_ok=True)
+    with open(stage.workdir / f"{stage.kind}.log", "w", encoding="utf-8") as log, \
+            contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        _run(stage)
+
+
+def _run(stage: Stage) -> None:
     p = stage.parameters
     config_files = []
     if stage.config is not None:
@@ -57,6 +67,8 @@ def run_stage(stage: Stage) -> None:
         reference = views.evaluated_run(p.get("reference_run", ""), cfg, "win rates against SFT")
         run_evaluate(cfg, run_dir, model, reference, p.get("method") or None, model_label=p.get("model_label") or None,
                      variant=p.get("variant", ""))
+    elif stage.kind == "select":  # clo select
+        pick(p["trials"], p["metric"], p["keys"], stage.workdir)
     elif stage.kind == "analyze":  # 04_analyze
         states = run_states(p["grid_file"]) if p.get("grid_file") else None
         write_report(Path(p["grid_dir"]), p.get("grid_name", ""), p.get("notes", ""), states)

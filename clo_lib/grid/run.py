@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Callable
 
 from clo_lib.common import lock
-from clo_lib.common.registry import resolve
 from clo_lib.common.io import atomic_write_json
+from clo_lib.common.registry import resolve
 from clo_lib.config.load import save_config
 from clo_lib.grid.expand import load_grid
+from clo_lib.grid.search import describe
 from clo_lib.grid.spec import GridError
 from clo_lib.grid.state import NOTEBOOK_OF, NOTEBOOKS, REPO, STAGE_KINDS, Grid, Stage, move_aside, states
 
@@ -91,6 +92,8 @@ def table(stages: list[Stage], with_state: bool) -> str:
         method = str(f.get("method", "")) + (f"+{f['variant']}" if f.get("variant") else "")
         row = (f"{stage.id:52s} {str(f.get('model', '')):14s} {str(f.get('lang', '')):4s} "
                f"{size:>5s} {method:8s} {waits}")
+        if with_state and stage.kind == "select" and state[stage.id] == "done":  # the pick and its score
+            row += f"  picked {describe(json.loads(stage.done_file.read_text(encoding='utf-8')))}"
         lines.append((f"{state[stage.id]:8s} " if with_state else "") + row)
     counts = {kind: sum(s.kind == kind for s in stages) for kind in STAGE_KINDS}
     lines.append("stages: " + ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + f" ({len(stages)} in all)")
@@ -122,7 +125,7 @@ def execute_stage(stage: Stage, engine: str = "notebooks") -> None:
     or the library calls its notebook makes in this process (engine python, clo_lib.grid.inline). Raise on
     failure. Used by every executor."""
     stage.workdir.mkdir(parents=True, exist_ok=True)
-    if stage.command is None and engine == "python":
+    if engine == "python" and (stage.command is None or stage.kind == "select"):
         resolve(INLINE)(stage)
         return
     if stage.command is not None:  # prepare, transfer, select
@@ -210,8 +213,9 @@ def _clock(seconds: float) -> str:
 class Progress:
     """One line per stage: counts, elapsed time, and time left estimated from the stages of each kind so far."""
 
-    def __init__(self, stages: list[Stage], log: Callable[[str], None]):
+    def __init__(self, stages: list[Stage], log: Callable[[str], None], workers: int = 1):
         self.left = {s.id: s.kind for s in stages}
+        self.workers = workers  # stages at a time: the time left is the work left shared between them
         self.done = self.failed = self.blocked = 0
         self.durations: dict[str, list[float]] = {}
         self.start = time.perf_counter()
@@ -235,7 +239,7 @@ class Progress:
         everything = [d for kind, ds in self.durations.items() if kind != "prepare" for d in ds]
         fallback = sum(everything) / len(everything) if everything else 0.0
         eta = sum((sum(self.durations[k]) / len(self.durations[k])) if self.durations.get(k) else fallback
-                  for k in self.left.values())
+                  for k in self.left.values()) / self.workers
         took = f" in {_clock(seconds)}" if seconds is not None else ""
         self.log(f"[done {self.done} · failed {self.failed} · skipped {self.blocked} · left {len(self.left)}] "
                  f"{stage.id}: {outcome}{took} · elapsed {_clock(time.perf_counter() - self.start)}"
@@ -274,7 +278,7 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
     todo = [s for s in stages if state[s.id] != "done"]
     log(f"grid {grid.name}: {len(stages)} stages, {len(stages) - len(todo)} already done, {len(todo)} to run "
         f"({executor}); outputs in {grid.output_dir}")
-    progress = Progress(todo, log)
+    progress = Progress(todo, log, workers if executor == "local" else 1)
     outcome: dict[str, str] = {s.id: "done" for s in stages if s.id not in {t.id for t in todo}}
 
     def blocked_by(stage: Stage) -> str | None:
@@ -286,17 +290,12 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
         return None
 
     if executor == "local" and (workers > 1 or engine == "python"):
-        _run_in_workers(todo, outcome, selected, blocked_by, progress, workers, engine)
+        # prepare steps first, one at a time with every core (a toy world's pretraining), then the rest in workers
+        first = [s for s in todo if s.kind == "prepare"]
+        _run_one_by_one(first, outcome, blocked_by, progress)
+        _run_in_workers([s for s in todo if s not in first], outcome, selected, blocked_by, progress, workers, engine)
     elif executor == "local":
-        for stage in todo:
-            if (dep := blocked_by(stage)) is not None:
-                outcome[stage.id] = "skipped"
-                progress.finished(stage, f"skipped (needs {dep})")
-                continue
-            progress.started(stage)
-            state, seconds = _run_and_record(stage)
-            outcome[stage.id] = state
-            progress.finished(stage, state if seconds is not None else f"skipped: {state}", seconds)
+        _run_one_by_one(todo, outcome, blocked_by, progress)
     else:
         _run_with_submitit(grid, todo, outcome, blocked_by, progress, executor, engine)
     failed = [s for s in todo if outcome.get(s.id) != "done"]
@@ -313,17 +312,43 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
     return 1 if failed else 0
 
 
+def _run_one_by_one(todo: list[Stage], outcome: dict, blocked_by, progress: Progress) -> None:
+    """Each stage in turn, in this process's order (dependency order), its notebook in a kernel of its own."""
+    for stage in todo:
+        if (dep := blocked_by(stage)) is not None:
+            outcome[stage.id] = "skipped"
+            progress.finished(stage, f"skipped (needs {dep})")
+            continue
+        progress.started(stage)
+        state, seconds = _run_and_record(stage)
+        outcome[stage.id] = state
+        progress.finished(stage, state if seconds is not None else f"skipped: {state}", seconds)
+
+
 def _run_in_workers(todo: list[Stage], outcome: dict, selected: set[str], blocked_by, progress: Progress,
                     workers: int, engine: str) -> None:
     """Up to `workers` stages at a time, each as soon as what it waits for is done, in worker processes that stay
     up from stage to stage. Each worker's torch gets cores // workers threads: more threads than cores made two
-    concurrent trainings five times slower each (bench/README.md)."""
+    concurrent trainings five times slower each (docs/benchmarks.md, bench/grid_workers.py)."""
+    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                  // workers)
+    before = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # kernels and commands the workers start inherit it
+    try:
+        _schedule(todo, outcome, selected, blocked_by, progress, workers, engine, threads)
+    finally:  # this process's later stages (and a test session's) get every core again
+        if before is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before
+
+
+def _schedule(todo: list[Stage], outcome: dict, selected: set[str], blocked_by, progress: Progress, workers: int,
+              engine: str, threads: int) -> None:
+    """_run_in_workers's loop: start what is ready while a worker is free, record what finishes."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                  // workers)
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # kernels and commands the workers start inherit it
     pending, running = list(todo), {}
     # fork: the workers inherit this process's modules (and a test's monkeypatches); the runner holds no threads
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
@@ -344,6 +369,8 @@ def _run_in_workers(todo: list[Stage], outcome: dict, selected: set[str], blocke
                 progress.started(stage)
                 running[pool.submit(_run_and_record, stage, False, engine)] = stage
             if not running:
+                if pending and all(any(d in selected and d not in outcome for d in st.deps) for st in pending):
+                    raise GridError(f"stages wait for each other: {', '.join(st.id for st in pending[:3])}")
                 continue
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:

@@ -96,7 +96,7 @@ class Stage:
             return [self.workdir]  # the corpus; the run folder (its evaluation depends on it and is stale too)
         if self.kind == "evaluate":
             return [self.workdir / name for name in ("metrics.json", "generations.jsonl", "judgments.jsonl",
-                                                     NOTEBOOK_OF["evaluate"], "evaluate.kernel.log")]
+                                                     NOTEBOOK_OF["evaluate"], "evaluate.kernel.log", "evaluate.log")]
         return []
 
 

@@ -92,8 +92,9 @@ def findings(frame: pd.DataFrame) -> list[str]:
             lines.append(f"  - {model}, {lang}, {size} examples: " + "; ".join(parts))
     if any(line.startswith(("- CLO", "- SFT+DPO")) for line in lines):
         lines.append("- Win rates count ties as half; intervals are 95 % Wilson intervals over the prompts of all "
-                     "seeds of a cell, so they cover prompt sampling, not seed-to-seed variation (the table's ± sd "
-                     "does).")
+                     "seeds of a cell, widened with two or more seeds to the Student t interval over the seeds' own "
+                     "rates where that is wider, so they cover training noise as well as prompt sampling; a cell of "
+                     "one seed covers prompt sampling only.")
     return lines
 
 

@@ -384,6 +384,7 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | 
                   "Does SFT with little target-language data stay English-biased, the problem CLO is meant to fix? "
                   f"Share of target-language prompts answered in the target language ({language_metric(frame)}), "
                   "with 95 % intervals:", ""] + premise + training_sanity(frame) + [""]
+    lines += saturation_section(grid_dir, frame)
     lines += claims_section(grid_dir, frame, tuned)
     lines += english_retention(frame) + translation_summary(grid_dir)
     transfer_lines, transfer_figure = transfer_summary(grid_dir, frame, figures_dir)
@@ -392,6 +393,31 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | 
     if found:
         lines += ["## What it measured", ""] + found + [""]
     return lines, transfer_figure
+
+
+def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
+    """The runs whose train log warns that preference accuracy saturated early (clo_lib.stages.train
+    .preference_saturation), per method: the reward-hacking-on-language pattern."""
+    counts: dict[str, list[int]] = {}  # method -> [runs warned, runs with preference logs]
+    for method, name in sorted(set(zip(frame["method"], frame["name"]))):
+        log = grid_dir / name / "train_log.json"
+        if method == "base" or not log.is_file():
+            continue
+        stages = json.loads(log.read_text(encoding="utf-8")).get("stages", [])
+        if not any(key.endswith("/rewards_accuracy") for stage in stages for entry in stage.get("log_history", [])
+                   for key in entry):
+            continue
+        counts.setdefault(method, [0, 0])[1] += 1
+        counts[method][0] += any(stage.get("warnings") for stage in stages)
+    hit = {method: c for method, c in counts.items() if c[0]}
+    if not hit:
+        return []
+    parts = ", ".join(f"{METHOD_NAMES.get(m, m)} {warned} of {runs}" for m, (warned, runs) in hit.items())
+    return ["## A warning from training", "",
+            f"Preference accuracy reached 0.99 within the first 10 % of the steps in {parts} runs (each run's "
+            "train_log.json names the side). With target-language chosen and English rejected answers, the "
+            "language alone can tell the pair apart, so the preference may learn the language rather than the "
+            "answer (reward hacking on language, as users of other trainers report).", ""]
 
 
 def left_out_section(grid_dir: Path, run_states: dict[str, str] | None) -> list[str]:
