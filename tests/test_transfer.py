@@ -90,7 +90,7 @@ def test_continued_pretraining_lowers_the_held_out_loss_and_trains_only_what_it_
     donor = AutoModelForCausalLM.from_pretrained(donor_dir).get_input_embeddings().weight.detach()
     transfer_model(llm, llm_tokenizer, donor, new_tokenizer, aux_embeddings(new_tokenizer, vectors))
     attention = llm.model.layers[0].self_attn.q_proj.weight.detach().clone()
-    curve = continued_pretraining(llm, new_tokenizer, texts[:240], texts[240:], steps=30,
+    curve = continued_pretraining(llm, new_tokenizer, texts[:200], texts[200:], steps=30,
                                   learning_rate=3e-3, eval_every=10)
     assert [point["step"] for point in curve] == [0, 10, 20, 30]
     assert curve[-1]["loss"] < curve[0]["loss"]
@@ -114,7 +114,7 @@ def test_continued_pretraining_of_bfloat16_weights_keeps_float32_master_rows(tin
     llm = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
     llm_tokenizer, new_tokenizer = AutoTokenizer.from_pretrained(tiny_llama), AutoTokenizer.from_pretrained(donor_dir)
     transfer_model(llm, llm_tokenizer, None, new_tokenizer, None, method="mean")
-    curve = continued_pretraining(llm, new_tokenizer, texts[:240], texts[240:], steps=20, learning_rate=3e-3,
+    curve = continued_pretraining(llm, new_tokenizer, texts[:200], texts[200:], steps=20, learning_rate=3e-3,
                                   eval_every=20)
     assert llm.get_input_embeddings().weight.dtype == torch.float32
     assert llm.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
