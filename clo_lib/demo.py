@@ -28,15 +28,16 @@ def add_arguments(parser) -> None:
     """`clo demo [GRID.yaml]`: run a grid (default: the toy grid) and say what to read first."""
     parser.add_argument("grid", nargs="?", default=GRID)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    parser.add_argument("--workers", type=int, default=max(1, min(cores, 4)),
-                        help="stages at a time, one torch thread each (default: the cores, at most 4)")
+    parser.add_argument("--workers", type=int, default=max(1, min(cores, 8)),
+                        help="stages at a time, one torch thread each (default: the cores, at most 8)")
 
 
 def command(args) -> int:
     start = time.time()
     grid = load_grid(args.grid)
-    # many stages of seconds each: warm workers of one torch thread each, no kernel per stage (grid/inline.py)
-    code = run_grid(grid, workers=args.workers, engine="python")
+    # many stages of seconds each: warm workers, no kernel per stage (grid/inline.py); one torch thread each on
+    # any machine, since results can depend on the thread count and the README's came from one thread a stage
+    code = run_grid(grid, workers=args.workers, engine="python", threads=1)
     out = Path(grid.output_dir)
     print(f"\n{'done' if code == 0 else 'finished with failures'} in {time.time() - start:.0f} s. Read first:")
     print(f"  report   {out / 'report.md'}")

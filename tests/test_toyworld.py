@@ -131,11 +131,19 @@ def test_pretraining_teaches_knowledge_in_english_only():
     assert english == 64 * 8  # every fact in every English phrasing
 
 
-def test_pretraining_is_deterministic_per_seed(tmp_path):
+def test_pretraining_is_deterministic_per_seed_whatever_the_callers_threads(tmp_path):
+    """One epoch under one torch thread and under two gives different weights (measured), so the pretraining pins
+    its own thread count: a caller's count changes nothing, and is given back afterwards."""
     from transformers import AutoModelForCausalLM
 
-    for name in ("a", "b"):
-        build.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None, world_seed=1)
+    before = torch.get_num_threads()
+    try:
+        for name, threads in (("a", 1), ("b", 2)):
+            torch.set_num_threads(threads)
+            summary = build.pretrain_base_model(tmp_path / name, seed=1, epochs=1, log=lambda m: None, world_seed=1)
+            assert torch.get_num_threads() == threads and summary["threads"] == build.PRETRAIN_THREADS
+    finally:
+        torch.set_num_threads(before)
     first, second = (AutoModelForCausalLM.from_pretrained(tmp_path / n).state_dict() for n in ("a", "b"))
     assert all(torch.equal(first[k], second[k]) for k in first)
 

@@ -248,13 +248,14 @@ class Progress:
 
 def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
              log: Callable[[str], None] = print, rerun_stale: bool = False, workers: int = 1,
-             engine: str = "notebooks") -> int:
+             engine: str = "notebooks", threads: int | None = None) -> int:
     """Run every selected stage not yet done, in dependency order. Exit code 0 when all are done.
 
     Stale stages (made under another config or data) stop the grid before anything runs, unless `rerun_stale`:
     then what they wrote moves to <output_dir>/stale/<time>/ and they run again. Local executor: `workers` stages
-    at a time, each worker's torch on its share of the cores; engine python runs stages in warm worker processes
-    instead of a kernel each (clo_lib.grid.inline).
+    at a time, each worker's torch on its share of the cores (or on `threads`: results can depend on the count, so
+    the demo fixes it); engine python runs stages in warm worker processes instead of a kernel each
+    (clo_lib.grid.inline).
     """
     stages = select(grid, only)
     selected = {s.id for s in stages}
@@ -293,7 +294,8 @@ def run_grid(grid: Grid, only: list[str] | None = None, executor: str = "local",
         # prepare steps first, one at a time with every core (a toy world's pretraining), then the rest in workers
         first = [s for s in todo if s.kind == "prepare"]
         _run_one_by_one(first, outcome, blocked_by, progress)
-        _run_in_workers([s for s in todo if s not in first], outcome, selected, blocked_by, progress, workers, engine)
+        _run_in_workers([s for s in todo if s not in first], outcome, selected, blocked_by, progress, workers, engine,
+                        threads)
     elif executor == "local":
         _run_one_by_one(todo, outcome, blocked_by, progress)
     else:
@@ -326,12 +328,12 @@ def _run_one_by_one(todo: list[Stage], outcome: dict, blocked_by, progress: Prog
 
 
 def _run_in_workers(todo: list[Stage], outcome: dict, selected: set[str], blocked_by, progress: Progress,
-                    workers: int, engine: str) -> None:
+                    workers: int, engine: str, threads: int | None = None) -> None:
     """Up to `workers` stages at a time, each as soon as what it waits for is done, in worker processes that stay
     up from stage to stage. Each worker's torch gets cores // workers threads: more threads than cores made two
     concurrent trainings five times slower each (docs/benchmarks.md, bench/grid_workers.py)."""
-    threads = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-                  // workers)
+    threads = threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1) // workers)
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)  # kernels and commands the workers start inherit it
     try:

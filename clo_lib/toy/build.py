@@ -58,6 +58,10 @@ def pretraining_corpus(seed: int = 0, world_seed: int = WORLD_SEED) -> list[str]
 # The pretraining learning rate; fine-tuning in the toy preset is a tenth of it (params/presets/toy.yaml), a rule
 # fixed before any method was compared.
 PRETRAIN_LEARNING_RATE = 3e-3
+# torch's threads for the pretraining, whatever the machine: its result depends on the thread count (one thread and
+# two built different version-3 worlds from the same seed, and every verdict of the demo moved with it), so a
+# fresh clone builds this project's world on any machine; 2 is the CI machine's count, its numbers the README's.
+PRETRAIN_THREADS = 2
 
 
 def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hidden_size: int = 128,
@@ -85,6 +89,8 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.05)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
     model.train()
     start, losses = time.perf_counter(), []
     for epoch in range(epochs):
@@ -107,9 +113,11 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
         took = time.perf_counter() - start  # every epoch: under load one epoch can take a minute
         log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
             f"({took:.0f} s, ~{took / (epoch + 1) * (epochs - epoch - 1):.0f} s left)")
+    torch.set_num_threads(threads)
     model.save_pretrained(out_dir)
-    return {"documents": len(documents), "steps": steps, "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "seconds": round(time.perf_counter() - start, 1), "parameters": sum(p.numel() for p in model.parameters())}
+    return {"documents": len(documents), "steps": steps, "threads": PRETRAIN_THREADS,
+            "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.perf_counter() - start, 1),
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def build_tasks(out: str | Path, seed: int = 0, log=print) -> dict:
@@ -150,7 +158,9 @@ def build(out: str | Path, seed: int = 0, epochs: int = 30, log=print) -> dict:
     summary_file = out / "world.json"
     if summary_file.is_file() and (out / "base_model" / "config.json").is_file():
         summary = json.loads(summary_file.read_text(encoding="utf-8"))
-        if (summary.get("seed"), summary.get("epochs"), summary.get("version")) == (seed, epochs, WORLD_VERSION):
+        made = (summary.get("seed"), summary.get("epochs"), summary.get("version"),
+                summary.get("pretraining", {}).get("threads"))
+        if made == (seed, epochs, WORLD_VERSION, PRETRAIN_THREADS):  # a world of another thread count: rebuilt
             log(f"toy world already built in {out} (seed {seed}, version {WORLD_VERSION}); delete it to rebuild")
             return summary
     summary = {**build_tasks(out, seed, log=lambda message: None), "epochs": epochs}
