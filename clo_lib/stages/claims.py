@@ -285,6 +285,44 @@ def seeds_per_cell(frame: pd.DataFrame) -> int:
     return int(trained.groupby(["model", "lang", "size", "method"], dropna=False)["seed"].nunique().min())
 
 
+def ablations(frame: pd.DataFrame) -> list[str]:
+    """Each ablation (a slice's variant, `clo+<name>`, and SFT on target rows, `sft_tgt`) against plain CLO and SFT
+    of the same cell on held-out forms (the report's language metric), with seed-aware intervals, then in plain
+    words which variants leave CLO's gap to SFT and which close it; empty when the grid has no ablation."""
+    metric = language_metric(frame)
+    variants = sorted(m for m in set(frame["method"]) if "+" in str(m) or m == "sft_tgt")
+    if not variants:
+        return []
+    cells = {m: cells_of(frame, metric, m) for m in ["sft", "clo", *variants]}
+    lines = [f"| method | size | {metric} [95 %] | against SFT | against CLO |", "|---|---|---|---|---|"]
+    closes, worse, rises = [], [], []
+    for method in ["sft", "clo", *variants]:
+        for key, value in sorted(cells[method].items(), key=lambda kv: (kv[0][2] or 0)):
+            share = share_interval(*value)
+            sft = share_interval(*cells["sft"][key]) if key in cells["sft"] and method != "sft" else None
+            clo = share_interval(*cells["clo"][key]) if key in cells["clo"] and method != "clo" else None
+            against_sft, against_clo = (_compare(share, other) for other in (sft, clo))
+            lines.append(f"| {method} | {key[2]} | {share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}] | "
+                         f"{against_sft} | {against_clo} |")
+            if method.startswith("clo+"):
+                (worse if against_sft == "below" else closes).append(f"{method} at {key[2]}")
+                if against_clo == "above":
+                    rises.append(f"{method} at {key[2]}")
+    words = [f"- Still clearly below SFT: {', '.join(worse) or 'none'}.",
+             f"- Not clearly below SFT (the gap closes or is within the intervals): {', '.join(closes) or 'none'}.",
+             f"- Clearly above plain CLO: {', '.join(rises) or 'none'}."]
+    if not rises:
+        words.append("- No single change of CLO here lifts it clearly above plain CLO: none of these components "
+                     f"alone explains the gap, at the intervals {seeds_per_cell(frame)} seed(s) allow.")
+    return lines + [""] + words
+
+
+def _compare(share: dict, other: dict | None) -> str:
+    if other is None:
+        return "–"
+    return "below" if _below(share, other) else "above" if _below(other, share) else "overlaps"
+
+
 def english_retention(frame: pd.DataFrame) -> list[str]:
     """MT-bench (clo_lib.stages.mtbench) per run kind: reference-answer NLL and its change from the base model, and the
     share of answers in English with its 95 % interval; empty when the grid did not measure it."""

@@ -25,6 +25,7 @@ from clo_lib.common.errors import MissingInputError
 from clo_lib.common.io import atomic_write_text
 from clo_lib.config.load import load_config
 from clo_lib.stages.claims import (
+    ablations,
     claims,
     crpo_check,
     english_retention,
@@ -386,6 +387,7 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | 
                   "with 95 % intervals:", ""] + premise + training_sanity(frame) + [""]
     lines += saturation_section(grid_dir, frame)
     lines += claims_section(grid_dir, frame, tuned)
+    lines += ablation_section(frame if tuned is None else tuned, tuned is not None)
     lines += english_retention(frame) + translation_summary(grid_dir)
     transfer_lines, transfer_figure = transfer_summary(grid_dir, frame, figures_dir)
     lines += transfer_lines
@@ -393,6 +395,16 @@ def overview_section(grid_dir: Path, frame: pd.DataFrame, tuned: pd.DataFrame | 
     if found:
         lines += ["## What it measured", ""] + found + [""]
     return lines, transfer_figure
+
+
+def ablation_section(frame: pd.DataFrame, tuned: bool) -> list[str]:
+    found = ablations(frame)
+    if not found:
+        return []
+    view = "each at its own best on validation" if tuned else "at the shared budget"
+    return ["## Which part of CLO explains the result", "",
+            f"Each ablation ({view}) against plain SFT and CLO of the same size on held-out question forms: "
+            "below / above when the 95 % intervals (seed-aware) do not overlap.", "", *found, ""]
 
 
 def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
