@@ -271,7 +271,8 @@ def test_the_ablation_section_says_which_change_closes_the_gap_to_sft(tmp_path):
     DPO (λ = 1) lifts CLO to SFT's level, DPO on target prompts only does not. Hand-made numbers, so the sentences
     follow from them alone."""
     grid = tmp_path / "grid"
-    values = {("sft", ""): 0.80, ("clo", ""): 0.30, ("clo", "lam100"): 0.78, ("clo", "dpo_tgt"): 0.32}
+    values = {("sft", ""): 0.80, ("clo", ""): 0.30, ("clo", "lam100"): 0.78, ("clo", "dpo_tgt"): 0.32,
+              ("sft", "full"): 0.30, ("clo", "full"): 0.31}  # all weights: compared with SFT on all weights
     for (method, variant), fidelity in values.items():
         for seed, jitter in enumerate((-0.02, 0.0, 0.02)):
             name = f"sw-{method}{variant}-s{seed}"
@@ -282,5 +283,7 @@ def test_the_ablation_section_says_which_change_closes_the_gap_to_sft(tmp_path):
     section = report.split("## Which part of CLO explains the result")[1].split("\n## ")[0]
     assert "| clo+lam100 | 32 | 0.78 [" in section and "| above |" in section
     assert "- Still clearly below SFT: clo+dpo_tgt at 32." in section
-    assert "- Not clearly below SFT (the gap closes or is within the intervals): clo+lam100 at 32." in section
+    assert "| clo+full | 32 | 0.31 [" in section and "| overlaps (sft+full) | overlaps |" in section
+    assert ("- Not clearly below SFT (the gap closes or is within the intervals): clo+full at 32, clo+lam100 at 32."
+            in section)
     assert "- Clearly above plain CLO: clo+lam100 at 32." in section

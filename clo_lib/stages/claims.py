@@ -286,24 +286,31 @@ def seeds_per_cell(frame: pd.DataFrame) -> int:
 
 
 def ablations(frame: pd.DataFrame) -> list[str]:
-    """Each ablation (a slice's variant, `clo+<name>`, and SFT on target rows, `sft_tgt`) against plain CLO and SFT
-    of the same cell on held-out forms (the report's language metric), with seed-aware intervals, then in plain
-    words which variants leave CLO's gap to SFT and which close it; empty when the grid has no ablation."""
+    """Each ablation (a slice's variant, `clo+<name>`, and SFT on target rows, `sft_tgt`) against CLO and SFT of the
+    same cell on held-out forms (the report's language metric), with seed-aware intervals, then in plain words
+    which variants leave CLO's gap to SFT and which close it; empty when the grid has no ablation. A variant is
+    compared with the SFT of its own variant where the grid has one (`clo+full` with `sft+full`), else plain SFT."""
     metric = language_metric(frame)
     variants = sorted(m for m in set(frame["method"]) if "+" in str(m) or m == "sft_tgt")
     if not variants:
         return []
     cells = {m: cells_of(frame, metric, m) for m in ["sft", "clo", *variants]}
     lines = [f"| method | size | {metric} [95 %] | against SFT | against CLO |", "|---|---|---|---|---|"]
+
+    def sft_of(method: str) -> str:  # clo+full against sft+full, the others against plain SFT
+        own = "sft+" + method.split("+", 1)[1] if method.startswith("clo+") else ""
+        return own if own in cells else "sft"
+
     closes, worse, rises = [], [], []
     for method in ["sft", "clo", *variants]:
         for key, value in sorted(cells[method].items(), key=lambda kv: (kv[0][2] or 0)):
             share = share_interval(*value)
-            sft = share_interval(*cells["sft"][key]) if key in cells["sft"] and method != "sft" else None
+            reference = sft_of(method)
+            sft = share_interval(*cells[reference][key]) if key in cells[reference] and method != reference else None
             clo = share_interval(*cells["clo"][key]) if key in cells["clo"] and method != "clo" else None
             against_sft, against_clo = (_compare(share, other) for other in (sft, clo))
             lines.append(f"| {method} | {key[2]} | {share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}] | "
-                         f"{against_sft} | {against_clo} |")
+                         f"{against_sft}{f' ({reference})' if reference != 'sft' and sft else ''} | {against_clo} |")
             if method.startswith("clo+"):
                 (worse if against_sft == "below" else closes).append(f"{method} at {key[2]}")
                 if against_clo == "above":
