@@ -176,3 +176,14 @@ def test_the_readme_is_short_and_its_pages_links_resolve():
               for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8"))
               if not target.startswith(("http://", "https://")) and not (page.parent / target).exists()]
     assert not broken, broken
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name with a leading underscore is its module's own: one another module needs is public (docs/layout.md)."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clo_lib"):
+                found += [f"{path.relative_to(REPO)}:{node.lineno} imports {node.module}.{alias.name}"
+                          for alias in node.names if alias.name.startswith("_") and node.module != name]
+    assert not found, found

@@ -31,7 +31,7 @@ RENAMED_KEYS = {
     "train.directions": "train.dpo_sides (a list of prompt sides: [en, tgt], [en] or [tgt])",
 }
 ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
-_ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class ConfigError(InputError):

@@ -14,7 +14,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any, Literal
 
 from clo_lib.common.languages import LANGUAGES, SOURCE_LANGUAGE
-from clo_lib.config.schema import _ENV_VAR_NAME, RENAMED_KEYS, ConfigError, RunConfig
+from clo_lib.config.schema import ENV_VAR_NAME, RENAMED_KEYS, ConfigError, RunConfig
 from clo_lib.method.pairs import PREFERENCE_METHODS, SIDES
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def check_consistency(config: RunConfig, origin: dict) -> None:
                       ("eval.judge_api_key_env", config.eval.judge_api_key_env)):
         # Keys come from the environment only: a value that is not a variable name may be a pasted secret,
         # so it is neither echoed back nor accepted.
-        if not _ENV_VAR_NAME.match(name):
+        if not ENV_VAR_NAME.match(name):
             raise ConfigError(
                 f"{_source_of(origin, key) or 'config'}: {key} must name an environment variable "
                 "(like OPENAI_API_KEY), not hold a key; put the key in the environment instead.", key=key)
