@@ -23,8 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from interleave import paired_ratios, run_rounds, spread  # noqa: E402
 
+from clo_lib.grid.run import cores  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+CORES = cores()
 VARIANTS = {"one after the other": (1, CORES), "side by side, capped": (2, max(1, CORES // 2)),
             "side by side, uncapped": (2, CORES)}
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from clo_lib.grid.expand import load_grid
-from clo_lib.grid.run import run_grid
+from clo_lib.grid.run import cores, run_grid
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -27,8 +27,7 @@ GRID = "params/grids/toy.yaml"
 def add_arguments(parser) -> None:
     """`clo demo [GRID.yaml]`: run a grid (default: the toy grid) and say what to read first."""
     parser.add_argument("grid", nargs="?", default=GRID)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    parser.add_argument("--workers", type=int, default=max(1, min(cores, 8)),
+    parser.add_argument("--workers", type=int, default=max(1, min(cores(), 8)),
                         help="stages at a time, one torch thread each (default: the cores, at most 8)")
 
 

@@ -10,7 +10,6 @@ tests/test_grid.py checks that both engines write the same metrics.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 from clo_lib import views
@@ -28,9 +27,9 @@ from clo_lib.stages.translate import run_translate
 
 
 def start_worker(threads: int) -> None:
-    """Each worker's torch uses `threads` threads: workers × threads stays within the machine's cores (two torch
-    processes of two threads each on two cores ran a training 5 times slower than one thread each; bench/README)."""
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    """Each worker's torch uses `threads` threads (the runner set OMP_NUM_THREADS before the workers started):
+    workers × threads stays within the machine's cores (two torch processes of two threads each on two cores ran a
+    training 5 times slower than one thread each; docs/benchmarks.md)."""
     import torch
 
     torch.set_num_threads(threads)

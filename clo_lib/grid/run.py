@@ -327,13 +327,17 @@ def _run_one_by_one(todo: list[Stage], outcome: dict, blocked_by, progress: Prog
         progress.finished(stage, state if seconds is not None else f"skipped: {state}", seconds)
 
 
+def cores() -> int:
+    """The cores this process may use (its affinity, where the system tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _run_in_workers(todo: list[Stage], outcome: dict, selected: set[str], blocked_by, progress: Progress,
                     workers: int, engine: str, threads: int | None = None) -> None:
     """Up to `workers` stages at a time, each as soon as what it waits for is done, in worker processes that stay
     up from stage to stage. Each worker's torch gets cores // workers threads: more threads than cores made two
     concurrent trainings five times slower each (docs/benchmarks.md, bench/grid_workers.py)."""
-    threads = threads or max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                 else os.cpu_count() or 1) // workers)
+    threads = threads or max(1, cores() // workers)
     before = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)  # kernels and commands the workers start inherit it
     try:

@@ -348,14 +348,15 @@ INTERVALS = ("Mean over seeds, [95 % interval] for shares, ± standard deviation
 
 def tuned_section(grid_dir: Path, tuned: pd.DataFrame) -> list[str]:
     """The runs a grid's search picked on validation (clo_lib.grid.search): what each picked, then their table."""
+    picks = {name: json.loads((grid_dir / name / "pick.json").read_text(encoding="utf-8"))
+             for name in sorted(set(tuned.loc[tuned["view"] == "tuned", "name"]))}  # the reported runs' only
     rows = []
-    for path in sorted(grid_dir.glob("*/pick.json")):
-        pick = json.loads(path.read_text(encoding="utf-8"))
+    for name, pick in picks.items():
         settings = ", ".join(f"{k.split('.')[-1]} {v:g}" if isinstance(v, float) else f"{k.split('.')[-1]} {v}"
                              for k, v in pick["settings"].items())
         scores = " / ".join(f"{t['score']:.2f}" for t in pick["trials"])
-        rows.append(f"| {path.parent.name} | {settings} | {pick['score']:.2f} | {scores} |")
-    metric = json.loads(next(grid_dir.glob("*/pick.json")).read_text(encoding="utf-8"))["metric"]
+        rows.append(f"| {name} | {settings} | {pick['score']:.2f} | {scores} |")
+    metric = next(iter(picks.values()))["metric"]
     return ["## Summary: each method at its own best on validation", "",
             "Every method's trials (the grid file's `search`, the same number for every method) were evaluated on the "
             f"validation prompts only, ranked by {' + '.join(metric)}, and only the pick of each run was evaluated "

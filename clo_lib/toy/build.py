@@ -91,29 +91,31 @@ def pretrain_base_model(out_dir: str | Path, seed: int = 0, epochs: int = 30, hi
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(PRETRAIN_THREADS)
-    model.train()
-    start, losses = time.perf_counter(), []
-    for epoch in range(epochs):
-        order = torch.randperm(len(encoded), generator=generator).tolist()
-        for begin in range(0, len(order), batch_size):
-            batch = [encoded[i] for i in order[begin: begin + batch_size]]
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-            labels = torch.full((len(batch), width), -100)
-            for row, seq in enumerate(batch):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                labels[row, : len(seq)] = torch.tensor(seq)
-            loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        took = time.perf_counter() - start  # every epoch: under load one epoch can take a minute
-        log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
-            f"({took:.0f} s, ~{took / (epoch + 1) * (epochs - epoch - 1):.0f} s left)")
-    torch.set_num_threads(threads)
+    try:
+        model.train()
+        start, losses = time.perf_counter(), []
+        for epoch in range(epochs):
+            order = torch.randperm(len(encoded), generator=generator).tolist()
+            for begin in range(0, len(order), batch_size):
+                batch = [encoded[i] for i in order[begin: begin + batch_size]]
+                width = max(map(len, batch))
+                ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+                labels = torch.full((len(batch), width), -100)
+                for row, seq in enumerate(batch):
+                    ids[row, : len(seq)] = torch.tensor(seq)
+                    labels[row, : len(seq)] = torch.tensor(seq)
+                loss = model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            took = time.perf_counter() - start  # every epoch: under load one epoch can take a minute
+            log(f"pretraining epoch {epoch + 1}/{epochs}: loss {sum(losses[-20:]) / len(losses[-20:]):.3f} "
+                f"({took:.0f} s, ~{took / (epoch + 1) * (epochs - epoch - 1):.0f} s left)")
+    finally:  # the caller's thread count back, whatever happened
+        torch.set_num_threads(threads)
     model.save_pretrained(out_dir)
     return {"documents": len(documents), "steps": steps, "threads": PRETRAIN_THREADS,
             "final_loss": sum(losses[-20:]) / len(losses[-20:]), "seconds": round(time.perf_counter() - start, 1),
