@@ -1,8 +1,10 @@
 """Two runners of one grid never run a stage at once: a lock per stage, taken over when its holder is gone."""
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -37,6 +39,26 @@ def test_a_live_holder_keeps_the_lock_and_a_dead_ones_lock_is_taken_over(tmp_pat
     assert lock.acquire(path) is None and json.loads(path.read_text())["pid"] != holder.pid
     lock.release(path)
     assert not path.exists()
+
+
+RACE = ("import sys, time\nfrom clo_lib.common import lock\n"
+        "start = float(sys.argv[2])\n"
+        "while time.time() < start: pass\n"  # all contenders call acquire at the same instant
+        "print('won' if lock.acquire(sys.argv[1]) is None else 'lost', flush=True)\ntime.sleep(1)\n")
+
+
+def test_contenders_arriving_together_and_over_a_dead_holder_leave_exactly_one_winner(tmp_path):
+    """A lock file is never seen half-written (read as 'nobody holds it') and a dead holder's lock is taken over by
+    one contender only: the CI run where two runners reached one stage in the same millisecond both ran it."""
+    for round_ in range(6):
+        path = tmp_path / f"stage-{round_}.lock"
+        if round_ % 2:  # a dead holder's lock to take over
+            path.write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname(), "since": "?"}))
+        start = time.time() + 1.5
+        contenders = [subprocess.Popen([sys.executable, "-c", RACE, str(path), str(start)], cwd=REPO,
+                                       stdout=subprocess.PIPE, text=True) for _ in range(6)]
+        said = [c.communicate(timeout=60)[0].strip() for c in contenders]
+        assert said.count("won") == 1, (round_, said)
 
 
 def prepare_grid(tmp_path, steps=("a", "b"), seconds=2.0) -> Path:
