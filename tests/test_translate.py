@@ -399,3 +399,40 @@ def test_cli_writes_the_corpus(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["records"] == 5
     assert random.choice(list(read_jsonl(tmp_path / "data" / "yo" / "parallel.jsonl")))["lang"] == "yo"
+
+
+def test_validation_records_are_held_back_from_every_training_pool_and_stay_the_same(tmp_path, monkeypatch):
+    """data.validation_size: the held-back prompts (validation.jsonl) come from the far end of the seeded order,
+    so neither this corpus nor a larger one made later holds one of them, and flagged ones are skipped."""
+    from clo_lib.method.pairs import nested_subset
+
+    def translate(name, size):
+        cfg = load_config({"preset": "toy", "language": "ko", "output_dir": str(tmp_path / name),
+                           "data": {"size": size, "validation_size": 24}, "translation": {"batch_size": 4}})
+        report = run_translate(cfg, progress=False)
+        rows = list(read_jsonl(tmp_path / name / "data" / "ko" / "validation.jsonl"))
+        training = {r["id"] for r in read_jsonl(tmp_path / name / "data" / "ko" / "parallel.jsonl")}
+        assert len(rows) == 24 == report["validation"]["records"] and not training & {r["id"] for r in rows}
+        assert all(set(r) == {"id", "prompt_en", "prompt_tgt", "reference_en", "reference_tgt"} and
+                   all(r.values()) for r in rows)
+        return [r["id"] for r in rows]
+
+    from clo_lib.stages.sources import load_english
+
+    pool = load_english(load_config({"preset": "toy", "language": "ko"}).data).records
+    far_end = [r["id"] for r in reversed(nested_subset(pool, len(pool), 0))][:24]  # written out by hand
+    assert translate("small", 40) == translate("large", len(pool) - 24) == far_end
+    monkeypatch.setattr(toy_translator.ToyTranslator, "translate_batch", _dropping(4))
+    flagged = translate("flagged", 40)  # the flagged ones (empty translations) are skipped, more are translated
+    assert flagged != far_end and set(flagged) - set(far_end)
+
+
+def test_a_validation_set_that_does_not_fit_beside_the_pool_is_refused_before_translating(tmp_path):
+    from clo_lib.artifacts.corpus import ShortCorpusError
+
+    pool = len(world.world().pool())
+    cfg = load_config({"preset": "toy", "language": "ko", "output_dir": str(tmp_path),
+                       "data": {"size": pool - 10, "validation_size": 11}})
+    with pytest.raises(ShortCorpusError, match=rf"\+ data.validation_size = {pool - 10} \+ 11"):
+        run_translate(cfg, progress=False)
+    assert not (tmp_path / "data" / "ko").exists()

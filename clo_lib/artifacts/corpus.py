@@ -101,6 +101,9 @@ class ShortCorpusError(InputError):
     """A corpus with fewer usable records than a run asks for; the message says how many there are."""
 
 
+VALIDATION_FILE = "validation.jsonl"  # a corpus's held-back prompts (data.validation_size), beside parallel.jsonl
+
+
 def corpus_dir(cfg: RunConfig) -> Path:
     """Where a language's parallel corpus lives: `data.corpus_dir`, or `<output_dir>/data/<lang>/`."""
     return Path(cfg.data.corpus_dir) if cfg.data.corpus_dir else Path(cfg.output_dir) / "data" / cfg.language

@@ -36,9 +36,10 @@ IGNORED = {
     # it, see clo_lib.grid.run); which records a run takes from it (size, flags) is the run's business
     "translate": _NEVER | {"data.size", "data.pool_size", "data.keep_flagged"},
     # nested subsets: a larger pool leaves a run's records unchanged (its data fingerprint says if they changed);
-    # init_from is a path, the run it names counts through its own fingerprint
-    "train": _NEVER | {"data.pool_size", "train.logging_steps", "train.report_to", "train.save_steps", "train.save",
-                       "train.init_from"},
+    # init_from is a path, the run it names counts through its own fingerprint; held-back validation records lie
+    # outside every training subset
+    "train": _NEVER | {"data.pool_size", "data.validation_size", "train.logging_steps", "train.report_to",
+                       "train.save_steps", "train.save", "train.init_from"},
     "evaluate": _NEVER,
     "transfer": _NEVER,
 }
@@ -59,7 +60,8 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
 
 # Keys added after outputs were made under fingerprints without them: left out while they hold the value that
 # reproduces the behaviour from before they existed, so adding a key never makes finished work stale.
-NEUTRAL = {"translation.mode": "separate", "translation.gguf_file": None}
+NEUTRAL = {"translation.mode": "separate", "translation.gguf_file": None, "data.validation_size": 0,
+           "eval.mtbench_questions": "all"}
 JOINT_ONLY = ("translation.catalyst", "translation.catalyst_texts", "translation.indicator")  # unused when separate
 
 

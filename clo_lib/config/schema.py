@@ -103,6 +103,10 @@ class DataConfig:
         "until there are that many. None means `size`. Subsets are nested.", min=1
     )
     subset_seed: int = setting(0, "Seed of the permutation that nested subsets are cut from.")
+    validation_size: int = setting(
+        0, "Usable records the translation stage holds back as validation prompts (validation.jsonl beside "
+        "parallel.jsonl: prompts, and responses as references), from the far end of the seeded order, so no "
+        "training subset ever holds one; a grid's search ranks its trials on them. 0: none.", min=0)
     keep_flagged: bool = setting(False, "Keep records whose translation was flagged (empty, wrong language, loop).")
     corpus_dir: str | None = setting(
         None, "Folder of the translated corpus; None: <output_dir>/data/<language> (a grid sets one per seed when "
@@ -253,6 +257,9 @@ class EvalConfig:
     )
     mtbench_max_new_tokens: int = setting(
         64, "Longest answer to an MT-bench question, in tokens: enough to tell its language (assumed).", min=1)
+    mtbench_questions: Literal["all", "test", "validation"] = setting(
+        "all", "Which MT-bench questions to ask: all 80; or, in a grid that tunes on validation, the last two of each "
+        "category (16, 6 with references) as validation and the other 64 as test (assumed split).")
     judge: Literal["auto", "llm", "reference", "none"] = setting(
         "auto", "Who compares answers with the SFT run's: an LLM (llm), the prompt file's reference answers "
         "(reference: the prompt's language first, then the right answer), or nobody; auto: llm when judge_base_url "

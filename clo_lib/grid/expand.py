@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clo_lib.artifacts.corpus import VALIDATION_FILE, corpus_dir
 from clo_lib.artifacts.provenance import config_fingerprint
 from clo_lib.config.load import load_config, nest_dotted
 from clo_lib.config.schema import ConfigError, RunConfig
@@ -197,6 +198,18 @@ def add_run_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
     return f"evaluate/{rid}"
 
 
+def validation_prompts(grid: Expansion, rid: str, cfg: RunConfig) -> str:
+    """The file run `rid`'s trials are ranked on: the search's `prompts`, or its corpus's held-back validation.jsonl
+    (made by the translation stage when data.validation_size > 0)."""
+    run = grid.runs[rid]
+    if grid.spec.search.prompts:
+        return with_seed(grid.spec.search.prompts, run["seed"], run["lang"])
+    if not cfg.data.validation_size:
+        raise GridError(f"{grid.path}: search.prompts is not set and run {rid} holds back no validation records "
+                        "(data.validation_size = 0); set one of them")
+    return str(corpus_dir(cfg) / VALIDATION_FILE)
+
+
 def add_search_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
     """The grid's search for run `rid` (clo_lib.grid.search): a train stage per trial (the trial whose settings are
     the run's own is the run itself), a validate stage per trial, a select stage, and the tuned run's evaluation on
@@ -224,8 +237,15 @@ def add_search_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
                 deps=deps, config=trial, facts={**facts, "trial": number},
                 parameters=dict(shared.parameters, run_dir=str(trial_dir)))
         validation = copy.deepcopy(trial)
-        validation.eval.prompts = with_seed(search.prompts, run["seed"], run["lang"])
-        validation.eval.seen_prompts, validation.eval.mtbench, validation.eval.mc_tasks = 0, False, {}
+        validation.eval.prompts = validation_prompts(grid, rid, cfg)
+        validation.eval.seen_prompts, validation.eval.mc_tasks = 0, {}
+        # MT-bench counts on validation only where the grid holds part of it out of test; else not at all
+        validation.eval.mtbench = trial.eval.mtbench and trial.eval.mtbench_questions == "test"
+        validation.eval.mtbench_questions = "validation" if validation.eval.mtbench else "all"
+        if not validation.eval.mtbench and any("mtbench" in term for term in search.metric):
+            raise GridError(f"{grid.path}: search.metric names an MT-bench metric, but run {rid} does not hold "
+                            "MT-bench validation questions out of test; set eval.mtbench: true and "
+                            "eval.mtbench_questions: test in the grid's overrides")
         workdir = trial_dir / VALIDATION
         grid.stages[f"validate/{trial_dir.name}"] = Stage(
             id=f"validate/{trial_dir.name}", kind="validate", workdir=workdir, done_file=workdir / "metrics.json",
@@ -239,8 +259,8 @@ def add_search_stages(grid: Expansion, rid: str, cfg: RunConfig) -> str:
     keys = list(search.methods.get(run["method"], search.space))
     grid.stages[f"select/{rid}"] = Stage(
         id=f"select/{rid}", kind="select", workdir=best, done_file=best / "pick.json", deps=validations, facts=facts,
-        command=["python", "-m", "clo_lib", "select", "--metric", *search.metric, "--keys", *keys, "--out",
-                 str(best), *map(str, trial_dirs)],
+        command=["python", "-m", "clo_lib", "select", *[f"--metric={term}" for term in search.metric],  # = keeps a
+                 "--keys", *keys, "--out", str(best), *map(str, trial_dirs)],  # -NAME term from reading as an option
         parameters={"metric": list(search.metric), "trials": [str(d) for d in trial_dirs], "keys": keys})
     params = dict(grid.stages[f"evaluate/{rid}"].parameters, run_dir=str(best), reference_run="")
     deps = [f"select/{rid}"]

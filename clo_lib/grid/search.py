@@ -56,13 +56,24 @@ def score_trial(trial_dir: Path, metric: list[str], keys: list[str]) -> dict[str
     if not found.is_file():
         raise MissingInputError(f"{found} does not exist; evaluate trial {trial_dir} on the validation prompts first")
     values = json.loads(found.read_text(encoding="utf-8"))["metrics"]
-    missing = [name for name in metric if values.get(name) is None]
+    missing = [term for term in metric if values.get(metric_name(term)) is None]
     if missing:
-        raise InputError(f"{found}: metric {missing[0]!r} is missing or empty; search.metric must name metrics the "
-                         f"validation evaluation writes, such as {', '.join(sorted(values)[:6])}")
+        raise InputError(f"{found}: metric {metric_name(missing[0])!r} is missing or empty; search.metric must name "
+                         f"metrics the validation evaluation writes, such as {', '.join(sorted(values)[:6])}")
     config = read_yaml(Path(trial_dir) / "config.yaml")
     return {"trial": Path(trial_dir).name, "settings": {key: _setting(config, key) for key in keys},
-            "metrics": {name: values[name] for name in metric}, "score": sum(values[name] for name in metric)}
+            "metrics": {metric_name(term): values[metric_name(term)] for term in metric},
+            "score": sum(sign(term) * values[metric_name(term)] for term in metric)}
+
+
+def metric_name(term: str) -> str:
+    """A search.metric term's metrics.json name: `-ref_nll_tgt` is ref_nll_tgt, counted with a minus sign."""
+    return term[1:] if term.startswith("-") else term
+
+
+def sign(term: str) -> int:
+    """+1 for a metric where higher is better, -1 for a term written `-name` (lower is better, e.g. an NLL)."""
+    return -1 if term.startswith("-") else 1
 
 
 def pick(trial_dirs: list[str | Path], metric: list[str], keys: list[str], out: str | Path) -> dict[str, Any]:
@@ -105,7 +116,9 @@ def add_arguments(parser) -> None:
     """`clo select --metric M [M ...] --keys K [K ...] --out RUN-best TRIAL_DIR ...`: keep the trial with the best
     sum of validation metrics (a grid's search does this for every run)."""
     parser.add_argument("trials", nargs="+", help="trial folders, each with validation/metrics.json")
-    parser.add_argument("--metric", nargs="+", required=True, help="validation metrics summed to rank trials")
+    parser.add_argument("--metric", nargs="+", action="extend", required=True,
+                        help="validation metrics summed to rank trials; --metric=-NAME subtracts NAME (lower is "
+                        "better: the = keeps the minus from reading as an option)")
     parser.add_argument("--keys", nargs="+", required=True, help="the dotted settings the trials vary")
     parser.add_argument("--out", required=True, help="the tuned run's folder")
 

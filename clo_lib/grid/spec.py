@@ -54,10 +54,12 @@ class SearchSpec:
 
     space: dict[str, Any] = required_setting("Dotted config keys, each with the values to try (a list); the trials "
                                              "are their product, the same for every method.")
-    metric: list[str] = required_setting("Validation metrics (metrics.json names) summed to rank trials; the first "
-                                         "trial in the space's order wins a tie.", items="metric names")
-    prompts: str = required_setting("The validation prompt file ({lang} and {seed} filled in), disjoint from the "
-                                    "test prompts (eval.prompts).")
+    metric: list[str] = required_setting("Validation metrics (metrics.json names) summed to rank trials; `-name` "
+                                         "subtracts one where lower is better (an NLL); the first trial in the "
+                                         "space's order wins a tie.", items="metric names")
+    prompts: str | None = setting(None, "The validation prompt file ({lang} and {seed} filled in), disjoint from "
+                                  "the test prompts (eval.prompts); None: the held-back validation.jsonl of each "
+                                  "run's translated corpus (data.validation_size).")
     methods: dict[str, dict[str, Any]] = setting({}, "A method's own space instead (e.g. train.beta for a preference "
                                                      "method); it must give as many trials as `space`.")
 

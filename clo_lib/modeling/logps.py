@@ -19,8 +19,9 @@ from typing import Sequence
 
 import torch
 
+from clo_lib.config.schema import RunConfig
 from clo_lib.method.loss import sequence_logps
-from clo_lib.modeling.batches import collate_preferences
+from clo_lib.modeling.batches import collate_preferences, collate_sft, encode
 
 # The LM head's logits are kept for the backward pass up to this size; beyond it they are computed in chunks and
 # recomputed in the backward pass (a 128k vocabulary makes 0.5 MB of float32 logits per token).
@@ -226,3 +227,20 @@ def add_reference_logps(model, groups: list[list[dict]], pad_id: int, batch_size
     rows = [row for group in groups for row in group]
     for row, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
         row["ref_chosen_logps"], row["ref_rejected_logps"] = c, r
+
+
+def reference_nll(model, tokenizer, cfg: RunConfig, pairs: Sequence[dict], batch_size: int = 8) -> tuple[float, int]:
+    """Token-weighted NLL of each pair's response ({prompt, response}) given its prompt, tokenized as training does
+    (encode: the run's prompt format, the response's tokens plus EOS): MT-bench's reference answers, and a
+    held-back validation set's responses (clo_lib.stages.evaluate). Returns (NLL, response tokens counted)."""
+    items = [encode(tokenizer, cfg, pair["prompt"], pair["response"]) for pair in pairs]
+    items.sort(key=lambda item: len(item["input_ids"]))  # less padding
+    total_logp, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for begin in range(0, len(items), batch_size):
+            batch = collate_sft(items[begin: begin + batch_size], tokenizer.pad_token_id)
+            batch = {key: value.to(model.device) for key, value in batch.items()}
+            logps, counts = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            total_logp += float(logps.double().sum())
+            total_tokens += int(counts.sum())
+    return -total_logp / total_tokens, total_tokens

@@ -24,6 +24,9 @@ Metric names (one row each in the long-format table the analysis reads):
     mtbench_ref_nll, fidelity_en@mtbench   English retention on MT-bench (eval.mtbench; clo_lib.stages.mtbench): the
                                      per-token NLL of GPT-4's reference answers, and the share of answers to the 80
                                      first-turn questions in English
+    ref_nll_en, ref_nll_tgt          per-token NLL of free-text reference responses, when every prompt row carries
+                                     reference_en and reference_tgt (a corpus's held-back validation.jsonl,
+                                     data.validation_size): a validation loss on each side for a grid's search
     <metric>@<group>                 fidelity and accuracy per prompt group, when the prompt file names groups (the
                                      toy world: new_phrasing, new_fact), and `@seen` on the run's own first
                                      eval.seen_prompts training records, a sanity check of its training
@@ -49,6 +52,7 @@ from clo_lib.common.stats import win_rate
 from clo_lib.config.load import load_config
 from clo_lib.config.schema import RunConfig
 from clo_lib.method.pairs import SIDES
+from clo_lib.modeling.logps import reference_nll
 from clo_lib.modeling.models import check_model_source
 from clo_lib.mt.backends import make_translator
 from clo_lib.mt.cache import translation_cache
@@ -118,6 +122,20 @@ def translated_alpaca_eval(cfg: RunConfig) -> list[dict]:
         print(f"AlpacaEval: {len(parallel) - len(kept)} of {len(parallel)} translated prompts were flagged and are "
               "left out")
     return [{"id": r["id"], "prompt_en": r["prompt_en"], "prompt_tgt": r["prompt_tgt"]} for r in kept]
+
+
+def references_nll(model, tokenizer, cfg: RunConfig, prompts: Sequence[dict]) -> dict[str, float]:
+    """ref_nll_en / ref_nll_tgt: the per-token NLL of the prompt rows' free-text reference responses (reference_en,
+    reference_tgt: a translated corpus's held-back validation records, clo_lib.stages.translate) given their
+    prompt, when every row carries both; nothing otherwise. A validation loss on each side, for a grid's search."""
+    if not prompts or not all(row.get("reference_en") and row.get("reference_tgt") for row in prompts):
+        return {}
+    metrics = {}
+    for side in ("en", "tgt"):
+        pairs = [{"prompt": row[f"prompt_{side}"], "response": row[f"reference_{side}"]} for row in prompts]
+        metrics[f"ref_nll_{side}"], metrics[f"ref_tokens_{side}"] = reference_nll(model, tokenizer, cfg, pairs,
+                                                                                  cfg.eval.batch_size)
+    return metrics
 
 
 def reference_answers(reference_run: str | Path, cfg: RunConfig) -> list[dict]:
@@ -230,6 +248,7 @@ def run_evaluate(cfg: RunConfig, out_dir: str | Path, model_path: str | Path | N
     if ecfg.mc_tasks:
         metrics.update(mc_accuracy(model, tokenizer, ecfg.mc_tasks, cfg.language, ecfg.mc_task_dir, ecfg.batch_size,
                                    ecfg.mc_limit))
+    metrics.update(references_nll(model, tokenizer, cfg, prompts))
     if ecfg.mtbench:
         metrics.update(mtbench_metrics(model, tokenizer, cfg, out_dir, progress))
     del model

@@ -13,6 +13,9 @@ are template-like, so this adds real, open-ended English. Two metrics (eval.mtbe
     mtbench_ref_tokens    how many answer tokens the NLL averages over (so a truncated run is visible).
     prompts@mtbench       how many questions fidelity_en@mtbench is over (80), for its interval.
 
+In a grid that tunes on validation (eval.mtbench_questions), the last two questions of each category (16; 6 with a
+reference answer) are validation and the other 64 (24 with references) test, so no pick is made on a test question.
+
 Only first turns are used: the second turn needs the model's own first answer in the context, which makes the
 comparison depend on that answer. Answers are cached in mtbench_generations.jsonl of the run folder.
 """
@@ -24,9 +27,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clo_lib.config.schema import ConfigError, RunConfig
-from clo_lib.modeling.batches import collate_sft, encode
 from clo_lib.modeling.fetch import PACKAGES, package_dir
-from clo_lib.modeling.logps import response_logps
+from clo_lib.modeling.logps import reference_nll
 from clo_lib.stages.generate import generate_answers
 from clo_lib.stages.scores import fidelity
 
@@ -49,41 +51,47 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def questions() -> list[dict]:
-    """The 80 first-turn questions as prompt rows: {id, category, prompt_en}."""
+VALIDATION_PER_CATEGORY = 2  # held out of test when a grid tunes on validation (eval.mtbench_questions; assumed)
+
+
+def split_of(asked: Sequence[dict]) -> dict[int, str]:
+    """{question_id: "validation" | "test"}: the last VALIDATION_PER_CATEGORY questions of each category (by id)
+    are validation, the rest test; 2 of 10 per category keeps every category in both."""
+    by_category: dict[str, list[int]] = {}
+    for q in asked:
+        by_category.setdefault(q["category"], []).append(q["question_id"])
+    held = {i for ids in by_category.values() for i in sorted(ids)[-VALIDATION_PER_CATEGORY:]}
+    return {q["question_id"]: "validation" if q["question_id"] in held else "test" for q in asked}
+
+
+def _asked(which: str) -> list[dict]:
+    asked = _jsonl(mtbench_dir() / QUESTIONS)
+    split = split_of(asked)
+    return [q for q in asked if which == "all" or split[q["question_id"]] == which]
+
+
+def questions(which: str = "all") -> list[dict]:
+    """The first-turn questions (all 80, or the test or validation part) as prompt rows: {id, category,
+    prompt_en}."""
     return [{"id": f"mtbench-{q['question_id']}", "category": q["category"], "prompt_en": q["turns"][0]}
-            for q in _jsonl(mtbench_dir() / QUESTIONS)]
+            for q in _asked(which)]
 
 
-def reference_pairs() -> list[dict]:
-    """GPT-4's first-turn reference answers with their questions: {id, prompt, response}."""
-    folder = mtbench_dir()
-    asked = {q["question_id"]: q["turns"][0] for q in _jsonl(folder / QUESTIONS)}
+def reference_pairs(which: str = "all") -> list[dict]:
+    """GPT-4's first-turn reference answers with their questions (of all, or of the test or validation part):
+    {id, prompt, response}."""
+    asked = {q["question_id"]: q["turns"][0] for q in _asked(which)}
     return [{"id": f"mtbench-{r['question_id']}", "prompt": asked[r["question_id"]],
-             "response": r["choices"][0]["turns"][0]} for r in _jsonl(folder / REFERENCES)]
-
-
-def reference_nll(model, tokenizer, cfg: RunConfig, pairs: Sequence[dict], batch_size: int = 8) -> dict[str, float]:
-    """Token-weighted NLL of each pair's response given its prompt, tokenized as training does."""
-    import torch
-
-    items = [encode(tokenizer, cfg, pair["prompt"], pair["response"]) for pair in pairs]
-    items.sort(key=lambda item: len(item["input_ids"]))  # less padding
-    total_logp, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for begin in range(0, len(items), batch_size):
-            batch = collate_sft(items[begin: begin + batch_size], tokenizer.pad_token_id)
-            batch = {key: value.to(model.device) for key, value in batch.items()}
-            logps, counts = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-            total_logp += float(logps.double().sum())
-            total_tokens += int(counts.sum())
-    return {"mtbench_ref_nll": -total_logp / total_tokens, "mtbench_ref_tokens": total_tokens}
+             "response": r["choices"][0]["turns"][0]} for r in _jsonl(mtbench_dir() / REFERENCES)
+            if r["question_id"] in asked]
 
 
 def mtbench_metrics(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """mtbench_ref_nll, mtbench_ref_tokens and fidelity_en@mtbench for one model (see the module docstring)."""
-    metrics = reference_nll(model, tokenizer, cfg, reference_pairs(), cfg.eval.batch_size)
-    answers = generate_answers(model, tokenizer, questions(), cfg, Path(run_dir) / "mtbench_generations.jsonl",
+    which = cfg.eval.mtbench_questions
+    nll, tokens = reference_nll(model, tokenizer, cfg, reference_pairs(which), cfg.eval.batch_size)
+    metrics: dict[str, Any] = {"mtbench_ref_nll": nll, "mtbench_ref_tokens": tokens}
+    answers = generate_answers(model, tokenizer, questions(which), cfg, Path(run_dir) / "mtbench_generations.jsonl",
                                progress, sides=("en",), max_new_tokens=cfg.eval.mtbench_max_new_tokens)
     metrics["fidelity_en@mtbench"] = fidelity(answers, cfg.language, cfg.eval.lid_min_confidence,
                                                  cfg.eval.lid_min_letters)["fidelity_en"]

@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from clo_lib.artifacts.corpus import ShortCorpusError, corpus_dir, usable_records
+from clo_lib.artifacts.corpus import VALIDATION_FILE, ShortCorpusError, corpus_dir, usable_records
 from clo_lib.artifacts.provenance import stage_fingerprint
 from clo_lib.common.io import atomic_write_json, atomic_write_text, write_jsonl
 from clo_lib.common.languages import SOURCE_LANGUAGE, get_language
@@ -60,26 +60,23 @@ def run_translate(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
         raise ShortCorpusError(f"data.pool_size (or data.size) = {needed} but {loaded.summary()}; lower it or use "
                                f"a larger source{OASST_HINT if cfg.data.source in ('oasst1', 'oasst2') else ''}")
     # The whole source in one seeded order; the corpus is a prefix of it, so training's first N usable records
-    # (and a larger corpus made later) keep the nesting.
+    # (and a larger corpus made later) keep the nesting. Validation prompts come from the order's far end,
+    # translated first, so no corpus however large reaches them.
     order = nested_subset(loaded.records, len(loaded.records), cfg.data.subset_seed)
     cache = translation_cache(cfg)
     corrupt = cache.corrupt_lines
     translator = make_translator(tcfg, SOURCE_LANGUAGE, tgt)
-    parallel: list[dict] = []
     totals: Counter = Counter()
-    batch = needed
-    while True:
-        part, stats = translate_records(order[len(parallel): len(parallel) + batch], translator, cache, tgt, tcfg,
-                                        progress)
-        parallel += part
-        totals.update({k: v for k, v in stats.items() if k in ("chunks", "translated", "cached", "seconds",
-                                                               "joint_inputs", "joint_split")})
-        usable = len(usable_records(parallel, cfg.data.keep_flagged))
-        if usable >= needed or len(parallel) == len(order):
-            break
-        # Translate as many more as the usable share so far says are missing, with a margin.
-        share = max(usable / len(parallel), 0.05)
-        batch = math.ceil((needed - usable) / share * 1.1) + 1
+    held_back: list[dict] = []
+    if cfg.data.validation_size:
+        if needed + cfg.data.validation_size > len(order):
+            raise ShortCorpusError(f"data.pool_size (or data.size) + data.validation_size = {needed} + "
+                                   f"{cfg.data.validation_size} but {loaded.summary()}; lower one of them")
+        held_back = _translate_usable(order[::-1][: len(order) - needed], cfg.data.validation_size, translator,
+                                      cache, cfg, totals, progress)
+    parallel = _translate_usable(order[: len(order) - len(held_back)], needed, translator, cache, cfg, totals,
+                                 progress)
+    usable = len(usable_records(parallel, cfg.data.keep_flagged))
     flag_counts = Counter(flag for record in parallel for flag in record["flags"])
     report = {
         "language": tgt, "backend": tcfg.backend, "model": tcfg.model, "source": loaded.source,
@@ -99,15 +96,50 @@ def run_translate(cfg: RunConfig, out_dir: str | Path | None = None, progress: b
                            "inputs": totals["joint_inputs"], "inputs_split": totals["joint_split"],
                            "records_split": split_records, "fallback_records": len(parallel) - split_records,
                            "reversibility": round(split_records / len(parallel), 4) if parallel else None}
+    if held_back:
+        kept = usable_records(held_back, cfg.data.keep_flagged)[: cfg.data.validation_size]
+        report["validation"] = {"file": VALIDATION_FILE, "records": len(kept), "translated": len(held_back)}
+        write_jsonl(out_dir / VALIDATION_FILE, [validation_row(record) for record in kept])
     write_parallel(out_dir, parallel)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", report_markdown(report, parallel))
+    if held_back and report["validation"]["records"] < cfg.data.validation_size:
+        raise ShortCorpusError(f"only {report['validation']['records']} of the {cfg.data.validation_size} "
+                               f"validation records (data.validation_size) are usable in {out_dir / VALIDATION_FILE}; "
+                               "lower it or use a larger source")
     if usable < needed:
         raise ShortCorpusError(f"all {len(parallel)} records of {loaded.source} are translated and {usable} are "
                                f"usable ({report['flagged_records']} flagged), fewer than the {needed} needed; the "
                                f"corpus is in {out_dir}: lower data.pool_size, set data.keep_flagged, or use a "
                                "larger source")
     return report
+
+
+def _translate_usable(order: Sequence[dict], needed: int, translator, cache, cfg: RunConfig, totals: Counter,
+                     progress: bool) -> list[dict]:
+    """Translate `order` from its start until `needed` records are usable (or all are translated); the counts
+    go into `totals`."""
+    parallel: list[dict] = []
+    batch = needed
+    while True:
+        part, stats = translate_records(order[len(parallel): len(parallel) + batch], translator, cache, cfg.language,
+                                        cfg.translation, progress)
+        parallel += part
+        totals.update({k: v for k, v in stats.items() if k in ("chunks", "translated", "cached", "seconds",
+                                                               "joint_inputs", "joint_split")})
+        usable = len(usable_records(parallel, cfg.data.keep_flagged))
+        if usable >= needed or len(parallel) == len(order):
+            return parallel
+        # Translate as many more as the usable share so far says are missing, with a margin.
+        share = max(usable / len(parallel), 0.05)
+        batch = math.ceil((needed - usable) / share * 1.1) + 1
+
+
+def validation_row(record: dict) -> dict:
+    """A held-back record as an evaluation prompt row: its prompts, and its responses as references for the
+    per-token NLL (ref_nll_en, ref_nll_tgt; clo_lib.stages.evaluate), not for accuracy (they are free text)."""
+    return {"id": record["id"], "prompt_en": record["prompt_en"], "prompt_tgt": record["prompt_tgt"],
+            "reference_en": record["response_en"], "reference_tgt": record["response_tgt"]}
 
 
 def write_parallel(out_dir: Path, parallel: list[dict]) -> None:
