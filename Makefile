@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 LOCK        ?= requirements.lock
 STAMP       := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv lint clean-venv smollm2 smol notebooks
+.PHONY: demo test test-fast test-gpu-stack venv lint clean-venv smollm2 smol notebooks
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ test: $(STAMP)
 # The inner loop: everything but the end-to-end tests (notebooks, grids, real models, benchmarks).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The fast tier again on the gpu extra's stack (requirements-gpu.lock: transformers, trl and datasets at the
+# versions unsloth allows; CPU torch), in its own venv, so an API drift between the two stacks fails here first.
+test-gpu-stack:
+	$(MAKE) test-fast VENV=.venv-gpu-stack LOCK=requirements-gpu.lock
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clo_lib tests bench

@@ -41,6 +41,19 @@ def test_every_dependency_is_pinned_inside_its_range():
     assert disagreements(project, read_lock()) == []
 
 
+def test_the_gpu_stack_lock_holds_what_the_gpu_extra_resolves_to_inside_the_ranges():
+    """requirements-gpu.lock (make test-gpu-stack): the versions unsloth 2026.10.9 lets `.[gpu]` resolve to, and
+    every other pin of the dev extra inside pyproject's ranges as well."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = read_lock(REPO / "requirements-gpu.lock")
+    assert {name: pins[name] for name in ("transformers", "trl", "datasets")} == {
+        "transformers": "5.17.0", "trl": "1.14.2", "datasets": "4.8.5"}
+    assert pins["torch"] == read_lock()["torch"]  # the CPU build, as in the main lock
+    dev_only = {**project, "optional-dependencies": {**project["optional-dependencies"], "notebooks": []}}
+    assert disagreements(dev_only, pins) == []
+    assert "make test-gpu-stack" in (REPO / ".ci" / "run").read_text()
+
+
 def test_a_pin_outside_its_range_or_a_missing_pin_is_caught(tmp_path):
     """The check itself can fail: a lock whose trl is the excluded 1.15.0 and that lacks pandas."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
