@@ -14,7 +14,7 @@ TORCH_INDEX ?=
 LOCK        ?= requirements.lock
 STAMP       := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-gpu-stack venv lint clean-venv smollm2 smol notebooks
+.PHONY: demo test test-fast test-gpu-stack gpu-wheels gpu-proof venv lint clean-venv smollm2 smol notebooks
 
 venv: $(STAMP)
 
@@ -37,6 +37,15 @@ test-fast: $(STAMP)
 # versions unsloth allows; CPU torch), in its own venv, so an API drift between the two stacks fails here first.
 test-gpu-stack:
 	$(MAKE) test-fast VENV=.venv-gpu-stack LOCK=requirements-gpu.lock
+
+# The GPU path (bench/gpu_proof.py). Here: the wheels the GPU image lacks, into .whl/gpu (carried to the machine).
+# There (CUDA, no network, no venv): install them offline, train and measure, write $(OUT)/gpu_proof.{json,md}.
+OUT ?= outputs/gpu_proof
+gpu-wheels: $(STAMP)
+	$(PY) bench/gpu_wheels.py --dest .whl/gpu
+
+gpu-proof:
+	$(PYTHON) bench/gpu_proof.py --wheels .whl/gpu --out $(OUT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check clo_lib tests bench
