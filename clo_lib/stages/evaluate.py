@@ -41,8 +41,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from clo_lib.artifacts.card import write_model_card
 from clo_lib.artifacts.corpus import hub_errors, numbered_rows, run_records
-from clo_lib.artifacts.provenance import evaluate_fingerprint
+from clo_lib.artifacts.provenance import evaluate_fingerprint, transferred_fingerprint
 from clo_lib.artifacts.runs import run_facts, write_metrics
 from clo_lib.common.cache import JsonlCache, digest
 from clo_lib.common.endpoint import ChatEndpoint
@@ -53,7 +54,7 @@ from clo_lib.config.load import load_config
 from clo_lib.config.schema import RunConfig
 from clo_lib.method.pairs import SIDES
 from clo_lib.modeling.logps import reference_nll
-from clo_lib.modeling.models import check_model_source
+from clo_lib.modeling.models import check_model_source, read_manifest
 from clo_lib.mt.backends import make_translator
 from clo_lib.mt.cache import translation_cache
 from clo_lib.mt.records import translate_records
@@ -278,6 +279,10 @@ def run_evaluate(cfg: RunConfig, out_dir: str | Path, model_path: str | Path | N
                 metrics[f"winrate_vs_sft_{side}_ci_{part}"] = rate[part]
             metrics[f"winrate_vs_sft_{side}_ties"], metrics[f"winrate_vs_sft_{side}_n"] = rate["ties"], rate["n"]
         details["decided_by_language"] = sum(s["how"] == "language" for s in scored)
+    if method != "base" and Path(model_path).parent == out_dir:  # the run's own model (not a trial's validation)
+        manifest = read_manifest(model_path) or {}
+        write_model_card(out_dir, cfg, metrics, method, manifest.get("base_model") or cfg.model.name_or_path,
+                         transferred=transferred_fingerprint(cfg) is not None)
     write_metrics(out_dir, run_facts(cfg, method, model_label, out_dir, variant), metrics, details,
                   evaluate_fingerprint(cfg, model_path.parent if method != "base" else None, reference_run))
     return metrics
