@@ -24,6 +24,7 @@ COMMANDS = {
     "memory": ("clo_lib.modeling.memory", "estimate a run's GPU memory before training"),
     "train": ("clo_lib.stages.train", "train one run (SFT, SFT+DPO, CLO, ablations)"),
     "evaluate": ("clo_lib.stages.evaluate", "evaluate one run: language fidelity, accuracy, win rates"),
+    "chat": ("clo_lib.stages.chat", "talk to a trained run in the terminal, in its own prompt format"),
     "export": ("clo_lib.stages.export", "a trained run as a folder from_pretrained loads alone (for the Hub)"),
     "grid": ("clo_lib.grid.run", "plan, run or show the stages of a grid file"),
     "select": ("clo_lib.grid.search", "keep a run's best search trial on validation (a grid's search does this)"),
