@@ -49,6 +49,6 @@ def test_a_folder_that_is_no_run_or_has_no_model_gets_one_sentence(tmp_path, tin
     assert done.returncode == 2 and "is neither a run folder (no config.yaml) nor a config file" in done.stderr
     done = clo(run_folder(tmp_path, tiny_llama))
     assert done.returncode == 2 and "this run has no trained model yet" in done.stderr
-    done = clo(run_folder(tmp_path / "x", tiny_llama) if (tmp_path / "x").mkdir() is None else None,
-               "--model", tiny_llama)
+    (tmp_path / "other").mkdir()
+    done = clo(run_folder(tmp_path / "other", tiny_llama), "--model", tiny_llama)  # a base model, for a run
     assert done.returncode == 0 and done.stdout.startswith("Type a message (sw or English)")
