@@ -81,3 +81,50 @@ def test_bad_runs_and_a_used_folder_get_one_sentence_and_nothing_is_overwritten(
     done = clo(run, "--to", tmp_path / "used")
     assert done.returncode == 2 and "is not an empty folder" in done.stderr
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_a_gguf_export_loads_back_in_transformers_close_to_the_run(tmp_path, tiny_llama, qtype):
+    """f16: logits within 1e-2 of the run's (measured on the tiny run: 1.6e-4; q8_0: 3.8e-3). q8_0: every 2-D
+    weight within half a quantisation step of the run's (the step is its block's max |w| / 127; the block scale is
+    stored in float16, which adds at most 127·step·2⁻¹¹)."""
+    cfg, run = trained_run(tmp_path, tiny_llama)
+    path = tmp_path / f"run.{qtype}.gguf"
+    done = subprocess.run([sys.executable, "-m", "clo_lib", "export", str(run), "--gguf", str(path), "--gguf-type",
+                           qtype], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ours, tokenizer = load_model_and_tokenizer(cfg, run / "model", backend="hf")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name, dtype=torch.float32)
+    vocab = AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name).get_vocab()
+    assert {token: vocab.get(token) for token in tokenizer.get_vocab()} == tokenizer.get_vocab()  # (it may add one)
+    ids = tokenizer("Ni nini 2 jumlisha 2?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        gap = (ours(ids).logits - back(ids).logits).abs().max().item()
+    if qtype == "f16":
+        assert gap <= 1e-2, gap
+        return
+    theirs = dict(back.named_parameters())
+    for name, weight in ours.named_parameters():
+        if weight.dim() != 2 or name == "lm_head.weight" and name not in theirs:
+            continue
+        blocks = weight.detach().reshape(-1, 32)
+        step = blocks.abs().amax(dim=1, keepdim=True) / 127
+        error = (theirs[name].detach().reshape(-1, 32) - blocks).abs()
+        assert (error <= step * (0.5 + 127 * 2**-11) + 1e-12).all(), name
+
+
+def test_a_gguf_file_that_exists_or_an_architecture_it_cannot_write_gets_one_sentence(tmp_path, tiny_llama):
+    from clo_lib.common.errors import InputError
+    from clo_lib.stages.export import export_gguf
+
+    _, run = trained_run(tmp_path, tiny_llama)
+    (tmp_path / "taken.gguf").write_text("mine")
+    with pytest.raises(InputError, match="exists; give a new file name"):
+        export_gguf(run, tmp_path / "taken.gguf")
+    assert (tmp_path / "taken.gguf").read_text() == "mine"
+    from clo_lib.modeling.gguf_writer import write_gguf
+
+    model, tokenizer = load_model_and_tokenizer(load_config(run / "config.yaml"), run / "model", backend="hf")
+    model.config.model_type = "gemma3"
+    with pytest.raises(InputError, match="model type 'gemma3' is not written to GGUF here"):
+        write_gguf(model, tokenizer, tmp_path / "x.gguf")

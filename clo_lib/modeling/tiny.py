@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from clo_lib.modeling.gguf_writer import write_gguf
+
 # A few lines in each of the paper's languages, so tokenizers see every script the tests use.
 DEFAULT_CORPUS = [
     "What is the capital of France? The capital of France is Paris.",
@@ -241,71 +243,13 @@ def make_tiny_donor(path: str | Path, family: str, corpus: list[str] | None = No
 
 
 def make_tiny_gguf(path: str | Path, seed: int = 0, quantize: bool = False) -> Path:
-    """Write a tiny Llama as a GGUF file (weights, config and tokenizer in one file) with the `gguf` package's
-    writer, next to the same model as an HF folder (`<path>.hf/`) to compare against; return the .gguf path.
-
-    Tensors are written as llama.cpp's converter writes them: GGUF names from gguf's own tensor-name map, and the
-    query and key projections permuted into GGML's rotary layout (transformers undoes that when it loads).
-    `quantize` stores the 2-D weights as Q8_0, as real GGUF checkpoints store quantised weights.
-    """
-    import gguf
-    import numpy as np
+    """Write a tiny Llama as a GGUF file (weights, config and tokenizer in one file; clo_lib.modeling.gguf_writer),
+    next to the same model as an HF folder (`<path>.hf/`) to compare against; return the .gguf path. `quantize`
+    stores the 2-D weights as Q8_0, as real GGUF checkpoints store quantised weights; else float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
     reference = make_tiny_causal_lm(path.with_suffix(".hf"), seed=seed, vocab_size=300)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(reference)
     tokenizer = AutoTokenizer.from_pretrained(reference)
-    config = model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(config.hidden_size // heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None)
-                              else config.rope_theta)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    vocab = tokenizer.get_vocab()
-    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if token in tokenizer.all_special_tokens else gguf.TokenType.NORMAL
-                            for token in tokens])
-    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in merges])
-    writer.add_bos_token_id(tokenizer.bos_token_id)
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_pad_token_id(tokenizer.pad_token_id)
-    writer.add_unk_token_id(tokenizer.unk_token_id)
-    writer.add_chat_template(TINY_CHAT_TEMPLATE)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-
-    def ggml_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:  # llama.cpp's convert_hf_to_gguf permute
-        return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
-            weight.shape)
-
-    for name, tensor in model.state_dict().items():
-        data = tensor.float().numpy()
-        if name.endswith("q_proj.weight"):
-            data = ggml_rotary(data, heads)
-        elif name.endswith("k_proj.weight"):
-            data = ggml_rotary(data, kv_heads)
-        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if quantize and data.ndim == 2:
-            writer.add_tensor(gguf_name, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-        else:
-            writer.add_tensor(gguf_name, data)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(model, tokenizer, path, "q8_0" if quantize else "f32", name="tiny-llama")
