@@ -70,7 +70,7 @@ def collect(grid_dir: str | Path, keep: set[str] | None = None) -> pd.DataFrame:
     columns = ["model", "lang", "size", "method", "seed", "name", "examples_used", "variant", "view", "metric",
                "value"]
     frame = pd.DataFrame(rows, columns=columns)
-    frame["variant"] = frame["variant"].fillna("")
+    frame["variant"] = frame["variant"].astype(object).fillna("")  # an all-empty column reads as float64
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
     for column in ("size", "examples_used"):  # the base model has neither: empty, not 0
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
