@@ -422,12 +422,41 @@ def _run_with_submitit(grid: Grid, todo: list[Stage], outcome: dict, blocked_by,
             jobs.append((stage, job_executor.submit(_run_and_record, stage, False, engine)))
         for stage, job in jobs:
             try:
-                state, seconds = job.result()
-            except Exception as err:  # the job itself died (node failure, timeout)
+                state, seconds = _result_of(job, cluster)
+            except Exception as err:  # the job itself died (node failure, timeout, scancel)
                 atomic_write_json(stage.failed_file, {"stage": stage.id, "error": _error_tail(err)})
                 state, seconds = "failed", None
             outcome[stage.id] = state
             progress.finished(stage, state if not state.startswith("held by") else f"skipped: {state}", seconds)
+
+
+VANISHED_RECHECK_S = 5.0  # a job that has just written its result may leave the queue a moment before the file shows
+
+
+def _result_of(job, cluster: str, poll_s: float = 2.0):
+    """The job's result, or an error once a SLURM job has left the queue without one. submitit asks `sacct` for
+    states; on a cluster without accounting (a one-node test cluster, some small ones) a cancelled job's state stays
+    unknown and submitit would wait on it forever, so the queue itself (`squeue`) is asked too."""
+    while not job.done():
+        if cluster == "slurm" and not _in_queue(job.job_id):
+            time.sleep(VANISHED_RECHECK_S)
+            if not job.done():
+                raise RuntimeError(f"SLURM job {job.job_id} left the queue without a result (cancelled, timed out "
+                                   "or its node failed)")
+        time.sleep(poll_s)
+    return job.result()
+
+
+def _in_queue(job_id: str) -> bool:
+    """Whether SLURM still lists the job (pending, running or completing); True when squeue cannot be asked."""
+    try:
+        done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if done.returncode != 0:
+        return "Invalid job id" not in done.stderr  # squeue forgets finished jobs: that is an answer too
+    return bool(done.stdout.strip())
 
 
 def add_arguments(parser) -> None:
