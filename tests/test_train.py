@@ -576,3 +576,30 @@ def test_dropout_is_off_in_preference_stages_so_the_first_step_starts_at_the_ref
     chosen, rejected = logps.chunk(2)
     assert torch.allclose(chosen, batch["ref_chosen_logps"], atol=1e-5)
     assert torch.allclose(rejected, batch["ref_rejected_logps"], atol=1e-5)
+
+
+def test_fsdp_asked_of_accelerate_on_a_cpu_is_data_parallel_and_the_train_log_says_so(tiny_llama, tmp_path):
+    """`accelerate launch --config_file params/accelerate/fsdp.yaml` on this CPU machine: accelerate runs the
+    training as MULTI_CPU (plain data parallelism over gloo: every process holds the whole model) instead of FSDP,
+    without a word; the kit's train log and stdout now carry that warning. (FSDP itself needs GPUs here: README.)"""
+    import yaml
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({
+        "language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf", "max_length": 64,
+                                    "dtype": "float32"}, "data": {"size": 8},
+        "train": {"method": "clo", "batch_size": 4, "epochs": 1, "logging_steps": 1, "warmup_ratio": 0.0,
+                  "gradient_checkpointing": False}}))
+    data = tmp_path / "parallel.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in parallel_records(8)))
+    config = yaml.safe_load((REPO / "params/accelerate/fsdp.yaml").read_text())
+    config["mixed_precision"] = "no"  # the CPU's float32 tiny model
+    (tmp_path / "fsdp.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(tmp_path / "fsdp.yaml"), "--main_process_port", "29533", "-m", "clo_lib", "train",
+                           str(run), "--parallel", str(data), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = json.loads((tmp_path / "out" / "train_log.json").read_text())["stages"][-1]["warnings"]
+    assert any("asked for FSDP, but accelerate ran this training as MULTI_CPU" in w for w in warnings)
+    assert "asked for FSDP" in done.stdout

@@ -421,7 +421,8 @@ def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
                    for key in entry):
             continue
         counts.setdefault(method, [0, 0])[1] += 1
-        counts[method][0] += any(stage.get("warnings") for stage in stages)
+        counts[method][0] += any(w.startswith("preference accuracy") for stage in stages
+                                 for w in stage.get("warnings", []))
     hit = {method: c for method, c in counts.items() if c[0]}
     if not hit:
         return []

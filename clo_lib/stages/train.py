@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -183,12 +184,24 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
                "train_loss": sum(losses) / len(losses) if resume and losses else result.training_loss,
                "final_loss": losses[-1] if losses else result.training_loss,
                "steps": result.global_step, "log_history": trainer.state.log_history}
-    warnings = preference_saturation(trainer.state.log_history)
+    warnings = preference_saturation(trainer.state.log_history) + sharding_fell_back(trainer)
     for warning in warnings:
         print(f"warning: {warning}")
     if warnings:
         summary["warnings"] = warnings
     return trainer, summary
+
+
+def sharding_fell_back(trainer) -> list[str]:
+    """A warning when `accelerate launch` asked for FSDP or DeepSpeed but the run was not sharded: accelerate
+    turns FSDP into plain data parallelism (MULTI_CPU) on a machine without GPUs, and says nothing."""
+    asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(env, "").lower() == "true"]
+    got = trainer.accelerator.distributed_type.name
+    if not asked or got in asked:
+        return []
+    return [f"the launcher asked for {asked[0]}, but accelerate ran this training as {got} (every process held "
+            "the whole model): on a machine without GPUs accelerate does not shard"]
 
 
 # Preference accuracy that saturates this early is the pattern users of other trainers report for target-chosen /
