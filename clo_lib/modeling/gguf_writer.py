@@ -82,10 +82,9 @@ def write_gguf(model, tokenizer, path: str | Path, qtype: str = "f16", name: str
     _add_tokenizer(writer, tokenizer)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    state = model.state_dict()
-    if getattr(config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)  # llama.cpp reads a missing output tensor as the tied embedding
-    for tensor_name, tensor in state.items():
+    # A tied head is written as its own output tensor too: llama.cpp reads it either way, and transformers' GGUF
+    # reader then needs no tying rule to rebuild the head.
+    for tensor_name, tensor in model.state_dict().items():
         data = tensor.detach().float().cpu().numpy()
         if tensor_name.endswith("q_proj.weight"):
             data = ggml_rotary(data, heads)
