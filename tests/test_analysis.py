@@ -281,9 +281,9 @@ def test_the_ablation_section_says_which_change_closes_the_gap_to_sft(tmp_path):
             write_metrics(grid / name, facts, phrasing(fidelity + jitter, n=144))
     report = write_report(grid)["report"].read_text()
     section = report.split("## Which part of CLO explains the result")[1].split("\n## ")[0]
-    assert "| clo+lam100 | 32 | 0.78 [" in section and "| above |" in section
-    assert "- Still clearly below SFT: clo+dpo_tgt at 32." in section
-    assert "| clo+full | 32 | 0.31 [" in section and "| overlaps (sft+full) | overlaps |" in section
-    assert ("- Not clearly below SFT (the gap closes or is within the intervals): clo+full at 32, clo+lam100 at 32."
-            in section)
-    assert "- Clearly above plain CLO: clo+lam100 at 32." in section
+    assert "| clo+lam100 | sw | 32 | 0.78 [" in section and "| above |" in section
+    assert "- Still clearly below SFT: clo+dpo_tgt (sw) at 32." in section
+    assert "| clo+full | sw | 32 | 0.31 [" in section and "| overlaps (sft+full) | overlaps |" in section
+    assert ("- Not clearly below SFT (the gap closes or is within the intervals): clo+full (sw) at 32, clo+lam100 "
+            "(sw) at 32." in section)
+    assert "- Clearly above plain CLO: clo+lam100 (sw) at 32." in section

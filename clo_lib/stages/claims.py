@@ -295,7 +295,8 @@ def ablations(frame: pd.DataFrame) -> list[str]:
     if not variants:
         return []
     cells = {m: cells_of(frame, metric, m) for m in ["sft", "clo", *variants]}
-    lines = [f"| method | size | {metric} [95 %] | against SFT | against CLO |", "|---|---|---|---|---|"]
+    lines = [f"| method | language | size | {metric} [95 %] | against SFT | against CLO |",
+             "|---|---|---|---|---|---|"]
 
     def sft_of(method: str) -> str:  # clo+full against sft+full, the others against plain SFT
         own = "sft+" + method.split("+", 1)[1] if method.startswith("clo+") else ""
@@ -303,18 +304,19 @@ def ablations(frame: pd.DataFrame) -> list[str]:
 
     closes, worse, rises = [], [], []
     for method in ["sft", "clo", *variants]:
-        for key, value in sorted(cells[method].items(), key=lambda kv: (kv[0][2] or 0)):
+        for key, value in sorted(cells[method].items(), key=lambda kv: (str(kv[0][1]), kv[0][2] or 0)):
             share = share_interval(*value)
             reference = sft_of(method)
             sft = share_interval(*cells[reference][key]) if key in cells[reference] and method != reference else None
             clo = share_interval(*cells["clo"][key]) if key in cells["clo"] and method != "clo" else None
             against_sft, against_clo = (_compare(share, other) for other in (sft, clo))
-            lines.append(f"| {method} | {key[2]} | {share['mean']:.2f} [{share['low']:.2f}, {share['high']:.2f}] | "
-                         f"{against_sft}{f' ({reference})' if reference != 'sft' and sft else ''} | {against_clo} |")
+            own_sft = f" ({reference})" if reference != "sft" and sft else ""
+            lines.append(f"| {method} | {key[1]} | {key[2]} | {share['mean']:.2f} "
+                         f"[{share['low']:.2f}, {share['high']:.2f}] | {against_sft}{own_sft} | {against_clo} |")
             if method.startswith("clo+"):
-                (worse if against_sft == "below" else closes).append(f"{method} at {key[2]}")
+                (worse if against_sft == "below" else closes).append(f"{method} ({key[1]}) at {key[2]}")
                 if against_clo == "above":
-                    rises.append(f"{method} at {key[2]}")
+                    rises.append(f"{method} ({key[1]}) at {key[2]}")
     words = [f"- Still clearly below SFT: {', '.join(worse) or 'none'}.",
              f"- Not clearly below SFT (the gap closes or is within the intervals): {', '.join(closes) or 'none'}.",
              f"- Clearly above plain CLO: {', '.join(rises) or 'none'}."]
