@@ -11,6 +11,7 @@ set -euo pipefail
 if [[ "${1:-}" == "--stop" ]]; then
   DIR="${2:-/tmp/clo-slurm}"
   for pid in "$DIR"/slurmd.pid "$DIR"/slurmctld.pid; do [[ -f "$pid" ]] && kill "$(cat "$pid")" 2>/dev/null || true; done
+  pkill -9 -x slurmstepd 2>/dev/null || true  # a cancelled job's step can outlive its daemons
   exit 0
 fi
 DIR="${1:-/tmp/clo-slurm}"
