@@ -21,6 +21,7 @@ from clo_lib.common.languages import SOURCE_LANGUAGE
 from clo_lib.config.load import load_config
 from clo_lib.config.schema import RunConfig
 from clo_lib.method.pairs import format_prompt
+from clo_lib.stages.generate import load_for_eval
 
 GREETING = "Type a message ({lang} or English); /system TEXT sets a system message, /quit leaves."
 
@@ -82,8 +83,6 @@ def chat_loop(model, tokenizer, cfg: RunConfig, lines: Iterable[str], write: Cal
 
 def load_run(target: str | Path, model: str | None = None):
     """The config and model of a run folder (or of a base model, given a config file and --model)."""
-    from clo_lib.stages.generate import load_for_eval
-
     target = Path(target)
     config = target / "config.yaml" if target.is_dir() else target
     if not config.is_file():
