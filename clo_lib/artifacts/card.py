@@ -68,8 +68,8 @@ def _share(metrics: dict, name: str) -> str | None:
     n = metrics.get(f"prompts@{group}") if group else metrics.get("prompts")
     if value is None or not n:
         return None
-    low, high = wilson(value, int(n))["low"], wilson(value, int(n))["high"]
-    return f"| {name} | {value:.3f} | [{low:.3f}, {high:.3f}] | {n} |"
+    interval = wilson(value, int(n))
+    return f"| {name} | {value:.3f} | [{interval['low']:.3f}, {interval['high']:.3f}] | {n} |"
 
 
 def model_card(cfg: RunConfig, metrics: dict[str, Any], method: str, run_name: str, base: str,

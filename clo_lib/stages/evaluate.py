@@ -132,7 +132,7 @@ def references_nll(model, tokenizer, cfg: RunConfig, prompts: Sequence[dict]) ->
     if not prompts or not all(row.get("reference_en") and row.get("reference_tgt") for row in prompts):
         return {}
     metrics = {}
-    for side in ("en", "tgt"):
+    for side in SIDES:
         pairs = [{"prompt": row[f"prompt_{side}"], "response": row[f"reference_{side}"]} for row in prompts]
         metrics[f"ref_nll_{side}"], metrics[f"ref_tokens_{side}"] = reference_nll(model, tokenizer, cfg, pairs,
                                                                                   cfg.eval.batch_size)

@@ -51,13 +51,10 @@ def export_folder(run_dir: str | Path, to: str | Path, dtype: str | None = None)
     check_run(run_dir)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise InputError(f"--to {to} exists and is not an empty folder; give a new folder, so nothing is overwritten")
-    cfg = load_config(run_dir / "config.yaml")
-    model, tokenizer = load_model_and_tokenizer(cfg, run_dir / "model", backend="hf")
+    cfg, model, tokenizer = _load_run(run_dir)
     model = model.to(torch_dtype(dtype or cfg.model.dtype))
     for name in ("clo_base_model", "clo_base_revision", "clo_base_gguf_file", "clo_trained_names"):
         model.__dict__.pop(name, None)  # the kit's marks on the loaded model; the export is a plain model
-    if cfg.model.prompt_format == "template" and not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = template_chat(cfg.model.prompt_template, _adds_bos(tokenizer))
     staging = to.with_name(to.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
@@ -79,10 +76,7 @@ def export_gguf(run_dir: str | Path, path: str | Path, qtype: str = "f16") -> Pa
     check_run(run_dir)
     if path.exists():
         raise InputError(f"--gguf {path} exists; give a new file name, so nothing is overwritten")
-    cfg = load_config(run_dir / "config.yaml")
-    model, tokenizer = load_model_and_tokenizer(cfg, run_dir / "model", backend="hf")
-    if cfg.model.prompt_format == "template" and not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = template_chat(cfg.model.prompt_template, _adds_bos(tokenizer))
+    _, model, tokenizer = _load_run(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(path.name + ".partial")
     write_gguf(model, tokenizer, staging, qtype, name=run_dir.name)
@@ -90,8 +84,15 @@ def export_gguf(run_dir: str | Path, path: str | Path, qtype: str = "f16") -> Pa
     return path
 
 
-def _adds_bos(tokenizer) -> bool:
-    return tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+def _load_run(run_dir: Path):
+    """The run's config, its model in full (any form of model/) and its tokenizer, which, for a template run
+    without a chat template, gets the run's template as one."""
+    cfg = load_config(run_dir / "config.yaml")
+    model, tokenizer = load_model_and_tokenizer(cfg, run_dir / "model", backend="hf")
+    if cfg.model.prompt_format == "template" and not getattr(tokenizer, "chat_template", None):
+        adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+        tokenizer.chat_template = template_chat(cfg.model.prompt_template, adds_bos)
+    return cfg, model, tokenizer
 
 
 def add_arguments(parser) -> None:
