@@ -57,9 +57,10 @@ demo: $(STAMP)
 smollm2: $(STAMP)
 	$(PY) -m clo_lib fetch smollm2
 
-# The real-model grid's default slice (about 40 minutes on 2 CPU cores): SmolLM2-135M on the toy world's tasks.
+# The real-model grid's default slice: SmolLM2-135M on the toy world's tasks, each method at the shared budget and
+# at its own best of three learning rates on validation (docs/smollm2.md has the time it takes on 2 CPU cores).
 smol: $(STAMP)
-	$(PY) -m clo_lib grid run params/grids/smol.yaml
+	$(PY) -m clo_lib grid run params/grids/smol.yaml --workers 2 --engine python
 
 # JupyterLab (and ipywidgets, TensorBoard) in the same venv, then the lab on notebooks/ (notebooks/README.md: the
 # teacher's guide). Run `make demo` first: the notebooks' defaults read the toy world and the demo's runs.
