@@ -21,7 +21,7 @@ torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]
 # What the suite may leave in the checkout: the venv and what installing and running Python make.
-NOT_CHECKED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+NOT_CHECKED = {".git", ".venv", ".venv-gpu-stack", ".deepspeed", "__pycache__", ".pytest_cache", ".ruff_cache"}
 
 
 def checkout_files(root: Path = REPO) -> dict[str, tuple[int, int]]:

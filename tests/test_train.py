@@ -3,6 +3,7 @@ losses going down for every method, backends chosen clearly."""
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -603,3 +604,99 @@ def test_fsdp_asked_of_accelerate_on_a_cpu_is_data_parallel_and_the_train_log_sa
     warnings = json.loads((tmp_path / "out" / "train_log.json").read_text())["stages"][-1]["warnings"]
     assert any("asked for FSDP, but accelerate ran this training as MULTI_CPU" in w for w in warnings)
     assert "asked for FSDP" in done.stdout
+
+
+def test_lora_adapters_start_from_the_runs_seed(tiny_llama, tmp_path):
+    """LoRA's A matrices are random at creation. They were drawn from whatever state torch's generator was in, so
+    two runs of one config trained different adapters, and under FSDP each process drew its own A (FSDP2, unlike
+    DDP, does not copy rank 0's weights), so the sharded model mixed them. They now come from the run's seed."""
+    def adapters(seed, before):
+        cfg = load_config({"language": "sw", "seed": seed, "model": {"name_or_path": str(tiny_llama), "backend": "hf"},
+                           "train": {"method": "sft", "trainable": "lora", "lora_r": 4}})
+        torch.manual_seed(before)  # whatever ran before in the process must not matter
+        trainer, _ = build_trainer(cfg, parallel_records(4), tmp_path / f"run{seed}", METHOD_STAGES["sft"][0])
+        return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_A" in n}
+
+    first, again, other = adapters(0, before=1), adapters(0, before=2), adapters(1, before=1)
+    assert first and all(torch.equal(first[n], again[n]) for n in first)
+    assert not all(torch.equal(first[n], other[n]) for n in first)
+
+
+def _train_log_losses(out: Path) -> list[float]:
+    return [entry["loss"] for entry in json.loads((out / "train_log.json").read_text())["stages"][-1]["log_history"]
+            if "loss" in entry]
+
+
+
+# DeepSpeed's CPU build for the ZeRO-3 test: `make deepspeed-cpu` installs it into .deepspeed/ (outside the venv,
+# so no other test sees it); `make test` does that first.
+DEEPSPEED_DIR = REPO / ".deepspeed"
+
+
+def _sharded_training_matches_one_process(tmp_path, tiny_llama, trainable, accelerate_config, launched, env):
+    """CLO trained by 2 processes of 4 rows under an accelerate config, and by 1 process of 8: the same loss at
+    every step, the same saved weights, and the saved models load and answer alike."""
+    import yaml
+
+    from clo_lib.stages.generate import load_for_eval
+
+    data = tmp_path / "parallel.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in parallel_records(16)))
+    runs = {}
+    for name, per_process in (("one", 8), ("sharded", 4)):
+        runs[name] = tmp_path / f"{name}.yaml"
+        runs[name].write_text(yaml.safe_dump({
+            "language": "sw", "model": {"name_or_path": str(tiny_llama), "backend": "hf", "max_length": 64,
+                                        "dtype": "float32"}, "data": {"size": 16},
+            "train": {"method": "clo", "trainable": trainable, "lora_r": 4, "batch_size": per_process, "epochs": 2,
+                      "learning_rate": 3e-3, "logging_steps": 1, "warmup_ratio": 0.0,
+                      "gradient_checkpointing": False}}))
+    config = yaml.safe_load((REPO / accelerate_config).read_text())
+    config["mixed_precision"] = "no"  # the CPU's float32 tiny model
+    (tmp_path / "accelerate.yaml").write_text(yaml.safe_dump(config))
+    sharded = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                              str(tmp_path / "accelerate.yaml"), "--main_process_port", "29535", *launched, "train",
+                              str(runs["sharded"]), "--parallel", str(data), "--out", str(tmp_path / "sharded")],
+                             capture_output=True, text=True, cwd=REPO, timeout=600, env={**os.environ, **env})
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    alone = subprocess.run([sys.executable, "-m", "clo_lib", "train", str(runs["one"]), "--parallel", str(data),
+                            "--out", str(tmp_path / "one")], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    sharded_log = json.loads((tmp_path / "sharded" / "train_log.json").read_text())["stages"][-1]
+    assert not sharded_log.get("warnings")  # no "accelerate ran this training as MULTI_CPU": it was sharded
+    losses, expected = _train_log_losses(tmp_path / "sharded"), _train_log_losses(tmp_path / "one")
+    assert len(losses) == len(expected) == 8  # 2 epochs of 32 rows, 8 a step
+    assert losses == pytest.approx(expected, abs=1e-5)
+    assert expected[-1] < expected[0] - 0.05  # and it did train
+
+    cfg = load_config(runs["one"])
+    models = {name: load_for_eval(cfg, tmp_path / name / "model")[0] for name in ("one", "sharded")}
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        logits = {name: model(input_ids=ids).logits for name, model in models.items()}
+        greedy = {name: model.generate(ids, max_new_tokens=8, do_sample=False) for name, model in models.items()}
+    assert torch.allclose(logits["one"], logits["sharded"], atol=1e-5)
+    assert torch.equal(greedy["one"], greedy["sharded"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trainable", ["attention", "lora"])
+def test_fsdp_on_two_cpu_processes_trains_as_one_process_does(tiny_llama, tmp_path, trainable):
+    """accelerate's own FSDP2 path (params/accelerate/fsdp.yaml: fully_shard per decoder layer and at the root,
+    the full state dict gathered for saving) on 2 CPU processes over gloo, through tests/fsdp_cpu_launch.py, which
+    lifts only accelerate's rule that FSDP needs GPUs."""
+    _sharded_training_matches_one_process(tmp_path, tiny_llama, trainable, "params/accelerate/fsdp.yaml",
+                                          [str(REPO / "tests/fsdp_cpu_launch.py")], {})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEEPSPEED_DIR / "deepspeed").is_dir(),
+                    reason="DeepSpeed's CPU build is not in .deepspeed/ (make deepspeed-cpu; make test does it)")
+@pytest.mark.parametrize("trainable", ["attention", "lora"])
+def test_deepspeed_zero3_on_two_cpu_processes_trains_as_one_process_does(tiny_llama, tmp_path, trainable):
+    """params/accelerate/deepspeed_zero3.yaml as shipped (ZeRO stage 3: weights, gradients and optimizer states
+    partitioned; the 16-bit-consolidated weights saved), on DeepSpeed's CPU accelerator over gloo, the kit's own
+    train command unchanged."""
+    path = os.pathsep.join(filter(None, [str(DEEPSPEED_DIR), os.environ.get("PYTHONPATH")]))
+    _sharded_training_matches_one_process(tmp_path, tiny_llama, trainable, "params/accelerate/deepspeed_zero3.yaml",
+                                          ["-m", "clo_lib"], {"DS_ACCELERATOR": "cpu", "PYTHONPATH": path})

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import set_seed
 
 from clo_lib.artifacts.corpus import run_records
 from clo_lib.artifacts.provenance import CHECKPOINT_FINGERPRINT, changed_settings, train_fingerprint
@@ -121,6 +122,9 @@ def build_trainer(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage
     if hasattr(model, "peft_config"):  # sft_dpo's second stage goes on training the SFT stage's adapter
         counts = count_trainable(model)
     else:
+        # LoRA draws its A matrices here: from the run's seed, so a run is repeatable and every process of a
+        # sharded run draws the same ones (FSDP, unlike DDP, does not copy rank 0's weights to the others)
+        set_seed(cfg.seed)
         model, counts = select_trainable(model, cfg.train, backend or "hf")
     keep_trained_in_float32(model)
     pad_id = tokenizer.pad_token_id
@@ -194,14 +198,15 @@ def train_stage(cfg: RunConfig, parallel: Sequence[dict], out_dir: Path, stage: 
 
 def sharding_fell_back(trainer) -> list[str]:
     """A warning when `accelerate launch` asked for FSDP or DeepSpeed but the run was not sharded: accelerate
-    turns FSDP into plain data parallelism (MULTI_CPU) on a machine without GPUs, and says nothing."""
+    turns FSDP into plain data parallelism (MULTI_CPU) on a machine without GPUs, and says nothing
+    (tests/fsdp_cpu_launch.py lifts that rule; DeepSpeed shards on CPUs with DS_ACCELERATOR=cpu)."""
     asked = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DEEPSPEED", "ACCELERATE_USE_DEEPSPEED"))
              if os.environ.get(env, "").lower() == "true"]
     got = trainer.accelerator.distributed_type.name
     if not asked or got in asked:
         return []
     return [f"the launcher asked for {asked[0]}, but accelerate ran this training as {got} (every process held "
-            "the whole model): on a machine without GPUs accelerate does not shard"]
+            "the whole model): on a machine without GPUs accelerate does not shard with FSDP (docs/running.md)"]
 
 
 # Preference accuracy that saturates this early is the pattern users of other trainers report for target-chosen /
