@@ -258,9 +258,11 @@ def test_preference_accuracy_saturating_early_is_warned_in_the_log_and_the_repor
     assert preference_saturation([{"step": 1, "loss": 2.0}]) == []  # SFT: no preference logs, no warning
     assert preference_saturation(history[:4] + [{"step": 10, "tgt/rewards_accuracy": 0.99}]) == []  # step 10 of 10
     grid = tmp_path / "grid"
-    for name, warned in (("sw-clo-s0", True), ("sw-clo-s1", False)):
+    late = [{**entry, "tgt/rewards_accuracy": 0.5} for entry in history]  # saturates at step 50 only
+    for name, logged in (("sw-clo-s0", history), ("sw-clo-s1", late)):
         run(grid, name, "sw", "clo", 32, seed=int(name[-1]))
-        stage = {"log_history": history, **({"warnings": warnings} if warned else {})}
+        # the report applies the rule to the logged history, whatever sentences the log carries
+        stage = {"log_history": logged, "warnings": ["some other warning"]}
         (grid / name / "train_log.json").write_text(json.dumps({"method": "clo", "stages": [stage]}))
     report = write_report(grid)["report"].read_text()
     assert "## A warning from training" in report and "in CLO 1 of 2 runs" in report

@@ -21,7 +21,7 @@ from clo_lib.common.languages import SOURCE_LANGUAGE
 from clo_lib.config.load import load_config
 from clo_lib.config.schema import RunConfig
 from clo_lib.method.pairs import format_prompt
-from clo_lib.stages.generate import load_for_eval
+from clo_lib.stages.generate import continue_texts, load_for_eval
 
 GREETING = "Type a message ({lang} or English); /system TEXT sets a system message, /quit leaves."
 
@@ -37,16 +37,9 @@ def prompt_text(message: str, tokenizer, cfg: RunConfig, system: str | None) -> 
 
 def answer(model, tokenizer, cfg: RunConfig, message: str, system: str | None = None, streamer=None,
            max_new_tokens: int | None = None) -> str:
-    """One greedy answer to `message` (streamed to `streamer` when given), as the evaluation generates it."""
-    import torch
-
-    chat = cfg.model.prompt_format == "chat"
-    inputs = tokenizer(prompt_text(message, tokenizer, cfg, system), return_tensors="pt",
-                       add_special_tokens=not chat).to(model.device)
-    with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens or cfg.eval.max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id, streamer=streamer)
-    return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    """One answer to `message` (streamed to `streamer` when given), generated as the evaluation generates."""
+    return continue_texts(model, tokenizer, [prompt_text(message, tokenizer, cfg, system)], cfg,
+                          max_new_tokens or cfg.eval.max_new_tokens, streamer)[0]
 
 
 def chat_loop(model, tokenizer, cfg: RunConfig, lines: Iterable[str], write: Callable[[str], None],

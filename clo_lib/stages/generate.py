@@ -80,22 +80,33 @@ def generate_answers(model, tokenizer, prompts: Sequence[dict], cfg: RunConfig, 
     formatted = {item["key"]: format_prompt(item["prompt"], tokenizer, cfg.model.prompt_format,
                                             cfg.model.prompt_template) for item in todo}
     todo.sort(key=lambda item: len(formatted[item["key"]]))
-    chat = cfg.model.prompt_format == "chat"
     bar = tqdm(total=len(todo), unit="answer", desc="generate", disable=not progress or not todo)
     torch.manual_seed(cfg.seed)
     for begin in range(0, len(todo), ecfg.batch_size):
         batch = todo[begin: begin + ecfg.batch_size]
-        inputs = tokenizer([formatted[item["key"]] for item in batch], return_tensors="pt", padding=True,
-                           add_special_tokens=not chat).to(model.device)
-        sampling = {"do_sample": True, "temperature": ecfg.temperature} if ecfg.temperature > 0 else {
-            "do_sample": False}
         started = time.perf_counter()
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=settings["max_new_tokens"],
-                                    pad_token_id=tokenizer.pad_token_id, **sampling)
-        answers = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = continue_texts(model, tokenizer, [formatted[item["key"]] for item in batch], cfg,
+                                 settings["max_new_tokens"])
         share = round((time.perf_counter() - started) / len(batch), 4)  # each answer's share of its batch's time
-        cache.append([{**item, "answer": answer.strip(), "seconds": share} for item, answer in zip(batch, answers)])
+        cache.append([{**item, "answer": answer, "seconds": share} for item, answer in zip(batch, answers)])
         bar.update(len(batch))
     bar.close()
     return [cache.rows[item["key"]] for item in items]
+
+
+def continue_texts(model, tokenizer, texts: Sequence[str], cfg: RunConfig, max_new_tokens: int,
+                   streamer=None) -> list[str]:
+    """The model's continuation of each formatted prompt (left-padded batch), decoded and stripped: greedy, or
+    sampled at eval.temperature. The one generate call behind the evaluation's answers and `clo chat`."""
+    import torch
+
+    # a chat template writes the special tokens itself; the base-model template gets the tokenizer's own
+    inputs = tokenizer(list(texts), return_tensors="pt", padding=True,
+                       add_special_tokens=cfg.model.prompt_format != "chat").to(model.device)
+    temperature = cfg.eval.temperature
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                streamer=streamer, **sampling)
+    return [text.strip() for text in
+            tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]

@@ -49,6 +49,7 @@ from clo_lib.stages.results import (
     side_by_side,
     summary,
 )
+from clo_lib.stages.train import preference_saturation
 
 
 def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -409,8 +410,8 @@ def ablation_section(frame: pd.DataFrame, tuned: bool) -> list[str]:
 
 
 def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
-    """The runs whose train log warns that preference accuracy saturated early (clo_lib.stages.train
-    .preference_saturation), per method: the reward-hacking-on-language pattern."""
+    """The runs whose preference accuracy saturated early (the train stage's own rule, applied to the logged
+    history), per method: the reward-hacking-on-language pattern."""
     counts: dict[str, list[int]] = {}  # method -> [runs warned, runs with preference logs]
     for method, name in sorted(set(zip(frame["method"], frame["name"]))):
         log = grid_dir / name / "train_log.json"
@@ -421,8 +422,7 @@ def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
                    for key in entry):
             continue
         counts.setdefault(method, [0, 0])[1] += 1
-        counts[method][0] += any(w.startswith("preference accuracy") for stage in stages
-                                 for w in stage.get("warnings", []))
+        counts[method][0] += any(preference_saturation(stage.get("log_history", [])) for stage in stages)
     hit = {method: c for method, c in counts.items() if c[0]}
     if not hit:
         return []
