@@ -248,7 +248,7 @@ def test_tuned_runs_are_reported_beside_the_shared_budget_never_pooled_with_it(t
 def test_preference_accuracy_saturating_early_is_warned_in_the_log_and_the_report(tmp_path):
     import json
 
-    from clo_lib.stages.train import preference_saturation
+    from clo_lib.artifacts.runs import preference_saturation
 
     history = [{"step": step, "tgt/rewards_accuracy": 1.0 if step >= 5 else 0.5,
                 "en/rewards_accuracy": 0.995 if step >= 50 else 0.6} for step in range(1, 101)]

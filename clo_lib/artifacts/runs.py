@@ -1,5 +1,5 @@
 """A run's metrics.json: the facts that identify the run (model, language, method, size, seed, variant), its
-metrics and details, written atomically and read back as rows.
+metrics and details, written atomically and read back as rows; and the train log's early-saturation diagnostic.
 """
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from clo_lib.common.io import atomic_write_json
 from clo_lib.config.schema import RunConfig
+from clo_lib.method.pairs import SIDES
 
 # ---------------------------------------------------------------------------------------------------------------
 # metrics.json and the long-format table
@@ -43,3 +44,28 @@ def metrics_rows(path: str | Path) -> list[dict]:
     """One long-format row per metric: model, lang, size, method, seed, name, examples_used, metric, value."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return [{**data["run"], "metric": metric, "value": value} for metric, value in data["metrics"].items()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The train log's preference diagnostics (the train stage warns with them; the report counts them)
+
+
+# Preference accuracy that saturates this early is the pattern users of other trainers report for target-chosen /
+# English-rejected pairs: the language alone tells the answers apart, and the reward learns the language, not the
+# answer ("reward hacking on language").
+SATURATED, EARLY = 0.99, 0.10
+
+
+def preference_saturation(log_history: Sequence[dict]) -> list[str]:
+    """A sentence per side whose logged preference accuracy (`<side>/rewards_accuracy`) reached SATURATED within the
+    first EARLY share of the steps; empty for a run without preference logs."""
+    total = max((entry.get("step", 0) for entry in log_history), default=0)
+    found = []
+    for side in SIDES:
+        reached = [entry["step"] for entry in log_history
+                   if entry.get(f"{side}/rewards_accuracy", 0.0) >= SATURATED and "step" in entry]
+        if total and reached and reached[0] <= EARLY * total:
+            found.append(f"preference accuracy on {side} prompts reached {SATURATED:.2f} at step {reached[0]} of "
+                         f"{total} (within the first {EARLY:.0%}): the pairs may differ by language alone, so the "
+                         "preference can learn the language rather than the answer")
+    return found

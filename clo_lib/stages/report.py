@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from clo_lib.artifacts.runs import EARLY, SATURATED, preference_saturation
 from clo_lib.common.errors import MissingInputError
 from clo_lib.common.io import atomic_write_text
 from clo_lib.config.load import load_config
@@ -49,7 +50,6 @@ from clo_lib.stages.results import (
     side_by_side,
     summary,
 )
-from clo_lib.stages.train import preference_saturation
 
 
 def _markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
@@ -428,10 +428,10 @@ def saturation_section(grid_dir: Path, frame: pd.DataFrame) -> list[str]:
         return []
     parts = ", ".join(f"{METHOD_NAMES.get(m, m)} {warned} of {runs}" for m, (warned, runs) in hit.items())
     return ["## A warning from training", "",
-            f"Preference accuracy reached 0.99 within the first 10 % of the steps in {parts} runs (each run's "
-            "train_log.json names the side). With target-language chosen and English rejected answers, the "
-            "language alone can tell the pair apart, so the preference may learn the language rather than the "
-            "answer (reward hacking on language, as users of other trainers report).", ""]
+            f"Preference accuracy reached {SATURATED:.2f} within the first {EARLY * 100:.0f} % of the steps in {parts} "
+            "runs (each run's train_log.json names the side). With target-language chosen and English rejected "
+            "answers, the language alone can tell the pair apart, so the preference may learn the language rather "
+            "than the answer (reward hacking on language, as users of other trainers report).", ""]
 
 
 def left_out_section(grid_dir: Path, run_states: dict[str, str] | None) -> list[str]:

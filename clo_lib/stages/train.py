@@ -28,11 +28,12 @@ from transformers import set_seed
 
 from clo_lib.artifacts.corpus import run_records
 from clo_lib.artifacts.provenance import CHECKPOINT_FINGERPRINT, changed_settings, train_fingerprint
+from clo_lib.artifacts.runs import preference_saturation
 from clo_lib.common.errors import InputError
 from clo_lib.common.io import atomic_write_json
 from clo_lib.config.load import load_config, read_yaml, save_config
 from clo_lib.config.schema import ConfigError, RunConfig
-from clo_lib.method.pairs import METHOD_STAGES, SIDES, TrainingStage, check_parallel
+from clo_lib.method.pairs import METHOD_STAGES, TrainingStage, check_parallel
 from clo_lib.modeling.batches import (
     collate_preferences,
     collate_sft,
@@ -207,27 +208,6 @@ def sharding_fell_back(trainer) -> list[str]:
         return []
     return [f"the launcher asked for {asked[0]}, but accelerate ran this training as {got} (every process held "
             "the whole model): on a machine without GPUs accelerate does not shard with FSDP (docs/running.md)"]
-
-
-# Preference accuracy that saturates this early is the pattern users of other trainers report for target-chosen /
-# English-rejected pairs: the language alone tells the answers apart, and the reward learns the language, not the
-# answer ("reward hacking on language").
-SATURATED, EARLY = 0.99, 0.10
-
-
-def preference_saturation(log_history: Sequence[dict]) -> list[str]:
-    """A sentence per side whose logged preference accuracy (`<side>/rewards_accuracy`) reached SATURATED within the
-    first EARLY share of the steps; empty for a run without preference logs."""
-    total = max((entry.get("step", 0) for entry in log_history), default=0)
-    found = []
-    for side in SIDES:
-        reached = [entry["step"] for entry in log_history
-                   if entry.get(f"{side}/rewards_accuracy", 0.0) >= SATURATED and "step" in entry]
-        if total and reached and reached[0] <= EARLY * total:
-            found.append(f"preference accuracy on {side} prompts reached {SATURATED:.2f} at step {reached[0]} of "
-                         f"{total} (within the first {EARLY:.0%}): the pairs may differ by language alone, so the "
-                         "preference can learn the language rather than the answer")
-    return found
 
 
 def _resumable(checkpoints: Path, cfg: RunConfig, fingerprint: dict | None) -> bool:
